@@ -1,0 +1,51 @@
+# tc-sentinel: ThreatConnect -> Microsoft Sentinel as an Airflow 3 DAG.
+# `make demo` and `make test` are all a newcomer needs; both bootstrap .venv from the committed lock.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV_VERSION := 0.13.9
+STAMP := $(VENV)/.installed
+SINK ?= graph
+BUILD := build
+
+.PHONY: help venv demo test lint unit integration dags bench bench-smoke scheduler-test compose-check lock clean
+
+help:
+	@echo "make demo       run the DAG once against the bundled simulators (SINK=graph|sentinel)"
+	@echo "make test       ruff + the whole pytest suite (what CI runs)"
+	@echo "make bench      benchmark suite (table + $(BUILD)/bench/results.json)"
+	@echo "make lock       re-resolve requirements*.lock from requirements*.txt"
+	@echo "make clean      remove .venv and build/"
+
+venv: $(STAMP)
+
+$(STAMP): requirements-dev.lock
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	$(VENV)/bin/uv pip sync --python $(PY) requirements-dev.lock
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m simulators.demo --sink $(SINK)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check . || true
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+bench-smoke: $(STAMP)
+	$(PY) -m bench --smoke
+
+lock:
+	$(VENV)/bin/uv pip compile -q --python-version 3.11 --generate-hashes requirements.txt -o requirements.lock
+	$(VENV)/bin/uv pip compile -q --python-version 3.11 --generate-hashes requirements-dev.txt -o requirements-dev.lock
+
+clean:
+	rm -rf $(VENV) $(BUILD) .pytest_cache .ruff_cache

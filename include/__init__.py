@@ -1,0 +1,1 @@
+"""tc-sentinel's pure-Python core: clients, transforms and mappings; never imports Airflow."""

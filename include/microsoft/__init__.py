@@ -1,0 +1,1 @@
+"""Microsoft side: MSAL token provider, Graph tiIndicators and Sentinel STIX upload clients."""

@@ -1,0 +1,97 @@
+"""Client-credentials tokens from Microsoft Entra ID through MSAL, as a ``requests`` auth class."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from urllib.parse import urlsplit
+
+import msal
+import requests
+
+log = logging.getLogger(__name__)
+
+MICROSOFT_AUTHORITY_HOST = "https://login.microsoftonline.com"
+GRAPH_SCOPE = "https://graph.microsoft.com/.default"
+ARM_SCOPE = "https://management.azure.com/.default"
+_MICROSOFT_LOGIN_HOSTS = {
+    "login.microsoftonline.com", "login.microsoft.com", "login.windows.net", "sts.windows.net",
+    "login.microsoftonline.us", "login.chinacloudapi.cn",
+}
+
+
+class TokenError(RuntimeError):
+    """The identity platform refused to issue a token (bad secret, unknown tenant, wrong scope...)."""
+
+
+def is_microsoft_authority(authority_host: str) -> bool:
+    """True for Microsoft's own login hosts, where MSAL's instance discovery is meaningful."""
+    return (urlsplit(authority_host).hostname or "") in _MICROSOFT_LOGIN_HOSTS
+
+
+class TokenProvider:
+    """Acquire (and cache, per provider) an app-only token for one scope with MSAL client credentials.
+
+    MSAL keeps the token in memory and answers from its cache while more than five minutes of validity remain,
+    so one provider per task run costs one token request per run.
+    """
+
+    def __init__(
+        self,
+        tenant_id: str,
+        client_id: str,
+        client_secret: str,
+        scope: str,
+        authority_host: str = MICROSOFT_AUTHORITY_HOST,
+        http_client: requests.Session | None = None,
+    ) -> None:
+        if not tenant_id or not client_id or not client_secret:
+            raise ValueError("tenant_id, client_id and client_secret are all required")
+        self._scope = scope
+        self._authority = f"{authority_host.rstrip('/')}/{tenant_id}"
+        self._client_id = client_id
+        self._client_secret = client_secret
+        self._http_client = http_client
+        self._app: msal.ConfidentialClientApplication | None = None
+        self._lock = threading.Lock()
+
+    def _application(self) -> msal.ConfidentialClientApplication:
+        # MSAL fetches OpenID metadata in its constructor: build it lazily, never at DAG-parse time.
+        if self._app is None:
+            kwargs: dict[str, object] = {}
+            if self._http_client is not None:
+                kwargs["http_client"] = self._http_client
+            self._app = msal.ConfidentialClientApplication(
+                self._client_id,
+                client_credential=self._client_secret,
+                authority=self._authority,
+                # Instance discovery asks login.microsoftonline.com about the host: only sensible for Microsoft's.
+                instance_discovery=is_microsoft_authority(self._authority),
+                azure_region=None,
+                **kwargs,
+            )
+        return self._app
+
+    def token(self) -> str:
+        """Return a valid access token, from MSAL's cache when it can."""
+        with self._lock:
+            result = self._application().acquire_token_for_client(scopes=[self._scope])
+        if "access_token" not in result:
+            raise TokenError(
+                f"token request for {self._scope} failed: {result.get('error')}: "
+                f"{(result.get('error_description') or '').splitlines()[0] if result.get('error_description') else ''}"
+            )
+        if result.get("token_source") == "identity_provider":
+            log.info("acquired a new token for %s (client %s)", self._scope, self._client_id)
+        return result["access_token"]
+
+
+class BearerAuth(requests.auth.AuthBase):
+    """Put the provider's current token in ``Authorization: Bearer``."""
+
+    def __init__(self, provider: TokenProvider) -> None:
+        self.provider = provider
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self.provider.token()}"
+        return request

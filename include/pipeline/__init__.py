@@ -1,0 +1,1 @@
+"""Pipeline stages: extract, normalize, dedupe, load, verify, snapshots and watermarks."""
