@@ -27,7 +27,7 @@ $(STAMP): requirements-dev.lock
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m simulators.demo --sink $(SINK)
+	$(PY) -m devtools.demo --sink $(SINK)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -72,6 +72,15 @@ class TokenProvider:
             )
         return self._app
 
+    def invalidate(self) -> None:
+        """Forget the cached token, so the next ``token()`` asks the identity platform again.
+
+        For a 401 from an API that MSAL's cache still considers valid (revoked, or a restarted service).
+        MSAL offers no forced refresh for client credentials, so the application (and its cache) is rebuilt.
+        """
+        with self._lock:
+            self._app = None
+
     def token(self) -> str:
         """Return a valid access token, from MSAL's cache when it can."""
         with self._lock:

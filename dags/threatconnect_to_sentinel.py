@@ -1,0 +1,182 @@
+"""
+### ThreatConnect → Microsoft Sentinel
+
+Moves ThreatConnect indicators into Microsoft Sentinel, one mapped task instance per indicator type:
+**extract → normalize → dedupe → load → verify**, then the watermarks are committed and a summary is printed.
+
+* **extract** reads the type's indicators modified in the run's window from the ThreatConnect REST API (v2 or v3,
+  HMAC-signed) into the `raw` Parquet snapshot, page by page.
+* **normalize** canonicalises and validates values (`include/mappings/*.yaml` says how each type maps) into
+  `normalized`; invalid values go to `rejected` with the reason.
+* **dedupe** keeps one row per (type, canonical value), the most recent.
+* **load** upserts into the target chosen by `tc_sentinel_sink` (Graph `tiIndicators` or Sentinel's STIX objects
+  upload API), keyed on a deterministic external id, and records every outcome in `loaded`.
+* **verify** reads the loaded indicators back and fails the run when any is missing.
+
+Each run covers its data interval; a live run also resumes from the last committed watermark of each type so a
+failed or skipped run leaves no gap, while a backfill reads exactly its interval and never moves the live watermark.
+Configuration: Connections `threatconnect_default`, `msgraph_default`, `sentinel_default`; Variables
+`tc_sentinel_data_root`, `tc_sentinel_sink`, `tc_sentinel_indicator_types` (each overridable by the run param of the
+same name without the prefix). See the README.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from airflow.sdk import CronDataIntervalTimetable, Param, TriggerRule, Variable, dag, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from include.pipeline import config, summary, watermarks
+from include.pipeline import stages as st
+from include.pipeline.mappings import SUPPORTED_TYPES
+from include.pipeline.snapshots import SnapshotStore
+
+log = logging.getLogger(__name__)
+
+DAG_ID = "threatconnect_to_sentinel"
+POOL = "tc_sentinel_load"
+WATERMARK_KEY = "watermarks"
+
+
+def _label(job: dict[str, Any]) -> None:
+    """Name the mapped instance after its indicator type in the UI and logs."""
+    get_current_context()["type_label"] = job["indicator_type"]
+
+
+def _store(job: dict[str, Any]) -> SnapshotStore:
+    return SnapshotStore(job["config"]["data_root"])
+
+
+def _previous_watermarks(context: Any) -> dict[str, str]:
+    """The last committed live watermarks (XCom of an earlier run's commit task), or none."""
+    previous = context["ti"].xcom_pull(
+        task_ids="commit_watermarks", key=WATERMARK_KEY, include_prior_dates=True, map_indexes=-1
+    )
+    return dict(previous or {})
+
+
+@dag(
+    dag_id=DAG_ID,
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["threat-intel", "threatconnect", "sentinel"],
+    default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=2), "retry_exponential_backoff": True},
+    params={
+        "data_root": Param(None, type=["null", "string"], description="snapshot root: a path or an fsspec URL"),
+        "sink": Param(None, type=["null", "string"], enum=[None, *config.SINKS], description="graph or sentinel"),
+        "indicator_types": Param(None, type=["null", "array"], description="ThreatConnect types to move"),
+        "failure_threshold": Param(None, type=["null", "number"], minimum=0, maximum=1,
+                                   description="share of indicators that may fail to load before the task fails"),
+        "dry_run": Param(None, type=["null", "boolean"], description="plan only: write the plan, send nothing"),
+        "allow_mass_retraction": Param(None, type=["null", "boolean"],
+                                       description="let this run retract more than the guard allows"),
+    },
+    render_template_as_native_obj=True,
+)
+def threatconnect_to_sentinel() -> None:
+    @task
+    def plan_run() -> list[dict[str, Any]]:
+        """Resolve the configuration and each type's extraction window (one job per type)."""
+        context = get_current_context()
+        cfg = config.resolve(context["params"], lambda key: Variable.get(key, default=None), SUPPORTED_TYPES)
+        live = context["dag_run"].run_type != "backfill"
+        previous = _previous_watermarks(context) if live else {}
+        start, end = context["data_interval_start"], context["data_interval_end"]
+        jobs = []
+        for indicator_type in cfg.indicator_types:
+            window = watermarks.extraction_window(indicator_type, start, end, previous, live)
+            jobs.append({"indicator_type": indicator_type, "run_id": context["run_id"], "live": live,
+                         "config": cfg.as_dict(), "window": window.as_dict(),
+                         "previous_watermark": previous.get(indicator_type)})
+        log.info("run plan: %s", [(j["indicator_type"], j["window"]) for j in jobs])
+        return jobs
+
+    @task(map_index_template="{{ type_label }}")
+    def extract(job: dict[str, Any]) -> dict[str, Any]:
+        from tc_sentinel.hooks import ThreatConnectHook
+
+        _label(job)
+        window = watermarks.Window(watermarks.parse_iso(job["window"]["start"]),
+                                   watermarks.parse_iso(job["window"]["end"]), job["window"]["reason"])
+        client = ThreatConnectHook().get_conn()
+        job["owner"] = client.owner
+        job["extract"] = st.extract(client, _store(job), job["run_id"], job["indicator_type"], window)
+        return job
+
+    @task(map_index_template="{{ type_label }}")
+    def normalize(job: dict[str, Any]) -> dict[str, Any]:
+        from include.pipeline.mappings import load_mapping
+        from include.pipeline.normalize import normalize as normalize_batch
+
+        _label(job)
+        mapping = load_mapping(job["indicator_type"])
+        job["normalize"] = st.normalize(_store(job), job["run_id"], job["indicator_type"],
+                                        lambda batch: normalize_batch(batch, mapping))
+        return job
+
+    @task(map_index_template="{{ type_label }}")
+    def dedupe(job: dict[str, Any]) -> dict[str, Any]:
+        from include.pipeline.dedupe import winners
+
+        _label(job)
+        job["dedupe"] = st.dedupe(_store(job), job["run_id"], job["indicator_type"], winners)
+        return job
+
+    @task(map_index_template="{{ type_label }}", pool=POOL)
+    def load(job: dict[str, Any]) -> dict[str, Any]:
+        from tc_sentinel.hooks import sink
+
+        _label(job)
+        cfg = job["config"]
+        target = sink(cfg["sink"], job["owner"])
+        job["load"] = st.load(target, _store(job), job["run_id"], job["indicator_type"], cfg["failure_threshold"])
+        return job
+
+    @task(map_index_template="{{ type_label }}")
+    def verify(job: dict[str, Any]) -> dict[str, Any]:
+        from tc_sentinel.hooks import sink
+
+        _label(job)
+        target = sink(job["config"]["sink"], job["owner"])
+        job["verify"] = st.verify(target, _store(job), job["run_id"], job["indicator_type"],
+                                  job["previous_watermark"])
+        return job
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def commit_watermarks(jobs: list[dict[str, Any]]) -> dict[str, str]:
+        """Advance each verified type's watermark; carry the others forward unchanged."""
+        context = get_current_context()
+        live = context["dag_run"].run_type != "backfill"
+        previous = _previous_watermarks(context) if live else {}
+        marks = dict(previous)
+        for job in jobs:
+            if job and job.get("verify", {}).get("watermark"):
+                marks[job["indicator_type"]] = job["verify"]["watermark"]
+        # Backfills keep their marks under another key: the live chain is never moved by replaying the past.
+        context["ti"].xcom_push(key=WATERMARK_KEY if live else "backfill_watermarks", value=marks)
+        log.info("watermarks (%s): %s", "live" if live else "backfill", marks)
+        return marks
+
+    @task(trigger_rule=TriggerRule.ALL_DONE)
+    def report(jobs: list[dict[str, Any]], planned: list[dict[str, Any]]) -> dict[str, Any]:
+        """Print the per-type summary; fail the run when any type did not make it through verify."""
+        result = summary.summarize([j for j in jobs if j], [p["indicator_type"] for p in planned])
+        log.info("\n%s", summary.render(result))
+        if result["failed_types"]:
+            raise AirflowFailException(f"indicator types that did not complete: {result['failed_types']}")
+        return result
+
+    jobs = plan_run()
+    verified = verify.expand(job=load.expand(job=dedupe.expand(job=normalize.expand(job=extract.expand(job=jobs)))))
+    marks = commit_watermarks(verified)
+    outcome = report(verified, jobs)
+    marks >> outcome
+
+
+threatconnect_to_sentinel()

@@ -1,0 +1,1 @@
+"""Developer tooling: run a plain Airflow against the simulators (demo, DAG tests, benchmarks)."""

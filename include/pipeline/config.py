@@ -1,0 +1,110 @@
+"""Run configuration: Airflow Variables (``tc_sentinel_*``) overridden per run by DAG params of the same name."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+DEFAULT_INDICATOR_TYPES = ("Address", "Host", "URL", "EmailAddress", "File")
+SINKS = ("graph", "sentinel")
+VARIABLE_PREFIX = "tc_sentinel_"
+DEFAULT_DATA_ROOT = "/opt/airflow/data/tc-sentinel"
+
+
+class ConfigError(ValueError):
+    """A setting has a value the pipeline cannot run with."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs to know besides connections; small enough for XCom."""
+
+    data_root: str
+    sink: str
+    indicator_types: tuple[str, ...]
+    failure_threshold: float = 0.0
+    dry_run: bool = False
+    allow_mass_retraction: bool = False
+    retraction_guard: float = 0.2
+    reconcile_every_days: int = 7
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["indicator_types"] = list(self.indicator_types)
+        return data
+
+
+def _as_types(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"indicator_types must be a JSON list of type names, got {value!r}") from exc
+    if not isinstance(value, list | tuple) or not value or not all(isinstance(v, str) and v for v in value):
+        raise ConfigError(f"indicator_types must be a non-empty list of type names, got {value!r}")
+    seen: list[str] = []
+    for item in value:
+        if item not in seen:
+            seen.append(item)
+    return tuple(seen)
+
+
+def _as_bool(name: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "1", "yes", "false", "0", "no"):
+        return value.strip().lower() in ("true", "1", "yes")
+    raise ConfigError(f"{name} must be true or false, got {value!r}")
+
+
+def _as_fraction(name: str, value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} must be a number between 0 and 1, got {value!r}") from exc
+    if not 0.0 <= number <= 1.0:
+        raise ConfigError(f"{name} must be between 0 and 1, got {number}")
+    return number
+
+
+def resolve(
+    params: Mapping[str, Any],
+    variable: Callable[[str], str | None],
+    supported_types: tuple[str, ...],
+) -> RunConfig:
+    """Merge run params over Variables over defaults, and validate.
+
+    Args:
+        params: the run's params; a value of None means "not given".
+        variable: looks up an Airflow Variable by its full name, returning None when it is not set.
+        supported_types: the ThreatConnect types that have a mapping file.
+    """
+
+    def pick(name: str, default: Any) -> Any:
+        value = params.get(name)
+        if value is None:
+            value = variable(VARIABLE_PREFIX + name)
+        return default if value is None or value == "" else value
+
+    sink = str(pick("sink", "graph")).strip().lower()
+    if sink not in SINKS:
+        raise ConfigError(f"sink must be one of {SINKS}, got {sink!r}")
+    types = _as_types(pick("indicator_types", list(DEFAULT_INDICATOR_TYPES)))
+    unknown = [t for t in types if t not in supported_types]
+    if unknown:
+        raise ConfigError(f"no mapping for indicator types {unknown}; supported: {list(supported_types)}")
+    reconcile = int(pick("reconcile_every_days", 7))
+    if reconcile < 0:
+        raise ConfigError("reconcile_every_days must be >= 0 (0 switches reconciliation off)")
+    return RunConfig(
+        data_root=str(pick("data_root", DEFAULT_DATA_ROOT)),
+        sink=sink,
+        indicator_types=types,
+        failure_threshold=_as_fraction("failure_threshold", pick("failure_threshold", 0.0)),
+        dry_run=_as_bool("dry_run", pick("dry_run", False)),
+        allow_mass_retraction=_as_bool("allow_mass_retraction", pick("allow_mass_retraction", False)),
+        retraction_guard=_as_fraction("retraction_guard", pick("retraction_guard", 0.2)),
+        reconcile_every_days=reconcile,
+    )

@@ -1,0 +1,166 @@
+"""Hive-partitioned Parquet snapshots per stage, one partition per (indicator type, run), written atomically.
+
+Layout: ``<root>/<stage>/indicator_type=<type>/run_id=<url-quoted run id>/part-00000.parquet``. The partition
+columns live in the directory names only (pyarrow and pandas add them back when reading the dataset with
+``partitioning="hive"``), because a column both in the file and in the path makes pandas refuse the dataset.
+``root`` is a local path or any fsspec URL (``s3://``, ``abfs://``, ``memory://``...).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import fsspec
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+log = logging.getLogger(__name__)
+
+STAGES = ("raw", "normalized", "rejected", "deduped", "loaded", "plan")
+PARTITION_COLUMNS = ("indicator_type", "run_id")
+
+
+def quote_partition_value(value: str) -> str:
+    """URL-quote a partition value the way pyarrow's hive partitioning (``segment_encoding="uri"``) decodes it."""
+    return quote(value, safe="")
+
+
+class PartitionWriter:
+    """Streams record batches into one partition's temporary directory; ``SnapshotStore.writer`` commits it."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, schema: pa.Schema) -> None:
+        self.schema = schema
+        self.rows = 0
+        self._file = fs.open(path, "wb")
+        self._writer = pq.ParquetWriter(self._file, schema, compression="zstd")
+
+    def write(self, data: pa.Table | pa.RecordBatch) -> None:
+        """Append rows (columns in any order; extra partition columns are dropped)."""
+        if data.num_rows == 0:
+            return
+        table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
+        table = table.select(self.schema.names).cast(self.schema)
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        self._writer.close()
+        self._file.close()
+
+
+class SnapshotStore:
+    """Read and write the pipeline's snapshots under one root."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root.rstrip("/")
+        self.fs, self._base = fsspec.core.url_to_fs(self.root)
+        self._local = isinstance(self.fs, LocalFileSystem)
+
+    def _stage_dir(self, stage: str) -> str:
+        if stage not in STAGES:
+            raise ValueError(f"unknown snapshot stage {stage!r}; expected one of {STAGES}")
+        return f"{self._base}/{stage}"
+
+    def _type_dir(self, stage: str, indicator_type: str) -> str:
+        return f"{self._stage_dir(stage)}/indicator_type={quote_partition_value(indicator_type)}"
+
+    def partition_dir(self, stage: str, indicator_type: str, run_id: str) -> str:
+        """Directory (filesystem path, without protocol) of one partition."""
+        return f"{self._type_dir(stage, indicator_type)}/run_id={quote_partition_value(run_id)}"
+
+    def partition_url(self, stage: str, indicator_type: str, run_id: str) -> str:
+        """Where a partition lives, as the user would type it (path or URL): what XCom carries."""
+        path = self.partition_dir(stage, indicator_type, run_id)
+        return path if self._local else self.fs.unstrip_protocol(path)
+
+    @contextlib.contextmanager
+    def writer(self, stage: str, indicator_type: str, run_id: str, schema: pa.Schema) -> Iterator[PartitionWriter]:
+        """Write one partition atomically: readers see the old partition or the new one, never half of one.
+
+        The data goes to a hidden ``_tmp-*`` directory (pyarrow's dataset discovery skips ``_``-prefixed names) and
+        is renamed into place only when the block exits without an exception. A rewrite of the same (type, run)
+        replaces the earlier partition, which is what makes re-running a task idempotent.
+        """
+        schema = pa.schema([f for f in schema if f.name not in PARTITION_COLUMNS])
+        type_dir = self._type_dir(stage, indicator_type)
+        tmp_dir = f"{type_dir}/_tmp-{uuid.uuid4().hex}"
+        self.fs.makedirs(tmp_dir, exist_ok=True)
+        writer = PartitionWriter(self.fs, f"{tmp_dir}/part-00000.parquet", schema)
+        try:
+            yield writer
+            writer.close()
+            self._replace(tmp_dir, self.partition_dir(stage, indicator_type, run_id))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                writer.close()
+            with contextlib.suppress(Exception):
+                self.fs.rm(tmp_dir, recursive=True)
+            raise
+
+    def _replace(self, tmp_dir: str, final_dir: str) -> None:
+        old_dir = None
+        if self.fs.exists(final_dir):
+            old_dir = f"{final_dir.rsplit('/', 1)[0]}/_old-{uuid.uuid4().hex}"
+            self.fs.mv(final_dir, old_dir, recursive=True)
+        self.fs.mv(tmp_dir, final_dir, recursive=True)
+        if old_dir is not None:
+            self.fs.rm(old_dir, recursive=True)
+
+    def write_table(self, stage: str, indicator_type: str, run_id: str, table: pa.Table) -> str:
+        """Write a whole table as one partition; returns the partition's location."""
+        with self.writer(stage, indicator_type, run_id, table.schema) as writer:
+            writer.write(table)
+        return self.partition_url(stage, indicator_type, run_id)
+
+    def exists(self, stage: str, indicator_type: str, run_id: str) -> bool:
+        return self.fs.exists(self.partition_dir(stage, indicator_type, run_id))
+
+    def _files(self, stage: str, indicator_type: str, run_id: str) -> list[str]:
+        directory = self.partition_dir(stage, indicator_type, run_id)
+        if not self.fs.exists(directory):
+            raise FileNotFoundError(f"no {stage} snapshot for {indicator_type} in run {run_id} under {self.root}")
+        return sorted(p for p in self.fs.ls(directory, detail=False) if p.endswith(".parquet"))
+
+    def _pa_filesystem(self) -> pa.fs.FileSystem:
+        return pa.fs.LocalFileSystem() if self._local else PyFileSystem(FSSpecHandler(self.fs))
+
+    def read(self, stage: str, indicator_type: str, run_id: str, columns: list[str] | None = None) -> pa.Table:
+        """One partition as a table (without the partition columns)."""
+        files = self._files(stage, indicator_type, run_id)
+        return ds.dataset(files, format="parquet", filesystem=self._pa_filesystem()).to_table(columns=columns)
+
+    def iter_batches(
+        self, stage: str, indicator_type: str, run_id: str, columns: list[str] | None = None,
+        batch_size: int = 65_536,
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream one partition in record batches, so memory is bounded by a batch, not by the partition."""
+        files = self._files(stage, indicator_type, run_id)
+        dataset = ds.dataset(files, format="parquet", filesystem=self._pa_filesystem())
+        yield from dataset.to_batches(columns=columns, batch_size=batch_size)
+
+    def count(self, stage: str, indicator_type: str, run_id: str) -> int:
+        files = self._files(stage, indicator_type, run_id)
+        return ds.dataset(files, format="parquet", filesystem=self._pa_filesystem()).count_rows()
+
+    def dataset(self, stage: str) -> ds.Dataset:
+        """The whole stage as a hive-partitioned dataset (what the data team reads)."""
+        return ds.dataset(
+            self._stage_dir(stage), format="parquet", partitioning="hive", filesystem=self._pa_filesystem()
+        )
+
+    def runs(self, stage: str, indicator_type: str) -> list[str]:
+        """Run ids that have a partition for this stage and type."""
+        from urllib.parse import unquote
+
+        type_dir = self._type_dir(stage, indicator_type)
+        if not self.fs.exists(type_dir):
+            return []
+        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(type_dir, detail=False)]
+        return sorted(unquote(n.split("=", 1)[1]) for n in names if n.startswith("run_id="))

@@ -1,0 +1,147 @@
+"""Hooks: each turns one Airflow Connection into a ready client or sink; nothing else lives here."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from airflow.sdk import BaseHook
+
+from include.microsoft.auth import ARM_SCOPE, GRAPH_SCOPE, MICROSOFT_AUTHORITY_HOST, TokenProvider
+from include.microsoft.sink import Sink
+from include.threatconnect.client import ThreatConnectClient
+
+
+def base_url(connection: Any, default: str | None = None) -> str:
+    """The base URL a Connection points at: ``host`` may carry scheme and path prefix, or use schema/port."""
+    host = (connection.host or default or "").rstrip("/")
+    if not host:
+        raise ValueError(f"connection {connection.conn_id!r} has no host (the API base URL)")
+    if "://" not in host:
+        scheme = connection.schema if connection.schema in ("http", "https") else "https"
+        host = f"{scheme}://{host}"
+    if connection.port:
+        scheme, rest = host.split("://", 1)
+        netloc, _, path = rest.partition("/")
+        host = f"{scheme}://{netloc}:{connection.port}" + (f"/{path}" if path else "")
+    return host
+
+
+def _require(connection: Any, *names: str) -> dict[str, Any]:
+    extra = connection.extra_dejson
+    missing = [n for n in names if not extra.get(n)]
+    if missing:
+        raise ValueError(f"connection {connection.conn_id!r} lacks extra field(s) {missing}")
+    if not connection.login or not connection.password:
+        raise ValueError(f"connection {connection.conn_id!r} needs login (id) and password (secret)")
+    return extra
+
+
+def limiter_dir() -> Path:
+    """Where the client-side rate limiters of one machine keep their shared state."""
+    return Path(os.environ.get("TC_SENTINEL_LIMITER_DIR", "/tmp/tc-sentinel-limiters"))  # noqa: S108
+
+
+class ThreatConnectHook(BaseHook):
+    """``threatconnect_default``: host = API base URL (``https://app.threatconnect.com/api``), login = Access ID,
+    password = Secret Key, extra ``owner`` and ``api_version`` (``v2`` or ``v3``)."""
+
+    conn_name_attr = "threatconnect_conn_id"
+    default_conn_name = "threatconnect_default"
+    conn_type = "http"
+    hook_name = "ThreatConnect"
+
+    def __init__(self, threatconnect_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.threatconnect_conn_id = threatconnect_conn_id
+
+    def get_conn(self) -> ThreatConnectClient:
+        connection = self.get_connection(self.threatconnect_conn_id)
+        extra = _require(connection, "owner")
+        version = str(extra.get("api_version", "v3")).lower()
+        if version not in ("v2", "v3"):
+            raise ValueError(f"api_version must be v2 or v3, got {version!r}")
+        return ThreatConnectClient(
+            base_url(connection),
+            connection.login,
+            connection.password,
+            owner=extra["owner"],
+            api_version=version,
+            page_size=int(extra.get("page_size", 10_000)),
+        )
+
+
+class MsGraphHook(BaseHook):
+    """``msgraph_default``: host = Graph base URL, login = client id, password = client secret,
+    extra ``tenant_id`` and ``authority_host``."""
+
+    conn_name_attr = "msgraph_conn_id"
+    default_conn_name = "msgraph_default"
+    conn_type = "http"
+    hook_name = "Microsoft Graph (tiIndicators)"
+
+    def __init__(self, msgraph_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.msgraph_conn_id = msgraph_conn_id
+
+    def get_conn(self) -> Any:
+        from include.microsoft.graph import GraphClient
+
+        connection = self.get_connection(self.msgraph_conn_id)
+        extra = _require(connection, "tenant_id")
+        tokens = TokenProvider(
+            extra["tenant_id"], connection.login, connection.password, GRAPH_SCOPE,
+            authority_host=extra.get("authority_host") or MICROSOFT_AUTHORITY_HOST,
+        )
+        return GraphClient(base_url(connection, "https://graph.microsoft.com"), tokens)
+
+    def get_sink(self) -> Sink:
+        from include.microsoft.graph import GraphSink
+
+        return GraphSink(self.get_conn())
+
+
+class SentinelHook(BaseHook):
+    """``sentinel_default``: host = STIX upload endpoint (``https://api.ti.sentinel.azure.com``), login = client id,
+    password = client secret, extra ``tenant_id``, ``workspace_id``, ``authority_host``; for verification through the
+    management plane also ``subscription_id``, ``resource_group``, ``workspace_name`` (and ``management_host``)."""
+
+    conn_name_attr = "sentinel_conn_id"
+    default_conn_name = "sentinel_default"
+    conn_type = "http"
+    hook_name = "Microsoft Sentinel (STIX objects upload)"
+
+    def __init__(self, sentinel_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sentinel_conn_id = sentinel_conn_id
+
+    def get_sink(self, owner: str) -> Sink:
+        from include.microsoft import sentinel
+
+        connection = self.get_connection(self.sentinel_conn_id)
+        extra = _require(connection, "tenant_id", "workspace_id")
+        return sentinel.sink_from_settings(
+            endpoint=base_url(connection, "https://api.ti.sentinel.azure.com"),
+            client_id=connection.login,
+            client_secret=connection.password,
+            extra=extra,
+            owner=owner,
+            limiter_root=limiter_dir(),
+            scope=ARM_SCOPE,
+        )
+
+
+def identity_key(*parts: str) -> str:
+    """A short non-secret key for one identity (used to name shared limiter state)."""
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
+def sink(name: str, owner: str) -> Sink:
+    """The configured load target."""
+    if name == "graph":
+        return MsGraphHook().get_sink()
+    if name == "sentinel":
+        return SentinelHook().get_sink(owner)
+    raise ValueError(f"unknown sink {name!r}")
