@@ -19,11 +19,6 @@ from simulators.stack import OWNER, start_stack
 DAG_ID = "threatconnect_to_sentinel"
 
 
-def target_ids(stack, sink: str) -> set[str]:
-    """External ids the target holds for our app (read straight from the simulator's store)."""
-    return stack.graph.external_ids() if sink == "graph" else stack.sentinel.external_ids()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sink", choices=("graph", "sentinel"), default="graph")
@@ -36,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     interval_start = today - dt.timedelta(days=1)
     shutil.rmtree(args.workdir, ignore_errors=True)
     data_root = args.workdir / "data"
-    print(f"seeding {args.count} ThreatConnect indicators; the run covers [{interval_start:%Y-%m-%d}, {today:%Y-%m-%d})")
+    print(f"seeding {args.count} ThreatConnect indicators; "
+          f"the run covers [{interval_start:%Y-%m-%d}, {today:%Y-%m-%d})")
     # Most changes fall inside the data interval; some are older, so the window visibly bounds the read.
     indicators = generate(seed=2026, count=args.count, owner=OWNER, start=interval_start - dt.timedelta(days=2),
                           end=today)
@@ -49,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"airflow dags test {DAG_ID} {today:%Y-%m-%d} (sink: {args.sink}) ...")
         result = airflow.dags_test(DAG_ID, today.strftime("%Y-%m-%d"))
         (args.workdir / "dags-test.log").write_text(result.stdout + result.stderr)
-        held = target_ids(stack, args.sink)
+        held = stack.target_external_ids(args.sink)
     finally:
         stack.stop()
 
@@ -69,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         verified = len(ids & held)
         failed = loaded.num_rows - good.num_rows
         ok = ok and verified == len(ids)
-        print(f"{indicator_type:<14}{store.count('raw', indicator_type, run_id):>10}"
-              f"{store.count('rejected', indicator_type, run_id):>10}{store.count('deduped', indicator_type, run_id):>10}"
+        counts = [store.count(stage, indicator_type, run_id) for stage in ("raw", "rejected", "deduped")]
+        print(f"{indicator_type:<14}{counts[0]:>10}{counts[1]:>10}{counts[2]:>10}"
               f"{good.num_rows:>10}{failed:>8}{verified:>10}")
     print(f"\nParquet snapshots: {data_root}/<stage>/indicator_type=<type>/run_id=<run>/  "
           "(stages: raw, normalized, rejected, deduped, loaded)")

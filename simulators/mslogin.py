@@ -46,7 +46,8 @@ class LoginService:
         self.clients[client_id] = client_secret
 
     def authenticate(self, request: Request, audience: str) -> IssuedToken | Response:
-        """Check a ``Bearer`` token; answer Graph's 401 shape when it is missing, unknown, expired or for another API."""
+        """Check a ``Bearer`` token; answer Graph's 401 shape when it is missing, unknown, expired or for another API.
+        """
         header = request.header("Authorization") or ""
         scheme, _, token = header.partition(" ")
         issued = self.tokens.get(token) if scheme.lower() == "bearer" else None
@@ -106,10 +107,14 @@ class LoginService:
             self.token_requests += 1
         form = dict(parse_qsl(request.body.decode()))
         if form.get("grant_type") != "client_credentials":
-            return _aad_error(400, "unsupported_grant_type", "AADSTS70003: The app requested an unsupported grant type.")
+            return _aad_error(
+                400, "unsupported_grant_type", "AADSTS70003: The app requested an unsupported grant type."
+            )
         client_id = form.get("client_id", "")
         if client_id not in self.clients:
-            return _aad_error(400, "unauthorized_client", f"AADSTS700016: Application with identifier '{client_id}' was not found.")
+            return _aad_error(
+                400, "unauthorized_client", f"AADSTS700016: Application with identifier '{client_id}' was not found."
+            )
         if not secrets.compare_digest(form.get("client_secret", ""), self.clients[client_id]):
             return _aad_error(401, "invalid_client", "AADSTS7000215: Invalid client secret provided.")
         scopes = form.get("scope", "").split()
@@ -128,7 +133,8 @@ class LoginService:
 def _aad_error(status: int, error: str, description: str) -> Response:
     return Response(
         status,
-        {"error": error, "error_description": description, "error_codes": [int(description[5:description.index(":")])],
+        {"error": error, "error_description": description,
+         "error_codes": [int(description[len("AADSTS"):description.index(":")])],
          "timestamp": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()), "trace_id": secrets.token_hex(16),
          "correlation_id": secrets.token_hex(16)},
     )

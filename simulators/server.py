@@ -139,7 +139,7 @@ class HttpsServer:
         return f"https://localhost:{self.port}"
 
     def start(self) -> HttpsServer:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="simulator", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="simulator", daemon=True)
         self._thread.start()
         return self
 

@@ -17,6 +17,9 @@ CLIENT_ID = "3c7e9a1b-2d4f-4a6c-8e0b-1f2a3b4c5d6e"
 WORKSPACE_ID = "5a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"
 TC_ACCESS_ID = "12345678901234567890"
 OWNER = "Example Organization"
+SUBSCRIPTION_ID = "00000000-0000-4000-8000-000000000000"
+RESOURCE_GROUP = "soc"
+WORKSPACE_NAME = "soc-workspace"
 
 
 @dataclass
@@ -53,8 +56,8 @@ class Stack:
             "sentinel_default": {
                 "conn_type": "http", "host": ms, "login": CLIENT_ID, "password": self.client_secret,
                 "extra": {"tenant_id": TENANT_ID, "workspace_id": WORKSPACE_ID, "authority_host": ms,
-                          "subscription_id": "00000000-0000-4000-8000-000000000000", "resource_group": "soc",
-                          "workspace_name": "soc-workspace", "management_host": ms},
+                          "subscription_id": SUBSCRIPTION_ID, "resource_group": RESOURCE_GROUP,
+                          "workspace_name": WORKSPACE_NAME, "management_host": ms},
             },
         }
 
@@ -70,6 +73,21 @@ class Stack:
         if indicator_types is not None:
             env["AIRFLOW_VAR_TC_SENTINEL_INDICATOR_TYPES"] = json.dumps(indicator_types)
         return env
+
+    def graph_external_ids(self) -> list[str]:
+        """externalIds of every Graph indicator our app owns (duplicates included, so tests can count them)."""
+        return [i.get("externalId") for i in self.graph.owned_by(CLIENT_ID)]
+
+    def sentinel_objects(self) -> dict[str, dict[str, Any]]:
+        """The latest stored version of every STIX object in our workspace, keyed by STIX id."""
+        return {key[2]: obj for key, obj in self.sentinel.objects.items() if key[0] == WORKSPACE_ID}
+
+    def target_external_ids(self, sink: str) -> set[str]:
+        """External ids the target holds (for Sentinel: objects not revoked)."""
+        if sink == "graph":
+            return set(self.graph_external_ids())
+        return {sid.removeprefix("indicator--") for sid, obj in self.sentinel_objects().items()
+                if not obj.get("revoked")}
 
     def stop(self) -> None:
         self.tc_server.stop()
@@ -92,6 +110,7 @@ def start_stack(workdir: Path, indicators: list[dict[str, Any]], api_version: st
     login.register(TENANT_ID, CLIENT_ID, client_secret)
     graph = GraphService(login)
     sentinel = SentinelService(login, {WORKSPACE_ID}, rate_limit_per_minute=sentinel_rate_limit)
+    sentinel.register_management(WORKSPACE_ID, SUBSCRIPTION_ID, RESOURCE_GROUP, WORKSPACE_NAME)
     ms_server = HttpsServer([login, graph, sentinel], tls).start()
     login.base_url = ms_server.base_url
     return Stack(tls, tc_server, tc, ms_server, login, graph, sentinel, tc_secret=tc_secret,

@@ -1,0 +1,635 @@
+"""Microsoft Graph beta ``security/tiIndicators``: an HTTP client with one retry layer, and the ``graph`` load sink."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import logging
+import math
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+from urllib.parse import quote, urlsplit
+
+import pandas as pd
+import requests
+
+from include.microsoft.auth import BearerAuth, TokenProvider
+from include.microsoft.sink import SinkResult
+
+log = logging.getLogger(__name__)
+
+TI_PATH = "/beta/security/tiIndicators"
+MAX_BATCH = 100  # submitTiIndicators' documented limit; used for update and delete batches too
+MAX_URL_LENGTH = 1500  # Graph rejects URLs near 2,048 characters; stay well under
+MAX_RETRY_DELAY = 120.0  # cap on any single wait, whatever Retry-After says
+TRANSIENT_STATUSES = frozenset({500, 502, 503, 504})
+# 429 and 503 mean the request was refused before any work: safe to resend even a non-idempotent submit.
+REFUSED_STATUSES = frozenset({429, 503})
+TARGET_PRODUCT = "Azure Sentinel"  # "Microsoft Sentinel" is rejected by Graph (connect-threat-intelligence-tip.md)
+MAX_DESCRIPTION = 100
+OBSERVABLE_FIELDS = (
+    "networkIPv4", "networkIPv6", "networkDestinationIPv4", "networkDestinationIPv6", "networkSourceIPv4",
+    "networkSourceIPv6", "domainName", "url", "emailSenderAddress", "emailRecipient", "emailSourceDomain",
+    "fileHashValue",
+)
+HASH_TYPES = {"md5": "md5", "sha1": "sha1", "sha256": "sha256"}
+# updateTiIndicators may change only these (tiindicator-updatetiindicators.md); threatType and observables are fixed.
+# targetProduct is not editable but the update doc lists it as required, and the MS quickstart echoes it unchanged.
+UPDATE_FIELDS = (
+    "externalId", "action", "targetProduct", "tlpLevel", "confidence", "severity", "description",
+    "expirationDateTime", "tags", "isActive", "additionalInformation", "lastReportedDateTime",
+)
+DATETIME_FIELDS = frozenset({"expirationDateTime", "lastReportedDateTime"})
+_GUID_RE = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_OFFSET_RE = re.compile(r"([+-])(\d{2}):?(\d{2})$")
+
+
+class GraphError(RuntimeError):
+    """Graph answered with an error (after retries), or could not be reached.
+
+    Attributes:
+        status: the HTTP status, or None when the service could not be reached.
+        code: Graph's ``error.code`` when the body had one.
+        ambiguous: the request may have been carried out even though it failed (5xx after sending, a connection
+            dropped mid-request, a 206 that does not say which item failed); a submit must be reconciled, not resent.
+    """
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None, ambiguous: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.ambiguous = ambiguous
+
+    @property
+    def transient(self) -> bool:
+        """True when retrying later (an Airflow task retry) may succeed."""
+        return self.status is None or self.status == 429 or self.status >= 500
+
+
+# --------------------------------------------------------------------- pure helpers
+def parse_retry_after(value: str | None, now: dt.datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date; None when absent or unreadable.
+
+    Args:
+        value: the header value.
+        now: the current time for HTTP dates (defaults to the clock; injectable for tests).
+    """
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.UTC)
+        seconds = (when - (now or dt.datetime.now(dt.UTC))).total_seconds()
+    if math.isnan(seconds) or math.isinf(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def is_graph_id(value: Any) -> bool:
+    """True for an id Graph assigns: a GUID (Sentinel target) or a numeric string (Defender for Endpoint)."""
+    return isinstance(value, str) and (bool(_GUID_RE.match(value)) or value.isdigit())
+
+
+def item_error(item: Any) -> str | None:
+    """The failure message of one submit/update result item, or None when the item succeeded.
+
+    The 206 per-item shape is undocumented: an item failed when it carries an ``Error``/``error`` key (MS's MISP
+    sample) or its ``id`` is not a Graph id (``"Failed to create, check Error element for reason"``, issue #149).
+    """
+    if not isinstance(item, Mapping):
+        return f"unexpected result item: {item!r}"[:300]
+    for key in ("Error", "error"):
+        error = item.get(key)
+        if error:
+            if isinstance(error, Mapping):
+                code = error.get("code") or error.get("Code") or ""
+                message = error.get("message") or error.get("Message") or ""
+                return f"{code}: {message}".strip(": ") or str(dict(error))
+            return str(error)
+    if not is_graph_id(item.get("id")):
+        return str(item.get("id") or "result item without an id")
+    return None
+
+
+def result_info_error(info: Any) -> str | None:
+    """The failure message of one delete ``resultInfo``, or None for success (or for an id already gone)."""
+    if not isinstance(info, Mapping):
+        return None if info is None else f"unexpected result: {info!r}"[:300]
+    code = info.get("code", 0)
+    try:
+        number = int(code)
+    except (TypeError, ValueError):
+        number = -1
+    # 404: nothing left to delete, which is what a retract wants.
+    if number in (0, 200, 204, 404):
+        return None
+    return f"{code}: {info.get('message') or ''} (subcode {info.get('subcode', info.get('subCode'))})"
+
+
+def iso_utc(value: Any) -> str | None:
+    """ISO 8601 in UTC with ``Z`` (microseconds only when present), or None for a missing timestamp."""
+    if value is None or (not isinstance(value, str) and pd.isna(value)):
+        return None
+    stamp = pd.Timestamp(value)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    text = stamp.strftime("%Y-%m-%dT%H:%M:%S")
+    if stamp.microsecond:
+        text += f".{stamp.microsecond:06d}".rstrip("0")
+    return text + "Z"
+
+
+def parse_datetime(value: Any) -> dt.datetime | None:
+    """Parse Graph's date-times (``Z``, ``+00:00``, ``+0000``, 7 fractional digits) to an aware UTC datetime."""
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    text = text[:-1] + "+00:00" if text.endswith("Z") else _OFFSET_RE.sub(lambda m: f"{m[1]}{m[2]}:{m[3]}", text)
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+
+
+def odata_quote(value: str) -> str:
+    """An OData string literal: single quotes, embedded quotes doubled."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+# --------------------------------------------------------------------- client
+class GraphClient:
+    """Graph beta ``security/tiIndicators`` over ``requests``, with one retry layer.
+
+    429 waits ``Retry-After`` (seconds or an HTTP date), 5xx and connection errors back off exponentially, both at
+    most ``max_retries`` times; a 401 refreshes the token once. ``submitTiIndicators`` is not idempotent (Graph does
+    not enforce ``externalId`` uniqueness), so it is resent only after answers that prove nothing was done (429,
+    503); other failures raise ``GraphError(ambiguous=True)`` for the caller to reconcile.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token_provider: TokenProvider,
+        session: requests.Session | None = None,
+        max_retries: int = 5,
+        backoff: float = 1.0,
+        timeout: float = 60,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.collection_url = self.base_url + TI_PATH
+        self.token_provider = token_provider
+        self.session = session or requests.Session()
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.timeout = timeout
+        self.sleep = sleep
+        self.requests_sent = 0
+        self._auth = BearerAuth(token_provider)
+
+    # ----------------------------------------------------------------- transport
+    def _delay(self, attempt: int, response: requests.Response | None) -> float:
+        retry_after = parse_retry_after(response.headers.get("Retry-After")) if response is not None else None
+        if retry_after is None:
+            retry_after = self.backoff * (2**attempt)
+        return min(retry_after, MAX_RETRY_DELAY)
+
+    def _send(self, method: str, url: str, body: Any = None, idempotent: bool = True) -> requests.Response:
+        """Send one logical request through the retry layer; returns the final response (any status)."""
+        path = urlsplit(url).path
+        refreshed = False
+        attempt = 0
+        while True:
+            self.requests_sent += 1
+            try:
+                response = self.session.request(method, url, json=body, auth=self._auth, timeout=self.timeout)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                # A connect failure means nothing was sent; anything later may have reached the service.
+                sent = not isinstance(exc, requests.ConnectTimeout) and "NewConnectionError" not in repr(exc)
+                if (sent and not idempotent) or attempt >= self.max_retries:
+                    raise GraphError(
+                        f"{method} {path} failed: {type(exc).__name__}", None, ambiguous=sent and not idempotent
+                    ) from exc
+                delay = self._delay(attempt, None)
+                log.warning("%s %s: %s, retry %s in %.1fs", method, path, type(exc).__name__, attempt + 1, delay)
+                self.sleep(delay)
+                attempt += 1
+                continue
+            status = response.status_code
+            if status == 401 and not refreshed:
+                log.info("%s %s: 401, refreshing the token once", method, path)
+                invalidate = getattr(self.token_provider, "invalidate", None)
+                if invalidate is not None:
+                    invalidate()
+                refreshed = True
+                continue
+            retryable = status == 429 or status in TRANSIENT_STATUSES
+            if not retryable or attempt >= self.max_retries or (not idempotent and status not in REFUSED_STATUSES):
+                return response
+            delay = self._delay(attempt, response)
+            log.warning("%s %s: HTTP %s, retry %s in %.1fs", method, path, status, attempt + 1, delay)
+            self.sleep(delay)
+            attempt += 1
+
+    def _json(self, method: str, url: str, body: Any = None, idempotent: bool = True) -> tuple[int, Any]:
+        response = self._send(method, url, body, idempotent)
+        status = response.status_code
+        if status >= 400:
+            code, message = _error_of(response)
+            ambiguous = not idempotent and status >= 500 and status not in REFUSED_STATUSES
+            raise GraphError(
+                f"{method} {urlsplit(url).path} answered HTTP {status} {code}: {message}", status, code, ambiguous
+            )
+        if status == 204 or not response.content:
+            return status, None
+        try:
+            return status, response.json()
+        except ValueError as exc:
+            raise GraphError(f"{method} {urlsplit(url).path} answered non-JSON (HTTP {status})", status) from exc
+
+    def _bulk(self, action: str, values: Sequence[Any], idempotent: bool = True) -> list[Any]:
+        if len(values) > MAX_BATCH:
+            raise ValueError(f"{action} takes at most {MAX_BATCH} values, got {len(values)}")
+        if not values:
+            return []
+        status, body = self._json("POST", f"{self.collection_url}/{action}", {"value": list(values)}, idempotent)
+        results = (body or {}).get("value")
+        if not isinstance(results, list) or len(results) != len(values):
+            raise GraphError(f"{action} answered {len(results or [])} results for {len(values)} values", status,
+                             ambiguous=True)
+        # Deletes answer a resultInfo per id, so their 206 always says which; submit/update items may not.
+        if status == 206 and not action.startswith("delete") and not any(item_error(r) for r in results):
+            # 206 says something failed; if no item says which, nothing can be trusted item by item.
+            raise GraphError(f"{action} answered 206 without a failed item", status, ambiguous=True)
+        return results
+
+    # ----------------------------------------------------------------- operations
+    def submit(self, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """``submitTiIndicators``: create up to 100 indicators; one result per item, in order (check ``item_error``).
+
+        Raises:
+            GraphError: the batch failed as a whole; ``ambiguous`` when some items may have been created.
+        """
+        return self._bulk("submitTiIndicators", [dict(i) for i in items], idempotent=False)
+
+    def update(self, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """``updateTiIndicators``: update up to 100 indicators (each with ``id``); one result per item, in order."""
+        return self._bulk("updateTiIndicators", [dict(i) for i in items])
+
+    def delete_by_external_ids(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """``deleteTiIndicatorsByExternalId`` for up to 100 external ids; one ``resultInfo`` per id, in order."""
+        return self._bulk("deleteTiIndicatorsByExternalId", list(ids))
+
+    def find_by_external_ids(self, ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """The caller's indicators for these external ids, oldest first; ids without any are absent.
+
+        Ids go into ``$filter=externalId eq 'a' or ...`` chunks that keep each URL under ``MAX_URL_LENGTH``.
+        """
+        found: dict[str, list[dict[str, Any]]] = {}
+        for url in self._filter_urls(list(dict.fromkeys(ids))):
+            for item in self._pages(url):
+                external_id = item.get("externalId")
+                if isinstance(external_id, str):
+                    found.setdefault(external_id, []).append(item)
+        for items in found.values():
+            items.sort(key=lambda i: str(i.get("ingestedDateTime") or ""))
+        return found
+
+    def list_all(self) -> Iterator[dict[str, Any]]:
+        """Every indicator this app owns, page by page (``@odata.nextLink``, the service's page size)."""
+        yield from self._pages(self.collection_url)
+
+    def _filter_urls(self, ids: list[str]) -> Iterator[str]:
+        prefix = f"{self.collection_url}?$top=1000&$filter="
+        chunk: list[str] = []
+        length = len(prefix)
+        for external_id in ids:
+            term = quote(("" if not chunk else " or ") + f"externalId eq {odata_quote(external_id)}", safe="")
+            if chunk and length + len(term) > MAX_URL_LENGTH:
+                yield prefix + quote(" or ".join(f"externalId eq {odata_quote(i)}" for i in chunk), safe="")
+                chunk, length = [], len(prefix)
+                term = quote(f"externalId eq {odata_quote(external_id)}", safe="")
+            chunk.append(external_id)
+            length += len(term)
+        if chunk:
+            yield prefix + quote(" or ".join(f"externalId eq {odata_quote(i)}" for i in chunk), safe="")
+
+    def _pages(self, url: str) -> Iterator[dict[str, Any]]:
+        seen: set[str] = set()
+        next_url: str | None = url
+        while next_url:
+            if next_url in seen:
+                raise GraphError(f"paging loop: {urlsplit(next_url).path} repeated a nextLink")
+            seen.add(next_url)
+            _, body = self._json("GET", next_url)
+            body = body or {}
+            yield from body.get("value") or []
+            next_url = body.get("@odata.nextLink")
+
+
+def _error_of(response: requests.Response) -> tuple[str, str]:
+    try:
+        body = response.json()
+    except ValueError:
+        return "", response.text[:200]
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("code") or ""), str(error.get("message") or "")
+    return "", str(body)[:200]
+
+
+# --------------------------------------------------------------------- sink
+def _scalar(value: Any) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, str | list | tuple) and not hasattr(value, "__len__") and pd.isna(value):
+        return None
+    return value
+
+
+def _string_list(value: Any) -> list[str]:
+    if value is None or (not hasattr(value, "__len__") and pd.isna(value)):
+        return []
+    return [str(v) for v in value]
+
+
+class GraphSink:
+    """Load normalized rows into Graph ``tiIndicators`` (Sentinel's legacy TIP path), keyed on ``externalId``.
+
+    Graph does not make ``externalId`` unique, so every upsert looks the ids up first: existing ones are updated,
+    only missing ones are submitted.
+    """
+
+    name: ClassVar[str] = "graph"
+    verify_fields: ClassVar[tuple[str, ...]] = (
+        "externalId", *OBSERVABLE_FIELDS, "fileHashType", "confidence", "severity", "tlpLevel", "threatType",
+        "isActive", "expirationDateTime", "description",
+    )
+
+    def __init__(self, client: GraphClient, batch_size: int = MAX_BATCH, max_item_attempts: int = 3) -> None:
+        if not 0 < batch_size <= MAX_BATCH:
+            raise ValueError(f"batch_size must be between 1 and {MAX_BATCH}")
+        self.client = client
+        self.batch_size = batch_size
+        self.max_item_attempts = max(1, max_item_attempts)
+
+    # ----------------------------------------------------------------- payload and comparison
+    def payload(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """The tiIndicator sent for one normalized row (deterministic: no clock reads).
+
+        Raises:
+            ValueError: the row lacks what Graph requires (observable, value, expiration) or names an unknown
+                observable property.
+        """
+        observable = _scalar(row.get("observable"))
+        value = _scalar(row.get("value"))
+        if observable not in OBSERVABLE_FIELDS:
+            raise ValueError(f"unsupported Graph observable property {observable!r}")
+        if not value:
+            raise ValueError("the row has no value")
+        expiration = iso_utc(_scalar(row.get("expiration")))
+        if expiration is None:
+            raise ValueError("expirationDateTime is required by Graph and the row has no expiration")
+        threat_type = _scalar(row.get("threat_type"))
+        if not threat_type:
+            # No silent WatchList default: the docs tell partners not to use it, and a missing type is a mapping bug.
+            raise ValueError("the row has no threat_type")
+        description = _scalar(row.get("description")) or f"{row.get('indicator_type')} {value}"
+        # Graph wants tlpLevel; the docs call amber the default.
+        tlp = str(_scalar(row.get("tlp")) or "amber").lower()
+        body: dict[str, Any] = {
+            "externalId": str(row["external_id"]),
+            "action": "alert",
+            "targetProduct": TARGET_PRODUCT,
+            "threatType": threat_type,
+            "tlpLevel": tlp,
+            "description": str(description)[:MAX_DESCRIPTION],
+            "expirationDateTime": expiration,
+            "tags": _string_list(_scalar(row.get("tags"))),
+            "isActive": bool(_scalar(row.get("active"))) and not bool(_scalar(row.get("false_positive"))),
+            observable: str(value),
+        }
+        for field_name, column, high in (("confidence", "confidence", 100), ("severity", "severity", 5)):
+            number = _scalar(row.get(column))
+            if number is not None:
+                body[field_name] = max(0, min(high, int(number)))
+        if observable == "fileHashValue":
+            hash_type = HASH_TYPES.get(str(_scalar(row.get("hash_type")) or "").lower())
+            if hash_type is None:
+                raise ValueError(f"unsupported hash type {row.get('hash_type')!r}")
+            body["fileHashType"] = hash_type
+        web_link = _scalar(row.get("web_link"))
+        if web_link:
+            body["additionalInformation"] = str(web_link)
+        last_reported = iso_utc(_scalar(row.get("last_modified")))
+        if last_reported:
+            body["lastReportedDateTime"] = last_reported
+        return body
+
+    @staticmethod
+    def same_value(field: str, sent: Any, stored: Any) -> bool:
+        """Whether Graph holds what was sent for ``field``, allowing its formats (7-digit ticks, ``+00:00``, ...)."""
+        if sent in (None, "", []) and stored in (None, "", []):
+            return True
+        if field in DATETIME_FIELDS:
+            return parse_datetime(sent) is not None and parse_datetime(sent) == parse_datetime(stored)
+        if field in ("confidence", "severity"):
+            try:
+                return int(sent) == int(stored)
+            except (TypeError, ValueError):
+                return False
+        if field in ("fileHashValue", "fileHashType", "tlpLevel", "threatType"):
+            return isinstance(sent, str) and isinstance(stored, str) and sent.lower() == stored.lower()
+        if field == "isActive" and isinstance(stored, str):
+            return str(sent).lower() == stored.lower()
+        return sent == stored
+
+    def _payloads(self, rows: pd.DataFrame) -> tuple[dict[str, dict[str, Any]], dict[str, SinkResult]]:
+        payloads: dict[str, dict[str, Any]] = {}
+        bad: dict[str, SinkResult] = {}
+        for row in rows.to_dict("records"):
+            external_id = str(row["external_id"])
+            try:
+                payloads[external_id] = self.payload(row)
+            except (ValueError, TypeError, KeyError) as exc:
+                bad[external_id] = SinkResult(external_id, "create", "failed", attempts=0, error=f"payload: {exc}")
+        return payloads, bad
+
+    # ----------------------------------------------------------------- upsert
+    def upsert(self, rows: pd.DataFrame) -> list[SinkResult]:
+        """Create missing indicators and update existing ones; one result per row, in row order.
+
+        Raises:
+            GraphError: Graph stayed unavailable (429/5xx/network) beyond the client's retries; the task should
+                retry, and the lookup-first design makes the rerun safe.
+        """
+        if rows.empty:
+            return []
+        payloads, results = self._payloads(rows)
+        existing = self.client.find_by_external_ids(list(payloads))
+        creates = {e: p for e, p in payloads.items() if e not in existing}
+        updates: dict[str, dict[str, Any]] = {}
+        duplicates: dict[str, str] = {}
+        for external_id, payload in payloads.items():
+            if external_id in existing:
+                found = existing[external_id]
+                updates[external_id] = {"id": found[0]["id"], **{k: payload[k] for k in UPDATE_FIELDS if k in payload}}
+                if len(found) > 1:
+                    others = ", ".join(str(f.get("id")) for f in found[1:])
+                    duplicates[external_id] = f"{len(found) - 1} duplicate(s) in Graph left untouched: {others}"
+                    log.warning("externalId %s has %s duplicates in Graph", external_id, len(found) - 1)
+        results.update(self._create(creates))
+        for external_id, result in self._update(updates).items():
+            if external_id in duplicates and result.status == "ok":
+                result = SinkResult(external_id, "update", "ok", result.target_id, result.attempts,
+                                    duplicates[external_id])
+            results[external_id] = result
+        return [results[str(e)] for e in rows["external_id"]]
+
+    def _create(self, creates: dict[str, dict[str, Any]]) -> dict[str, SinkResult]:
+        done: dict[str, SinkResult] = {}
+        attempts = dict.fromkeys(creates, 0)
+        errors: dict[str, str] = {}
+        pending = list(creates)
+        while pending:
+            retry: list[str] = []
+            for start in range(0, len(pending), self.batch_size):
+                batch = pending[start:start + self.batch_size]
+                for external_id in batch:
+                    attempts[external_id] += 1
+                try:
+                    answers = self.client.submit([creates[e] for e in batch])
+                except GraphError as exc:
+                    if not exc.ambiguous:
+                        if exc.transient:
+                            raise
+                        for external_id in batch:
+                            done[external_id] = SinkResult(external_id, "create", "failed", None,
+                                                           attempts[external_id], str(exc))
+                        continue
+                    # Some of the batch may exist now: adopt what Graph holds, resubmit only the rest.
+                    log.warning("submit of %s indicators was ambiguous (%s); reconciling", len(batch), exc)
+                    landed = self.client.find_by_external_ids(batch)
+                    for external_id in batch:
+                        if external_id in landed:
+                            done[external_id] = SinkResult(external_id, "create", "ok", landed[external_id][0]["id"],
+                                                           attempts[external_id])
+                        else:
+                            errors[external_id] = str(exc)
+                            retry.append(external_id)
+                    continue
+                for external_id, answer in zip(batch, answers, strict=True):
+                    error = item_error(answer)
+                    if error is None:
+                        done[external_id] = SinkResult(external_id, "create", "ok", answer["id"], attempts[external_id])
+                    else:
+                        errors[external_id] = error
+                        retry.append(external_id)
+            pending = [e for e in retry if attempts[e] < self.max_item_attempts]
+            for external_id in retry:
+                if attempts[external_id] >= self.max_item_attempts:
+                    done[external_id] = SinkResult(external_id, "create", "failed", None, attempts[external_id],
+                                                   errors[external_id])
+            if pending:
+                log.info("retrying %s failed creates", len(pending))
+        return done
+
+    def _update(self, updates: dict[str, dict[str, Any]]) -> dict[str, SinkResult]:
+        done: dict[str, SinkResult] = {}
+        attempts = dict.fromkeys(updates, 0)
+        errors: dict[str, str] = {}
+        pending = list(updates)
+        while pending:
+            retry: list[str] = []
+            for start in range(0, len(pending), self.batch_size):
+                batch = pending[start:start + self.batch_size]
+                for external_id in batch:
+                    attempts[external_id] += 1
+                try:
+                    answers = self.client.update([updates[e] for e in batch])
+                except GraphError as exc:
+                    if exc.transient and not exc.ambiguous:
+                        raise
+                    # Updates are idempotent: an unclear or refused batch is simply tried again.
+                    for external_id in batch:
+                        errors[external_id] = str(exc)
+                        retry.append(external_id)
+                    continue
+                for external_id, answer in zip(batch, answers, strict=True):
+                    error = item_error(answer)
+                    if error is None:
+                        done[external_id] = SinkResult(external_id, "update", "ok", updates[external_id]["id"],
+                                                       attempts[external_id])
+                    else:
+                        errors[external_id] = error
+                        retry.append(external_id)
+            pending = [e for e in retry if attempts[e] < self.max_item_attempts]
+            for external_id in retry:
+                if attempts[external_id] >= self.max_item_attempts:
+                    done[external_id] = SinkResult(external_id, "update", "failed", updates[external_id]["id"],
+                                                   attempts[external_id], errors[external_id])
+        return done
+
+    # ----------------------------------------------------------------- retract and fetch
+    def retract(self, rows: pd.DataFrame) -> list[SinkResult]:
+        """Delete these rows' indicators, but only those this app owns (``OwnedBy``: the only ones it can see).
+
+        Ids Graph does not hold for this app are reported ``ok`` with zero attempts: there is nothing to withdraw.
+        """
+        if rows.empty:
+            return []
+        ids = list(dict.fromkeys(str(e) for e in rows["external_id"]))
+        owned = self.client.find_by_external_ids(ids)
+        results = {e: SinkResult(e, "retract", "ok", attempts=0) for e in ids if e not in owned}
+        attempts = dict.fromkeys(owned, 0)
+        errors: dict[str, str] = {}
+        pending = [e for e in ids if e in owned]
+        while pending:
+            retry: list[str] = []
+            for start in range(0, len(pending), MAX_BATCH):
+                batch = pending[start:start + MAX_BATCH]
+                for external_id in batch:
+                    attempts[external_id] += 1
+                try:
+                    answers = self.client.delete_by_external_ids(batch)
+                except GraphError as exc:
+                    if exc.transient and not exc.ambiguous:
+                        raise
+                    answers = [{"code": exc.status or -1, "message": str(exc)}] * len(batch)
+                for external_id, answer in zip(batch, answers, strict=True):
+                    error = result_info_error(answer)
+                    if error is None:
+                        results[external_id] = SinkResult(external_id, "retract", "ok", owned[external_id][0]["id"],
+                                                          attempts[external_id])
+                    else:
+                        errors[external_id] = error
+                        retry.append(external_id)
+            pending = [e for e in retry if attempts[e] < self.max_item_attempts]
+            for external_id in retry:
+                if attempts[external_id] >= self.max_item_attempts:
+                    results[external_id] = SinkResult(external_id, "retract", "failed", owned[external_id][0]["id"],
+                                                      attempts[external_id], errors[external_id])
+        return [results[str(e)] for e in rows["external_id"]]
+
+    def fetch(self, external_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """What Graph holds for these ids (the oldest row per id), shaped like ``payload``: its keys, nulls dropped."""
+        keys = {"externalId", "action", "targetProduct", "threatType", "tlpLevel", "description", "expirationDateTime",
+                "tags", "isActive", "confidence", "severity", "fileHashType", "additionalInformation",
+                "lastReportedDateTime", *OBSERVABLE_FIELDS}
+        found = self.client.find_by_external_ids(list(external_ids))
+        return {
+            external_id: {k: v for k, v in items[0].items() if k in keys and v is not None}
+            for external_id, items in found.items()
+        }

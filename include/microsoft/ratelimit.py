@@ -1,0 +1,155 @@
+"""A sliding-window request budget shared by every process of one identity on a machine, through a locked file."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: Sentinel's upload APIs allow 100 requests per minute per identity; the margin absorbs the gap between the
+#: moment a request is admitted here and the moment it reaches Microsoft.
+SENTINEL_MAX_REQUESTS = 95
+SENTINEL_PER_SECONDS = 60.0
+
+
+def limiter_path(root: Path, identity: str) -> Path:
+    """Where the budget of one identity lives under ``root``.
+
+    Args:
+        root: a directory every task on the machine sees (created when missing).
+        identity: what the remote API counts requests by, e.g. ``f"{client_id}|{workspace_id}"``. Never pass a
+            secret: only its hash reaches the file name, but a secret has no business here at all.
+
+    Returns:
+        ``root / "ratelimit-<sha256 prefix>.json"``.
+    """
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:24]
+    return Path(root) / f"ratelimit-{digest}.json"
+
+
+class SharedRateLimiter:
+    """At most ``max_requests`` per ``per_seconds`` sliding window, across threads and processes.
+
+    The state (send times inside the window and a server-imposed pause) is a small JSON file guarded by
+    ``fcntl.flock``, so the mapped load tasks of one identity share one budget instead of each assuming it owns
+    the whole API limit, and a 429 seen by one task pauses them all. Times come from ``time.time`` because a
+    monotonic clock is not comparable between processes.
+    """
+
+    def __init__(
+        self,
+        state_path: Path,
+        max_requests: int = SENTINEL_MAX_REQUESTS,
+        per_seconds: float = SENTINEL_PER_SECONDS,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if max_requests < 1 or per_seconds <= 0:
+            raise ValueError("max_requests must be >= 1 and per_seconds > 0")
+        self.state_path = Path(state_path)
+        self.max_requests = max_requests
+        self.per_seconds = float(per_seconds)
+        self._clock = clock
+        self._sleep = sleep
+        self.waited = 0.0  # seconds this instance spent blocked in acquire(), for task metrics
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def acquire(self) -> float:
+        """Block until one more request fits the shared budget, and count it.
+
+        Returns:
+            The seconds spent waiting.
+        """
+        waited = 0.0
+        while True:
+            with _LockedState(self.state_path) as state:
+                now = self._clock()
+                sent = [t for t in state.sent if now - self.per_seconds < t <= now + self.per_seconds]
+                if state.paused_until > now:
+                    delay = state.paused_until - now
+                elif len(sent) < self.max_requests:
+                    sent.append(now)
+                    state.sent = sent
+                    state.save()
+                    self.waited += waited
+                    return waited
+                else:
+                    # The oldest send leaves the window at oldest + per_seconds.
+                    delay = min(sent) + self.per_seconds - now
+                state.sent = sent
+                state.save()
+            # Sleep outside the lock so other processes can read the state meanwhile.
+            delay = max(delay, 0.001)
+            waited += delay
+            self._sleep(delay)
+
+    def penalise(self, seconds: float) -> None:
+        """Pause every holder of this budget for ``seconds`` from now (a server answered 429 "try again in N")."""
+        if seconds <= 0:
+            return
+        with _LockedState(self.state_path) as state:
+            until = self._clock() + seconds
+            if until > state.paused_until:
+                state.paused_until = until
+                state.save()
+        log.info("shared rate limit paused for %.1f s by a throttled response", seconds)
+
+    def in_window(self) -> int:
+        """How many requests the shared window holds now (for tests and metrics)."""
+        with _LockedState(self.state_path) as state:
+            now = self._clock()
+            return sum(1 for t in state.sent if now - self.per_seconds < t <= now + self.per_seconds)
+
+
+class _LockedState:
+    """The limiter file, read under an exclusive ``flock`` and written back in place before unlocking."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._fd = -1
+        self.sent: list[float] = []
+        self.paused_until = 0.0
+
+    def __enter__(self) -> _LockedState:
+        self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            raw = b""
+            while chunk := os.read(self._fd, 65536):
+                raw += chunk
+            self._load(raw)
+        except BaseException:
+            os.close(self._fd)
+            raise
+        return self
+
+    def _load(self, raw: bytes) -> None:
+        if not raw.strip():
+            return
+        try:
+            data = json.loads(raw)
+            self.sent = [float(t) for t in data.get("sent", [])]
+            self.paused_until = float(data.get("paused_until", 0.0))
+        except (ValueError, TypeError, AttributeError):
+            # A torn write (a process killed mid-save) only loses the window: start a fresh one.
+            log.warning("rate-limit state %s was unreadable; starting a new window", self._path)
+            self.sent, self.paused_until = [], 0.0
+
+    def save(self) -> None:
+        payload = json.dumps({"sent": self.sent, "paused_until": self.paused_until}).encode()
+        os.lseek(self._fd, 0, os.SEEK_SET)
+        os.ftruncate(self._fd, 0)
+        os.write(self._fd, payload)
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            os.close(self._fd)

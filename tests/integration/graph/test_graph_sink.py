@@ -1,0 +1,191 @@
+"""GraphSink upsert / retract / fetch against the Graph simulator: no duplicates, bounded retries, ownership."""
+
+from __future__ import annotations
+
+import pytest
+
+from include.microsoft.graph import GraphClient, GraphError, GraphSink
+from tests.integration.graph.conftest import CLIENT, OTHER_CLIENT, OTHER_SECRET, GraphStack
+from tests.unit.microsoft.graph_rows import SAMPLES, ip_rows, normalized_row, rows_frame
+
+pytestmark = pytest.mark.integration
+
+
+def _store_by_external_id(stack: GraphStack) -> dict[str, list[dict[str, object]]]:
+    grouped: dict[str, list[dict[str, object]]] = {}
+    for item in stack.graph.owned_by(CLIENT):
+        grouped.setdefault(str(item["externalId"]), []).append(item)
+    return grouped
+
+
+def _final_state(stack: GraphStack) -> dict[str, tuple[object, ...]]:
+    keep = ("networkIPv4", "confidence", "severity", "tlpLevel", "isActive", "expirationDateTime", "description")
+    return {e: tuple(items[0][k] for k in keep) for e, items in _store_by_external_id(stack).items()}
+
+
+def test_a_rerun_of_250_rows_updates_them_all_and_creates_nothing_new(stack: GraphStack, sink: GraphSink) -> None:
+    rows = ip_rows(250)
+    first = sink.upsert(rows)
+    assert [r.external_id for r in first] == list(rows["external_id"])
+    assert {(r.action, r.status) for r in first} == {("create", "ok")}
+    assert [w.items for w in stack.graph.writes("submitTiIndicators")] == [100, 100, 50]
+
+    second = sink.upsert(rows)
+    assert {(r.action, r.status) for r in second} == {("update", "ok")}
+    assert [w.items for w in stack.graph.writes("submitTiIndicators")] == [100, 100, 50]
+    assert [w.items for w in stack.graph.writes("updateTiIndicators")] == [100, 100, 50]
+    stored = _store_by_external_id(stack)
+    assert len(stored) == 250
+    assert all(len(items) == 1 for items in stored.values())
+    assert {r.target_id for r in second} == {r.target_id for r in first}
+
+
+def test_an_update_changes_the_editable_fields(stack: GraphStack, sink: GraphSink) -> None:
+    sink.upsert(ip_rows(3))
+    sink.upsert(ip_rows(3, confidence=10, tlp="red", false_positive=True))
+    assert {items[0]["confidence"] for items in _store_by_external_id(stack).values()} == {10}
+    assert {items[0]["tlpLevel"] for items in _store_by_external_id(stack).values()} == {"red"}
+    assert {items[0]["isActive"] for items in _store_by_external_id(stack).values()} == {False}
+
+
+def test_injected_429s_and_503s_end_in_the_same_final_state(stack: GraphStack, sink: GraphSink) -> None:
+    rows = ip_rows(120)
+    sink.upsert(rows)
+    sink.upsert(ip_rows(120, severity=2))
+    clean = _final_state(stack)
+
+    stack.graph.indicators.clear()
+    stack.graph.owners.clear()
+    stack.graph.inject(429, count=2, retry_after=2, path_contains="submitTiIndicators")
+    stack.graph.inject(503, count=2, path_contains="updateTiIndicators")
+    stack.graph.inject(503, count=1)
+    results = sink.upsert(rows) + sink.upsert(ip_rows(120, severity=2))
+    assert {r.status for r in results} == {"ok"}
+    assert _final_state(stack) == clean
+    assert {429, 503} <= {r.status for r in stack.graph.requests}
+    assert 2.0 in stack.clock.sleeps
+
+
+def test_a_submit_that_timed_out_after_committing_is_reconciled_not_duplicated(stack: GraphStack,
+                                                                               sink: GraphSink) -> None:
+    stack.graph.inject(504, count=1, path_contains="submitTiIndicators", processed=True)
+    results = sink.upsert(ip_rows(30))
+    assert {(r.action, r.status) for r in results} == {("create", "ok")}
+    assert len(stack.graph.writes("submitTiIndicators")) == 1
+    stored = _store_by_external_id(stack)
+    assert len(stored) == 30
+    assert all(len(items) == 1 for items in stored.values())
+    assert {r.target_id for r in results} == {items[0]["id"] for items in stored.values()}
+
+
+def test_a_206_with_two_failing_items_retries_only_those_two(stack: GraphStack, sink: GraphSink) -> None:
+    rows = ip_rows(10)
+    failing = set(rows["external_id"][[3, 7]])
+    stack.graph.fail_items(lambda item: item["externalId"] in failing, count=2)
+    results = sink.upsert(rows)
+    assert {r.status for r in results} == {"ok"}
+    assert [w.items for w in stack.graph.writes("submitTiIndicators")] == [10, 2]
+    assert [w.status for w in stack.graph.writes("submitTiIndicators")] == [206, 200]
+    assert {r.external_id: r.attempts for r in results if r.attempts > 1} == dict.fromkeys(failing, 2)
+    assert len(_store_by_external_id(stack)) == 10
+
+
+def test_an_item_failing_every_time_ends_failed_with_the_message(stack: GraphStack, sink: GraphSink) -> None:
+    rows = ip_rows(5)
+    doomed = rows["external_id"][2]
+    stack.graph.fail_items(lambda item: item["externalId"] == doomed, message="Provider rejected the indicator.")
+    results = {r.external_id: r for r in sink.upsert(rows)}
+    assert results[doomed].status == "failed"
+    assert results[doomed].attempts == sink.max_item_attempts
+    assert "Provider rejected the indicator." in (results[doomed].error or "")
+    assert {r.status for e, r in results.items() if e != doomed} == {"ok"}
+    assert len(stack.graph.writes("submitTiIndicators")) == sink.max_item_attempts
+    assert doomed not in _store_by_external_id(stack)
+
+
+def test_failing_updates_are_retried_by_item_too(stack: GraphStack, sink: GraphSink) -> None:
+    rows = ip_rows(4)
+    sink.upsert(rows)
+    target = rows["external_id"][0]
+    stack.graph.fail_items(lambda item: item.get("externalId") == target, count=1)
+    results = {r.external_id: r for r in sink.upsert(rows)}
+    assert (results[target].action, results[target].status, results[target].attempts) == ("update", "ok", 2)
+    assert [w.items for w in stack.graph.writes("updateTiIndicators")] == [4, 1]
+
+
+def test_a_row_graph_cannot_take_fails_alone(stack: GraphStack, sink: GraphSink) -> None:
+    rows = rows_frame([normalized_row("ipv4", 1), normalized_row("ipv4", 2, expiration=None)])
+    results = sink.upsert(rows)
+    assert [r.status for r in results] == ["ok", "failed"]
+    assert "expiration" in (results[1].error or "")
+
+
+def test_duplicates_left_by_an_earlier_run_are_reported_and_only_the_oldest_updated(
+        stack: GraphStack, sink: GraphSink, client: GraphClient) -> None:
+    rows = ip_rows(2)
+    dup = rows["external_id"][0]
+    client.submit([sink.payload(rows.to_dict("records")[0])])
+    client.submit([sink.payload(rows.to_dict("records")[0])])
+    oldest = client.find_by_external_ids([dup])[dup][0]["id"]
+    results = {r.external_id: r for r in sink.upsert(rows)}
+    assert (results[dup].action, results[dup].status, results[dup].target_id) == ("update", "ok", oldest)
+    assert "1 duplicate(s)" in (results[dup].error or "")
+    assert len(_store_by_external_id(stack)[dup]) == 2
+
+
+def test_fetch_returns_what_was_sent_for_every_verify_field(stack: GraphStack, sink: GraphSink) -> None:
+    rows = rows_frame([normalized_row(sample, 1) for sample in sorted(SAMPLES)])
+    assert {r.status for r in sink.upsert(rows)} == {"ok"}
+    fetched = sink.fetch([*rows["external_id"], "not-there"])
+    assert "not-there" not in fetched
+    for row in rows.to_dict("records"):
+        sent = sink.payload(row)
+        held = fetched[row["external_id"]]
+        mismatched = [f for f in sink.verify_fields if not sink.same_value(f, sent.get(f), held.get(f))]
+        assert mismatched == [], row["indicator_type"]
+
+
+def test_fetch_notices_a_change_made_behind_our_back(stack: GraphStack, sink: GraphSink) -> None:
+    rows = ip_rows(1)
+    sink.upsert(rows)
+    next(iter(stack.graph.indicators.values()))["confidence"] = 1
+    sent = sink.payload(rows.to_dict("records")[0])
+    held = sink.fetch([rows["external_id"][0]])[rows["external_id"][0]]
+    assert not sink.same_value("confidence", sent["confidence"], held["confidence"])
+
+
+def test_retract_deletes_our_indicators_in_batches_of_100(stack: GraphStack, sink: GraphSink) -> None:
+    rows = ip_rows(150)
+    sink.upsert(rows)
+    results = sink.retract(rows)
+    assert {(r.action, r.status) for r in results} == {("retract", "ok")}
+    assert [w.items for w in stack.graph.writes("deleteTiIndicatorsByExternalId")] == [100, 50]
+    assert _store_by_external_id(stack) == {}
+
+
+def test_retracting_ids_we_never_loaded_sends_no_delete(stack: GraphStack, sink: GraphSink) -> None:
+    results = sink.retract(ip_rows(3))
+    assert [(r.status, r.attempts) for r in results] == [("ok", 0)] * 3
+    assert stack.graph.writes("deleteTiIndicatorsByExternalId") == []
+
+
+def test_another_app_can_neither_see_nor_retract_our_indicators(stack: GraphStack, sink: GraphSink) -> None:
+    rows = ip_rows(5)
+    sink.upsert(rows)
+    intruder = GraphSink(stack.new_client(OTHER_CLIENT, OTHER_SECRET))
+    assert intruder.fetch(list(rows["external_id"])) == {}
+    assert [r.attempts for r in intruder.retract(rows)] == [0] * 5
+    assert len(_store_by_external_id(stack)) == 5
+    assert stack.graph.owned_by(OTHER_CLIENT) == []
+
+
+def test_graph_staying_down_raises_for_the_task_to_retry_and_the_rerun_is_clean(stack: GraphStack,
+                                                                                 sink: GraphSink) -> None:
+    rows = ip_rows(20)
+    stack.graph.inject(503, count=100, path_contains="submitTiIndicators")
+    with pytest.raises(GraphError) as raised:
+        sink.upsert(rows)
+    assert raised.value.transient
+    stack.graph.clear_faults()
+    assert {r.status for r in sink.upsert(rows)} == {"ok"}
+    assert len(_store_by_external_id(stack)) == 20
