@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sentinel_stack import (
+
+from include.microsoft.sentinel import SentinelClient, SentinelSink
+from simulators.mslogin import LoginService
+from simulators.sentinel import SentinelService
+from simulators.server import HttpsServer
+from simulators.tls import TlsMaterial, make_tls_material
+from tests.integration.sentinel.sentinel_stack import (
     CLIENT,
     OTHER_CLIENT,
     OTHER_SECRET,
@@ -21,12 +27,6 @@ from sentinel_stack import (
     FakeClock,
     SentinelStack,
 )
-
-from include.microsoft.sentinel import SentinelClient, SentinelSink
-from simulators.mslogin import LoginService
-from simulators.sentinel import SentinelService
-from simulators.server import HttpsServer
-from simulators.tls import TlsMaterial, make_tls_material
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 import requests
-from sentinel_stack import SOURCE, WORKSPACE, SentinelStack, make_row
 
 from include.microsoft.auth import GRAPH_SCOPE
 from include.microsoft.stix import build_indicator
+from tests.integration.sentinel.sentinel_stack import SOURCE, WORKSPACE, SentinelStack, make_row
 
 pytestmark = pytest.mark.integration
 API = {"api-version": "2024-02-01-preview"}

@@ -8,10 +8,18 @@ import time
 import pandas as pd
 import pytest
 import stix2
-from sentinel_stack import CLIENT, OTHER_CLIENT, OTHER_SECRET, SECRET, SOURCE, SentinelStack, make_rows
 
 from include.microsoft.sentinel import SentinelClient, SentinelError, SentinelSink
 from include.microsoft.stix import stix_id
+from tests.integration.sentinel.sentinel_stack import (
+    CLIENT,
+    OTHER_CLIENT,
+    OTHER_SECRET,
+    SECRET,
+    SOURCE,
+    SentinelStack,
+    make_rows,
+)
 
 pytestmark = pytest.mark.integration
 

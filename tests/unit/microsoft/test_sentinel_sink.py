@@ -10,11 +10,11 @@ from typing import Any
 import pandas as pd
 import pytest
 import stix2
-from graph_rows import BASE_TIME, ip_rows, normalized_row, rows_frame
 
 from include.microsoft.sentinel import SentinelError, SentinelSink
 from include.microsoft.sink import Sink
 from include.microsoft.stix import format_timestamp, parse_timestamp
+from tests.unit.microsoft.graph_rows import BASE_TIME, ip_rows, normalized_row, rows_frame
 
 Rejector = Callable[[Mapping[str, Any], int], list[str]]
 

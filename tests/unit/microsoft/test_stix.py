@@ -8,7 +8,6 @@ import re
 
 import pytest
 import stix2
-from graph_rows import BASE_TIME, SAMPLES, normalized_row, rows_frame
 from hypothesis import given
 from hypothesis import strategies as st
 from stix2patterns.pattern import Pattern
@@ -26,6 +25,7 @@ from include.microsoft.stix import (
     source_system,
     stix_id,
 )
+from tests.unit.microsoft.graph_rows import BASE_TIME, SAMPLES, normalized_row, rows_frame
 
 EXPECTED_PATTERNS = {
     "ipv4": "[ipv4-addr:value = '198.51.100.7']",

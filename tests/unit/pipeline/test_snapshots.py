@@ -35,9 +35,13 @@ def test_a_failed_write_leaves_the_previous_partition_and_no_temporary_files(tmp
     store = SnapshotStore(str(tmp_path))
     store.write_table("raw", "Address", RUN, pa.table({"tc_id": [1]}))
     schema = pa.schema([("tc_id", pa.int64())])
-    with pytest.raises(RuntimeError), store.writer("raw", "Address", RUN, schema) as writer:
-        writer.write(pa.table({"tc_id": [5, 6]}))
-        raise RuntimeError("task killed half way")
+    def interrupted_write() -> None:
+        with store.writer("raw", "Address", RUN, schema) as writer:
+            writer.write(pa.table({"tc_id": [5, 6]}))
+            raise RuntimeError("task killed half way")
+
+    with pytest.raises(RuntimeError):
+        interrupted_write()
     assert store.read("raw", "Address", RUN).column("tc_id").to_pylist() == [1]
     leftovers = [p.name for p in (tmp_path / "raw" / "indicator_type=Address").iterdir()]
     assert leftovers == ["run_id=scheduled__2026-03-01T00%3A00%3A00%2B00%3A00"]
@@ -58,7 +62,7 @@ def test_batches_stream_in_order(tmp_path) -> None:
     store.write_table("normalized", "File", RUN, pa.table({"n": list(range(1000))}))
     batches = list(store.iter_batches("normalized", "File", RUN, batch_size=300))
     assert [b.num_rows for b in batches][:3] == [300, 300, 300]
-    assert sum((b.column("n").to_pylist() for b in batches), []) == list(range(1000))
+    assert [n for b in batches for n in b.column("n").to_pylist()] == list(range(1000))
 
 
 def test_an_fsspec_url_root_works_like_a_path() -> None:

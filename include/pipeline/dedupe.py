@@ -1,0 +1,138 @@
+"""Deterministic indicator ids and de-duplication of normalized rows (newest ThreatConnect version wins)."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+#: The project's uuid5 namespace. Never change it: every id already sent to a target derives from it.
+#: (It is uuid5(NAMESPACE_URL, "https://github.com/tc-sentinel/indicator"), written out so that it is a constant.)
+NAMESPACE = uuid.UUID("6fa483d2-46d5-5e85-94df-89d7a8157f84")
+
+_NAMESPACE_BYTES = NAMESPACE.bytes
+# uuid5 sets the variant bits (10xx) in the high nibble of byte 8: hex digit 16 keeps its low two bits only.
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+# (text columns, hex-digit columns) of the five dash-separated uuid groups 8-4-4-4-12
+_UUID_GROUPS = (((0, 8), (0, 8)), ((9, 13), (8, 12)), ((14, 18), (12, 16)), ((19, 23), (16, 20)), ((24, 36), (20, 32)))
+
+#: Columns ``winners`` reads; the only ones a streaming caller has to load in the first pass.
+KEY_COLUMNS: tuple[str, ...] = ("external_id", "last_modified", "tc_id")
+
+
+def external_id(owner: str, indicator_type: str, value: str) -> str:
+    """The stable id of one indicator: ``uuid5(NAMESPACE, "owner|type|value")`` as a string.
+
+    Equal to ``str(uuid.uuid5(NAMESPACE, name))`` (a test checks it), computed directly from SHA-1 because this
+    runs once per normalized row and the ``uuid.UUID`` round trip costs twice as much. It depends on nothing
+    but its arguments, so it is the same in every run, process and machine (never Python's salted ``hash()``).
+
+    Args:
+        owner: ThreatConnect owner name, as ThreatConnect spells it.
+        indicator_type: ThreatConnect type name (``Address``, ``File``, ...).
+        value: the canonical value (``include.pipeline.canonical``).
+    """
+    h = hashlib.sha1(_NAMESPACE_BYTES + f"{owner}|{indicator_type}|{value}".encode()).hexdigest()  # noqa: S324
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+def external_ids(owners: Sequence[str], indicator_type: str, values: Sequence[str]) -> pa.StringArray:
+    """``external_id`` of many indicators of one type at once, as an Arrow string array (same values).
+
+    Only the SHA-1 runs per row; the uuid formatting is done on the whole digest matrix with numpy, which
+    makes this about twice as fast as calling ``external_id`` in a loop (normalize calls it for every row).
+    """
+    n = len(values)
+    sha1 = hashlib.sha1
+    prefix = _NAMESPACE_BYTES
+    joined = b"".join(
+        [sha1(prefix + f"{o}|{indicator_type}|{v}".encode()).digest() for o, v in zip(owners, values, strict=True)]
+    )
+    digest = np.frombuffer(joined, dtype=np.uint8).reshape(n, 20)[:, :16].copy()
+    digest[:, 6] = (digest[:, 6] & 0x0F) | 0x50  # version 5
+    digest[:, 8] = (digest[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
+    hexed = np.empty((n, 32), dtype=np.uint8)
+    hexed[:, 0::2] = _HEX_DIGITS[digest >> 4]
+    hexed[:, 1::2] = _HEX_DIGITS[digest & 0x0F]
+    text = np.full((n, 36), ord("-"), dtype=np.uint8)
+    for (start, end), (h_start, h_end) in _UUID_GROUPS:
+        text[:, start:end] = hexed[:, h_start:h_end]
+    offsets = np.arange(0, 36 * (n + 1), 36, dtype=np.int32)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(text)])
+
+
+def stix_id(owner: str, indicator_type: str, value: str) -> str:
+    """The STIX id of one indicator: ``indicator--`` + its ``external_id``."""
+    return "indicator--" + external_id(owner, indicator_type, value)
+
+
+def winners(keys: pa.Table) -> pa.BooleanArray:
+    """Which rows survive de-duplication: one per ``external_id``, the newest ``last_modified``.
+
+    Ties on ``last_modified`` go to the highest ``tc_id``, then to the first row, so the answer never depends on
+    hash order or the clock. A null ``last_modified`` or ``tc_id`` loses to any value; a null ``external_id`` is
+    never a duplicate of anything (kept: only duplicates are dropped).
+
+    Intended use over a whole run without loading every column (two passes): read only ``KEY_COLUMNS`` of all
+    the run's normalized files, in a fixed order, concatenated; call ``winners`` once; then stream the files again
+    in the same order and keep ``batch.filter(mask.slice(offset, batch.num_rows))``, advancing ``offset`` by each
+    batch's row count. Memory is three columns of the whole run plus one batch.
+
+    Args:
+        keys: a table with at least ``external_id``, ``last_modified`` and ``tc_id`` (other columns ignored).
+
+    Returns:
+        A boolean mask aligned with ``keys``'s rows: True for rows to keep. O(n log n): a hash encoding of
+        the ids, then one sort on integer keys.
+    """
+    n = keys.num_rows
+    if n == 0:
+        return pa.array([], pa.bool_())
+    # Hash-encode the string key to integers once so the sort compares int64s, not 36-character strings.
+    encoded = pc.dictionary_encode(keys.column("external_id")).combine_chunks()
+    codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    nulls = np.flatnonzero(codes < 0)
+    codes[nulls] = len(encoded.dictionary) + np.arange(len(nulls))  # each null external_id is its own group
+    lowest = np.iinfo(np.int64).min
+    modified = _int64(keys.column("last_modified"), lowest)
+    tc_id = _int64(keys.column("tc_id"), lowest)
+    # Arrow's sort is stable (full ties keep input order, so the first occurrence wins) and, on integer keys,
+    # about three times faster than numpy's lexsort.
+    order = pc.sort_indices(
+        pa.table({"id": codes, "modified": modified, "tc_id": tc_id}),
+        [("id", "ascending"), ("modified", "descending"), ("tc_id", "descending")],
+    ).to_numpy()
+    sorted_codes = codes[order]
+    first = np.empty(n, dtype=bool)
+    first[0] = True
+    np.not_equal(sorted_codes[1:], sorted_codes[:-1], out=first[1:])
+    mask = np.zeros(n, dtype=bool)
+    mask[order[first]] = True
+    return pa.array(mask)
+
+
+def _int64(column: pa.ChunkedArray | pa.Array, fill: int) -> np.ndarray:
+    """A timestamp or integer column as int64 numpy, nulls replaced by ``fill``."""
+    ints = pc.fill_null(column.cast(pa.int64()), fill)
+    if isinstance(ints, pa.ChunkedArray):
+        ints = ints.combine_chunks()
+    return ints.to_numpy(zero_copy_only=False)
+
+
+def dedupe(table: pa.Table) -> tuple[pa.Table, int]:
+    """Keep one row per ``external_id`` (the newest, see ``winners``), preserving the input order.
+
+    Args:
+        table: normalized rows (``NORMALIZED_SCHEMA`` or any table with the ``KEY_COLUMNS``).
+
+    Returns:
+        ``(deduplicated table, number of rows dropped)``.
+    """
+    mask = winners(table.select(list(KEY_COLUMNS)))
+    kept = table.filter(mask)
+    return kept, table.num_rows - kept.num_rows

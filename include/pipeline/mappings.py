@@ -1,0 +1,359 @@
+"""Per-type mapping rules (ThreatConnect type -> Graph tiIndicator / STIX fields), loaded from validated YAML."""
+
+from __future__ import annotations
+
+import functools
+import string
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+#: Where the shipped mapping files live: one ``<type in lowercase>.yaml`` per ThreatConnect type.
+DEFAULT_DIRECTORY = Path(__file__).resolve().parent.parent / "mappings"
+
+#: The ThreatConnect indicator types this pipeline carries, in the order the DAG maps over them.
+SUPPORTED_TYPES: tuple[str, ...] = ("Address", "Host", "URL", "EmailAddress", "File")
+
+#: Canonicaliser kind -> the value variants it can produce (each needs a Graph observable property).
+KIND_VARIANTS: dict[str, tuple[str, ...]] = {
+    "ip": ("ipv4", "ipv6"),
+    "host": ("domain",),
+    "url": ("url",),
+    "email": ("email",),
+    "hash": ("md5", "sha1", "sha256"),
+}
+
+#: Graph tiIndicator observable properties a value may be carried in (microsoft_api.md §1.3).
+GRAPH_OBSERVABLES = frozenset(
+    {
+        "networkIPv4",
+        "networkIPv6",
+        "networkDestinationIPv4",
+        "networkDestinationIPv6",
+        "networkSourceIPv4",
+        "networkSourceIPv6",
+        "domainName",
+        "url",
+        "emailSenderAddress",
+        "emailRecipient",
+        "emailSourceDomain",
+        "fileHashValue",
+    }
+)
+
+#: Graph threatType strings (microsoft_api.md §1.2). Plain strings in the schema, so a typo would not be caught
+#: by Graph until a create fails; WatchList is listed but partners "should not use" it, so it is refused here.
+GRAPH_THREAT_TYPES = frozenset(
+    {"Botnet", "C2", "CryptoMining", "Darknet", "DDoS", "MaliciousUrl", "Malware", "Phishing", "Proxy", "PUA"}
+)
+
+TLP_LEVELS: tuple[str, ...] = ("white", "green", "amber", "red")  # least to most restrictive
+
+#: ThreatConnect system security labels (threatconnect_api.md §5), keys upper-cased and without spaces.
+STANDARD_TLP_LABELS: dict[str, str] = {
+    "TLP:WHITE": "white",
+    "TLP:CLEAR": "white",
+    "TLP:GREEN": "green",
+    "TLP:AMBER": "amber",
+    "TLP:AMBER+STRICT": "amber",
+    "TLP:RED": "red",
+}
+
+#: STIX 2.1 indicator-type-ov; the vocabulary is open, but a typo here would silently change every id's type.
+STIX_INDICATOR_TYPES = frozenset(
+    {"anomalous-activity", "anonymization", "benign", "compromised", "malicious-activity", "attribution", "unknown"}
+)
+
+#: Fields a description template may use; normalize supplies exactly these.
+DESCRIPTION_FIELDS = frozenset(
+    {"indicator_type", "value", "owner", "description", "rating_label", "confidence", "tlp", "kind", "hash_type"}
+)
+
+#: Graph's documented limit for tiIndicator.description (microsoft_api.md §1.2).
+DESCRIPTION_MAX = 100
+
+
+class MappingError(ValueError):
+    """A mapping file is missing, unreadable or breaks a rule; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class ExpirationPolicy:
+    """How long an indicator stays valid in the target.
+
+    Attributes:
+        days: days after ThreatConnect's ``lastModified`` when no override applies.
+        by_rating: ``(rounded threat rating, days)`` overrides, e.g. ``((5, 90),)``.
+        use_threatconnect_expiry: take ``externalDateExpires`` when ThreatConnect has one.
+    """
+
+    days: int
+    by_rating: tuple[tuple[int, int], ...] = ()
+    use_threatconnect_expiry: bool = True
+
+    def days_for(self, rounded_rating: int | None) -> int:
+        """Days of validity for an indicator with this rounded threat rating (None when unrated)."""
+        for rating, days in self.by_rating:
+            if rating == rounded_rating:
+                return days
+        return self.days
+
+
+@dataclass(frozen=True)
+class Mapping:
+    """Everything the pipeline needs to turn one ThreatConnect type into target indicators.
+
+    Tuples instead of dicts keep the dataclass hashable (usable as a cache key).
+
+    Attributes:
+        indicator_type: ThreatConnect type name (``Address``, ``Host``, ...).
+        v2_branch: v2 API path branch (``addresses``).
+        v2_entity: v2 JSON list key (``address``).
+        kind: canonicaliser kind (``ip``, ``host``, ``url``, ``email``, ``hash``).
+        observables: ``(variant, Graph property)`` pairs, one per variant of the kind.
+        threat_type: Graph ``threatType``; fixed per type so an update never changes it.
+        stix_indicator_types: STIX ``indicator_types``; fixed per type (changing it changes Sentinel's id).
+        tlp_default: TLP level when no security label maps to one.
+        tlp_labels: ``(label, level)`` pairs: the standard TLP labels plus the file's extra ones.
+        confidence_default: confidence when ThreatConnect has none.
+        severity_default: severity when the threat rating is unset (Graph's default is 3).
+        zero_rating_is_unset: treat threat rating 0 ("Unknown" in ThreatConnect) as unset.
+        expiration: the expiration policy.
+        extra_tags: tags added to every indicator of this type.
+        description_template: rendered when ThreatConnect has a description.
+        description_fallback: rendered when it has none.
+    """
+
+    indicator_type: str
+    v2_branch: str
+    v2_entity: str
+    kind: str
+    observables: tuple[tuple[str, str], ...]
+    threat_type: str
+    stix_indicator_types: tuple[str, ...]
+    tlp_default: str
+    tlp_labels: tuple[tuple[str, str], ...]
+    confidence_default: int
+    severity_default: int
+    zero_rating_is_unset: bool
+    expiration: ExpirationPolicy
+    extra_tags: tuple[str, ...]
+    description_template: str
+    description_fallback: str
+
+    def observable(self, variant: str) -> str:
+        """The Graph property that carries a value of this variant (``ipv4`` -> ``networkIPv4``)."""
+        for name, prop in self.observables:
+            if name == variant:
+                return prop
+        raise KeyError(f"{self.indicator_type} mapping has no observable for variant {variant!r}")
+
+
+# --- validation -------------------------------------------------------------------------------------------------
+
+_SCHEMA: dict[str, Any] = {
+    "threatconnect": {"type": str, "v2_branch": str, "v2_entity": str},
+    "kind": str,
+    "graph": {"observables": dict, "threat_type": str},
+    "stix": {"indicator_types": list},
+    "tlp": {"default": str, "labels": dict},
+    "confidence": {"default": int},
+    "severity": {"default": int, "zero_rating_is_unset": bool},
+    "expiration": {"days": int, "by_rating": dict, "use_threatconnect_expiry": bool},
+    "tags": {"extra": list},
+    "description": {"template": str, "fallback": str},
+}
+_OPTIONAL = frozenset(
+    {
+        "tlp.labels",
+        "severity.zero_rating_is_unset",
+        "expiration.by_rating",
+        "expiration.use_threatconnect_expiry",
+        "tags",
+        "tags.extra",
+    }
+)
+
+
+def _check_shape(data: Any, schema: dict[str, Any], where: str, prefix: str = "") -> None:
+    """Refuse unknown keys, missing keys and wrongly typed values, naming the dotted key path."""
+    if not isinstance(data, dict):
+        raise MappingError(f"{where}: {prefix.rstrip('.') or 'the document'} must be a mapping")
+    unknown = sorted(str(k) for k in data if k not in schema)
+    if unknown:
+        raise MappingError(
+            f"{where}: unknown key {prefix}{unknown[0]!s} (expected one of: {', '.join(sorted(schema))})"
+        )
+    for key, expected in schema.items():
+        path = f"{prefix}{key}"
+        if key not in data:
+            if path in _OPTIONAL:
+                continue
+            raise MappingError(f"{where}: missing required key {path}")
+        value = data[key]
+        if isinstance(expected, dict):
+            _check_shape(value, expected, where, f"{path}.")
+        elif expected is int and (isinstance(value, bool) or not isinstance(value, int)):
+            # bool is an int in Python; `default: yes` must not pass as 1
+            raise MappingError(f"{where}: {path} must be an integer, got {value!r}")
+        elif not isinstance(value, expected):
+            raise MappingError(f"{where}: {path} must be a {expected.__name__}, got {value!r}")
+
+
+def _one_of(value: str, allowed: Iterable[str], path: str, where: str) -> str:
+    allowed = sorted(allowed)
+    if value not in allowed:
+        raise MappingError(f"{where}: {path} is {value!r}, expected one of: {', '.join(allowed)}")
+    return value
+
+
+def _check_template(template: str, path: str, where: str) -> str:
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise MappingError(f"{where}: {path} is not a valid template: {exc}") from exc
+    for field in fields:
+        if field not in DESCRIPTION_FIELDS:
+            raise MappingError(
+                f"{where}: {path} uses unknown field {{{field}}} (allowed: {', '.join(sorted(DESCRIPTION_FIELDS))})"
+            )
+    if not template.strip():
+        raise MappingError(f"{where}: {path} is empty")
+    return template
+
+
+def _build(data: dict[str, Any], where: str) -> Mapping:
+    _check_shape(data, _SCHEMA, where)
+    tc = data["threatconnect"]
+    kind = _one_of(data["kind"], KIND_VARIANTS, "kind", where)
+
+    observables = data["graph"]["observables"]
+    variants = KIND_VARIANTS[kind]
+    if sorted(map(str, observables)) != sorted(variants):
+        raise MappingError(
+            f"{where}: graph.observables must name exactly the variants of kind {kind!r}: {', '.join(variants)}"
+        )
+    for variant in variants:
+        _one_of(observables[variant], GRAPH_OBSERVABLES, f"graph.observables.{variant}", where)
+
+    stix_types = data["stix"]["indicator_types"]
+    if not stix_types:
+        raise MappingError(f"{where}: stix.indicator_types must not be empty")
+    for i, t in enumerate(stix_types):
+        _one_of(t, STIX_INDICATOR_TYPES, f"stix.indicator_types[{i}]", where)
+
+    tlp = data["tlp"]
+    labels = dict(STANDARD_TLP_LABELS)
+    for label, level in tlp.get("labels", {}).items():
+        key = tlp_key(str(label))
+        labels[key] = _one_of(level, TLP_LEVELS, f"tlp.labels.{label}", where)
+
+    confidence = data["confidence"]["default"]
+    if not 0 <= confidence <= 100:
+        raise MappingError(f"{where}: confidence.default must be within 0-100, got {confidence}")
+    severity = data["severity"]["default"]
+    if not 0 <= severity <= 5:
+        raise MappingError(f"{where}: severity.default must be within 0-5, got {severity}")
+
+    exp = data["expiration"]
+    if exp["days"] <= 0:
+        raise MappingError(f"{where}: expiration.days must be positive, got {exp['days']}")
+    by_rating: list[tuple[int, int]] = []
+    for rating, days in sorted(exp.get("by_rating", {}).items(), key=lambda kv: str(kv[0])):
+        if isinstance(rating, bool) or not isinstance(rating, int) or not 0 <= rating <= 5:
+            raise MappingError(f"{where}: expiration.by_rating keys must be ratings 0-5, got {rating!r}")
+        if isinstance(days, bool) or not isinstance(days, int) or days <= 0:
+            raise MappingError(f"{where}: expiration.by_rating.{rating} must be a positive integer, got {days!r}")
+        by_rating.append((rating, days))
+
+    extra_tags = data.get("tags", {}).get("extra", [])
+    for i, tag in enumerate(extra_tags):
+        if not isinstance(tag, str) or not tag.strip():
+            raise MappingError(f"{where}: tags.extra[{i}] must be a non-empty string, got {tag!r}")
+
+    desc = data["description"]
+    return Mapping(
+        indicator_type=_one_of(tc["type"], SUPPORTED_TYPES, "threatconnect.type", where),
+        v2_branch=tc["v2_branch"],
+        v2_entity=tc["v2_entity"],
+        kind=kind,
+        observables=tuple((v, observables[v]) for v in variants),
+        threat_type=_one_of(data["graph"]["threat_type"], GRAPH_THREAT_TYPES, "graph.threat_type", where),
+        stix_indicator_types=tuple(stix_types),
+        tlp_default=_one_of(tlp["default"], TLP_LEVELS, "tlp.default", where),
+        tlp_labels=tuple(sorted(labels.items())),
+        confidence_default=confidence,
+        severity_default=severity,
+        zero_rating_is_unset=data["severity"].get("zero_rating_is_unset", True),
+        expiration=ExpirationPolicy(
+            days=exp["days"],
+            by_rating=tuple(sorted(by_rating)),
+            use_threatconnect_expiry=exp.get("use_threatconnect_expiry", True),
+        ),
+        extra_tags=tuple(t.strip() for t in extra_tags),
+        description_template=_check_template(desc["template"], "description.template", where),
+        description_fallback=_check_template(desc["fallback"], "description.fallback", where),
+    )
+
+
+def tlp_key(label: str) -> str:
+    """Fold the spellings ThreatConnect users vary (``TLP: Amber``, ``tlp:amber``) to one key (``TLP:AMBER``)."""
+    return "".join(label.split()).upper()
+
+
+# --- loading ----------------------------------------------------------------------------------------------------
+
+
+def mapping_path(indicator_type: str, directory: Path | str | None = None) -> Path:
+    """The file that holds the mapping of a ThreatConnect type (``EmailAddress`` -> ``emailaddress.yaml``)."""
+    return Path(directory or DEFAULT_DIRECTORY) / f"{indicator_type.lower()}.yaml"
+
+
+def load_mapping(indicator_type: str, directory: Path | str | None = None) -> Mapping:
+    """Load and validate the mapping of one ThreatConnect type.
+
+    Args:
+        indicator_type: a name from ``SUPPORTED_TYPES``.
+        directory: where the YAML files are; the shipped ``include/mappings`` when None.
+
+    Returns:
+        The validated, immutable mapping.
+
+    Raises:
+        MappingError: the type is unsupported, or its file is missing, unreadable or invalid.
+    """
+    if indicator_type not in SUPPORTED_TYPES:
+        raise MappingError(f"unsupported indicator type {indicator_type!r} (supported: {', '.join(SUPPORTED_TYPES)})")
+    if directory is None:
+        return _load_default(indicator_type)
+    return _load(mapping_path(indicator_type, directory), indicator_type)
+
+
+@functools.cache
+def _load_default(indicator_type: str) -> Mapping:
+    # The shipped files do not change while a worker runs; parse each once per process.
+    return _load(mapping_path(indicator_type), indicator_type)
+
+
+def _load(path: Path, indicator_type: str) -> Mapping:
+    where = path.name
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MappingError(f"{where}: cannot read mapping file {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise MappingError(f"{where}: not valid YAML: {exc}") from exc
+    mapping = _build(data, where)
+    if mapping.indicator_type != indicator_type:
+        raise MappingError(f"{where}: threatconnect.type is {mapping.indicator_type!r}, expected {indicator_type!r}")
+    return mapping
+
+
+def load_all(directory: Path | str | None = None) -> dict[str, Mapping]:
+    """Load and validate every supported type's mapping, keyed by ThreatConnect type name."""
+    return {t: load_mapping(t, directory) for t in SUPPORTED_TYPES}

@@ -1,0 +1,486 @@
+"""Turn raw ThreatConnect rows into normalized indicator rows and rejected rows, column-wise and deterministic."""
+
+from __future__ import annotations
+
+import logging
+import re
+import string
+from collections.abc import Callable, Sequence
+from collections.abc import Mapping as AbcMapping
+from itertools import repeat
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from include.pipeline.canonical import CANONICALISERS, Result, canonical_hash
+from include.pipeline.dedupe import external_ids
+from include.pipeline.mappings import DESCRIPTION_MAX, TLP_LEVELS, Mapping, load_all
+from include.pipeline.schema import NORMALIZED_SCHEMA, RAW_SCHEMA, REJECTED_SCHEMA
+
+log = logging.getLogger(__name__)
+
+#: ThreatConnect's threat-rating labels (threatconnect_api.md §5), by rating rounded half up.
+RATING_LABELS: tuple[str, ...] = ("Unknown", "Suspicious", "Low", "Moderate", "High", "Very High")
+
+_DAY_US = 86_400_000_000
+_HASH_COLUMNS: tuple[str, ...] = ("md5", "sha1", "sha256")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_ELLIPSIS = "…"
+_PER_ROW = frozenset({"value", "description"})  # template fields that differ on (nearly) every row
+
+MappingArg = Mapping | AbcMapping[str, Mapping] | None
+
+
+def normalize(batch: pa.RecordBatch | pa.Table, mapping: MappingArg = None) -> tuple[pa.Table, pa.Table]:
+    """Canonicalise, validate and map raw ThreatConnect rows.
+
+    Every input row ends up in at least one of the outputs: a File row becomes one normalized row per valid hash
+    and one rejected row per invalid hash (a File row without any hash is rejected once); any other row becomes
+    exactly one normalized or one rejected row. Outputs list the types in order of first appearance and keep the
+    input order within a type (a File's hashes in md5, sha1, sha256 order). Nothing reads the clock:
+    ``expiration`` derives from ThreatConnect's timestamps, so a rerun produces identical tables.
+
+    Args:
+        batch: rows in ``RAW_SCHEMA`` (extra columns are ignored; compatible types are cast).
+        mapping: one ``Mapping`` (rows of any other type are rejected), a dict of mappings keyed by
+            ThreatConnect type, or None for every shipped mapping (``load_all()``).
+
+    Returns:
+        ``(normalized rows in NORMALIZED_SCHEMA, rejected rows in REJECTED_SCHEMA)``.
+
+    Raises:
+        ValueError: the input lacks a ``RAW_SCHEMA`` column (a programming error, not bad data).
+    """
+    table = _as_raw_table(batch)
+    if isinstance(mapping, Mapping):
+        mappings: AbcMapping[str, Mapping] = {mapping.indicator_type: mapping}
+        only: str | None = mapping.indicator_type
+    else:
+        mappings = load_all() if mapping is None else mapping
+        only = None
+
+    norm_parts: list[pa.Table] = []
+    rej_parts: list[pa.Table] = []
+    for type_name, positions in _groups(table.column("indicator_type")):
+        sub = table if len(positions) == table.num_rows else table.take(pa.array(positions))
+        m = mappings.get(type_name) if type_name is not None else None
+        if m is None:
+            if type_name is None:
+                reason = "missing indicator type"
+            elif only is not None:
+                reason = f"indicator type {type_name!r} does not match the {only!r} mapping"
+            else:
+                reason = f"unsupported indicator type {type_name!r}"
+            rows = np.arange(sub.num_rows)
+            raw = sub.column("summary").to_pylist()
+            rej_parts.append(_rejected(sub, rows, raw, [reason] * len(rows)))
+            continue
+        norm, rej = _normalize_type(sub, m)
+        norm_parts.append(norm)
+        rej_parts.append(rej)
+
+    normalized = _concat(norm_parts, NORMALIZED_SCHEMA)
+    rejected = _concat(rej_parts, REJECTED_SCHEMA)
+    log.info(
+        "normalized %s raw rows: %s indicators, %s rejected", table.num_rows, normalized.num_rows, rejected.num_rows
+    )
+    return normalized, rejected
+
+
+# --- plumbing ---------------------------------------------------------------------------------------------------
+
+
+def _as_raw_table(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+    table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+    missing = [name for name in RAW_SCHEMA.names if name not in table.column_names]
+    if missing:
+        raise ValueError(f"raw rows lack columns: {', '.join(missing)}")
+    table = table.select(RAW_SCHEMA.names)
+    if not table.schema.equals(RAW_SCHEMA):
+        table = table.cast(RAW_SCHEMA)
+    return table.combine_chunks()
+
+
+def _groups(types: pa.ChunkedArray) -> list[tuple[str | None, np.ndarray]]:
+    """Row positions per indicator type (None for a null type), in order of first appearance."""
+    n = len(types)
+    if n == 0:
+        return []
+    encoded = pc.dictionary_encode(types).combine_chunks()
+    names = encoded.dictionary.to_pylist()
+    codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False)
+    if len(names) == 1 and encoded.null_count == 0:
+        return [(names[0], np.arange(n))]  # the usual case: the DAG maps one task per type
+    out: list[tuple[str | None, np.ndarray]] = []
+    for code in dict.fromkeys(codes.tolist()):
+        out.append((names[code] if code >= 0 else None, np.flatnonzero(codes == code)))
+    return out
+
+
+def _concat(parts: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    parts = [t for t in parts if t.num_rows]
+    if not parts:
+        return schema.empty_table()
+    return parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+
+
+def _rejected(sub: pa.Table, rows: np.ndarray | Sequence[int], raw: list[str | None], reasons: list[str]) -> pa.Table:
+    idx = pa.array(rows, pa.int64())
+    return pa.Table.from_arrays(
+        [
+            sub.column("tc_id").take(idx),
+            sub.column("owner").take(idx),
+            sub.column("indicator_type").take(idx),
+            pa.array(raw, pa.string()),
+            sub.column("last_modified").take(idx),
+            pa.array(reasons, pa.string()),
+        ],
+        schema=REJECTED_SCHEMA,
+    )
+
+
+def _numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.to_numpy(zero_copy_only=False)
+
+
+# --- one type ---------------------------------------------------------------------------------------------------
+
+
+def _row_problems(sub: pa.Table) -> list[str | None]:
+    """Row-level reasons that stop a row before its value is looked at (None: the row may proceed)."""
+    n = sub.num_rows
+    owner_bad = _numpy(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(sub.column("owner")), ""), True))
+    no_time = _numpy(pc.and_(pc.is_null(sub.column("date_added")), pc.is_null(sub.column("last_modified"))))
+    if not owner_bad.any() and not no_time.any():
+        return [None] * n
+    problems: list[str | None] = [None] * n
+    for i in np.flatnonzero(no_time).tolist():
+        problems[i] = "missing dateAdded and lastModified"
+    for i in np.flatnonzero(owner_bad).tolist():
+        problems[i] = "missing owner"  # the external id is keyed on it
+    return problems
+
+
+def _candidates(
+    sub: pa.Table, m: Mapping, problems: list[str | None]
+) -> tuple[list[int], list[str], list[Result], list[int], list[str | None], list[str]]:
+    """Values to canonicalise and the rows rejected before canonicalisation.
+
+    Returns:
+        ``(candidate rows, candidate raw values, canonical results, rejected rows, rejected raw values, reasons)``.
+    """
+    summary = sub.column("summary").to_pylist()
+    rej_rows: list[int] = []
+    rej_raw: list[str | None] = []
+    rej_reason: list[str] = []
+    rows: list[int] = []
+    raws: list[str] = []
+    if m.kind != "hash":
+        canon: Callable[[str], Result] = CANONICALISERS[m.kind]
+        if all(p is None for p in problems) and all(raw is not None for raw in summary):
+            # the usual batch: no row-level problem, every value present (blank ones fail canonicalisation)
+            return list(range(len(summary))), summary, [canon(r) for r in summary], rej_rows, rej_raw, rej_reason
+        for i, (raw, problem) in enumerate(zip(summary, problems, strict=True)):
+            if problem is None and raw is not None:
+                rows.append(i)
+                raws.append(raw)
+            else:
+                rej_rows.append(i)
+                rej_raw.append(raw)
+                rej_reason.append(problem or f"missing {m.indicator_type} value")
+        return rows, raws, [canon(r) for r in raws], rej_rows, rej_raw, rej_reason
+
+    expected: list[str | None] = []
+    columns = [sub.column(c).to_pylist() for c in _HASH_COLUMNS]
+    for i, (problem, summ, *hashes) in enumerate(zip(problems, summary, *columns, strict=True)):
+        if problem is not None:
+            rej_rows.append(i)
+            rej_raw.append(summ)
+            rej_reason.append(problem)
+            continue
+        found = False
+        md5, sha1, sha256 = hashes
+        if md5 is not None and md5.strip():
+            rows.append(i)
+            raws.append(md5)
+            expected.append("md5")
+            found = True
+        if sha1 is not None and sha1.strip():
+            rows.append(i)
+            raws.append(sha1)
+            expected.append("sha1")
+            found = True
+        if sha256 is not None and sha256.strip():
+            rows.append(i)
+            raws.append(sha256)
+            expected.append("sha256")
+            found = True
+        if not found and summ:
+            # The all-types v2 listing has no hash fields, only the summary "MD5 : SHA1 : SHA256"
+            # (threatconnect_api.md §2.3); the length of each part says which hash it is.
+            for part in summ.split(":"):
+                if part.strip():
+                    rows.append(i)
+                    raws.append(part.strip())
+                    expected.append(None)
+                    found = True
+        if not found:
+            rej_rows.append(i)
+            rej_raw.append(summ)
+            rej_reason.append("File has no hash")
+    results = [canonical_hash(r, e) for r, e in zip(raws, expected, strict=True)]
+    return rows, raws, results, rej_rows, rej_raw, rej_reason
+
+
+def _normalize_type(sub: pa.Table, m: Mapping) -> tuple[pa.Table, pa.Table]:
+    """Normalize rows that all have the mapping's type: ``(normalized, rejected)``, each in row order."""
+    problems = _row_problems(sub)
+    rows, raws, results, rej_rows, rej_raw, rej_reason = _candidates(sub, m, problems)
+
+    bad = [k for k, (value, _) in enumerate(results) if value is None]
+    if bad:
+        for k in bad:
+            rej_rows.append(rows[k])
+            rej_raw.append(raws[k])
+            rej_reason.append(results[k][1])
+        good = [k for k, (value, _) in enumerate(results) if value is not None]
+        rows = [rows[k] for k in good]
+        raws = [raws[k] for k in good]
+        results = [results[k] for k in good]
+    values = [value for value, _ in results]
+    variants = [variant for _, variant in results]
+
+    rej_src = np.asarray(rej_rows, dtype=np.int64)
+    if len(rej_src) > 1:
+        # value rejects were appended after the row-level ones: restore row order
+        order = np.argsort(rej_src, kind="stable")
+        rej_src = rej_src[order]
+        rej_raw = [rej_raw[i] for i in order.tolist()]
+        rej_reason = [rej_reason[i] for i in order.tolist()]
+    rejected = _rejected(sub, rej_src, rej_raw, rej_reason)
+
+    src = np.asarray(rows, dtype=np.int64)
+    whole = m.kind != "hash" and len(rows) == sub.num_rows
+    normalized = _build(sub if whole else sub.take(pa.array(src)), m, raws, values, variants)
+    return normalized, rejected
+
+
+def _build(t: pa.Table, m: Mapping, raws: list[str], values: list[str], variants: list[str]) -> pa.Table:
+    """The NORMALIZED_SCHEMA columns for accepted values; ``t`` holds each value's source row."""
+    n = t.num_rows
+    owners = t.column("owner").to_pylist()
+    type_name = m.indicator_type
+    ids = external_ids(owners, type_name, values)
+
+    date_added = pc.coalesce(t.column("date_added"), t.column("last_modified"))
+    last_modified = pc.coalesce(t.column("last_modified"), t.column("date_added"))
+
+    confidence = _numpy(t.column("confidence").cast(pa.float64()))  # NaN for null
+    confidence = np.where(np.isnan(confidence), m.confidence_default, np.clip(confidence, 0, 100))
+
+    # Severity: ThreatConnect's 0-5 rating (decimals allowed) rounded half up (2.5 -> 3; Python's round() would
+    # give 2), clamped to Graph's 0-5; unset (and 0 "Unknown" when the mapping says so) -> the default.
+    rating = np.floor(_numpy(t.column("rating")) + 0.5)
+    rated = ~np.isnan(rating)
+    rating = np.clip(np.where(rated, rating, 0), 0, 5).astype(np.int64)
+    if m.zero_rating_is_unset:
+        rated &= rating != 0
+    severity = np.where(rated, rating, m.severity_default)
+
+    days = np.full(n, m.expiration.days, dtype=np.int64)
+    for rounded, override in m.expiration.by_rating:
+        days[rated & (rating == rounded)] = override
+    base = _numpy(last_modified.cast(pa.int64()))
+    expiration = pa.array(base + days * _DAY_US, pa.int64()).cast(NORMALIZED_SCHEMA.field("expiration").type)
+    if m.expiration.use_threatconnect_expiry:
+        expiration = pc.coalesce(t.column("external_date_expires"), expiration)
+
+    tlp = _tlp(t.column("security_labels"), m)
+    descriptions = _descriptions(t, m, values, variants, owners, rating, rated, confidence, tlp)
+
+    is_hash = m.kind == "hash"
+    observable = dict(m.observables)
+    columns = {
+        "external_id": ids,
+        "indicator_type": pa.array([type_name] * n, pa.string()),
+        "kind": pa.array([m.kind] * n, pa.string()),
+        "value": pa.array(values, pa.string()),
+        "raw_value": pa.array(raws, pa.string()),
+        "observable": pa.array([observable[v] for v in variants], pa.string()),
+        "hash_type": pa.array(variants if is_hash else [None] * n, pa.string()),
+        "tc_id": t.column("tc_id"),
+        "owner": t.column("owner"),
+        "date_added": date_added,
+        "last_modified": last_modified,
+        "confidence": pa.array(confidence.astype(np.int32)),
+        "severity": pa.array(severity.astype(np.int32)),
+        "tlp": pa.array(tlp, pa.string()),
+        "threat_type": pa.array([m.threat_type] * n, pa.string()),
+        "tags": _tags(t.column("tags"), m.extra_tags),
+        "description": pa.array(descriptions, pa.string()),
+        "valid_from": date_added,
+        "expiration": expiration,
+        # v2 listings leave `active` out unless includeAdditional=true, and they return active indicators only
+        "active": pc.fill_null(t.column("active"), True),
+        "false_positive": pc.fill_null(pc.greater(t.column("false_positive_count"), 0), False),
+        "web_link": t.column("web_link"),
+    }
+    return pa.Table.from_arrays([columns[f.name] for f in NORMALIZED_SCHEMA], schema=NORMALIZED_SCHEMA)
+
+
+# --- derived fields ---------------------------------------------------------------------------------------------
+
+
+def _tlp(labels: pa.ChunkedArray | pa.Array, m: Mapping) -> list[str]:
+    """TLP per row: the most restrictive TLP among its security labels, else the mapping's default."""
+    if isinstance(labels, pa.ChunkedArray):
+        labels = labels.combine_chunks()
+    n = len(labels)
+    default = TLP_LEVELS.index(m.tlp_default)
+    rank = np.full(n, -1, dtype=np.int64)
+    flat = pc.list_flatten(labels)
+    if len(flat):
+        keys = pc.utf8_upper(pc.replace_substring_regex(flat, r"\s+", ""))
+        known = pa.array([k for k, _ in m.tlp_labels], pa.string())
+        level_rank = np.array([TLP_LEVELS.index(level) for _, level in m.tlp_labels] + [-1], dtype=np.int64)
+        found = _numpy(pc.fill_null(pc.index_in(keys, value_set=known), len(m.tlp_labels)))
+        parents = _numpy(pc.list_parent_indices(labels))
+        np.maximum.at(rank, parents, level_rank[found])  # custom (non-TLP) labels rank -1: ignored
+    rank[rank < 0] = default
+    return np.asarray(TLP_LEVELS, dtype=object)[rank].tolist()
+
+
+def _tags(tags: pa.ChunkedArray | pa.Array, extra: tuple[str, ...]) -> pa.Array:
+    """Tags per row: ThreatConnect's plus the mapping's, trimmed, without blanks or case-insensitive repeats, sorted.
+
+    Sorted (case-insensitively, then by spelling) because ThreatConnect does not promise an order: a reordering
+    alone must not change the content hash and trigger an update of every indicator.
+    """
+    if isinstance(tags, pa.ChunkedArray):
+        tags = tags.combine_chunks()
+    n = len(tags)
+    values = pc.list_flatten(tags)
+    parents = _numpy(pc.list_parent_indices(tags)) if len(values) else np.empty(0, dtype=np.int64)
+    if extra:
+        values = pa.concat_arrays([values.cast(pa.string()), pa.array(list(extra) * n, pa.string())])
+        parents = np.concatenate([parents, np.repeat(np.arange(n, dtype=np.int64), len(extra))])
+    if not len(values):
+        return pa.array([[] for _ in range(n)], NORMALIZED_SCHEMA.field("tags").type)
+    values = pc.utf8_trim_whitespace(values)
+    keep = _numpy(pc.fill_null(pc.not_equal(values, ""), False))
+    work = pa.table({"parent": parents, "lower": pc.utf8_lower(values), "tag": values}).filter(keep)
+    work = work.take(pc.sort_indices(work, [("parent", "ascending"), ("lower", "ascending"), ("tag", "ascending")]))
+    parent = _numpy(work.column("parent"))
+    lower = work.column("lower")
+    first = np.ones(len(parent), dtype=bool)
+    if len(parent) > 1:
+        same_parent = parent[1:] == parent[:-1]
+        same_tag = _numpy(pc.equal(lower.slice(1), lower.slice(0, len(parent) - 1)))
+        first[1:] = ~(same_parent & same_tag)
+    parent = parent[first]
+    kept = work.column("tag").filter(pa.array(first)).combine_chunks()
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(np.bincount(parent, minlength=n), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), kept, type=NORMALIZED_SCHEMA.field("tags").type)
+
+
+def _compile(template: str) -> tuple[str, list[str]]:
+    """A template with named fields as a positional format string (faster per row) and its field order."""
+    fields: list[str] = []
+    out: list[str] = []
+    for literal, field, spec, conversion in string.Formatter().parse(template):
+        out.append(literal.replace("{", "{{").replace("}", "}}"))
+        if field is not None:
+            fields.append(field)
+            conv = f"!{conversion}" if conversion else ""
+            out.append(f"{{{len(fields) - 1}{conv}{':' + spec if spec else ''}}}")
+    return "".join(out), fields
+
+
+def _descriptions(
+    t: pa.Table,
+    m: Mapping,
+    values: list[str],
+    variants: list[str],
+    owners: list[str],
+    rating: np.ndarray,
+    rated: np.ndarray,
+    confidence: np.ndarray,
+    tlp: list[str],
+) -> list[str]:
+    n = t.num_rows
+    tc_descriptions = [_clean(d) for d in t.column("description").to_pylist()]
+    labels = np.asarray(RATING_LABELS, dtype=object)[np.where(rated, rating, 0)].tolist()
+    sources: dict[str, Callable[[], list]] = {
+        "indicator_type": lambda: [m.indicator_type] * n,
+        "kind": lambda: [m.kind] * n,
+        "value": lambda: values,
+        "owner": lambda: owners,
+        "description": lambda: tc_descriptions,
+        "rating_label": lambda: labels,
+        "confidence": lambda: confidence.astype(np.int64).tolist(),
+        "tlp": lambda: tlp,
+        "hash_type": lambda: variants if m.kind == "hash" else [""] * n,
+    }
+    with_fmt, with_fields = _compile(m.description_template)
+    without_fmt, without_fields = _compile(m.description_fallback)
+    cache: dict[str, list] = {}
+
+    def column(field: str) -> list:
+        if field not in cache:
+            cache[field] = sources[field]()
+        return cache[field]
+
+    rendered_with = zip(*(column(f) for f in with_fields), strict=True) if with_fields else repeat(())
+    rendered_without = zip(*(column(f) for f in without_fields), strict=True) if without_fields else repeat(())
+    # A template without the per-indicator fields renders the same few texts over and over: memoise those.
+    memo_with: dict[tuple, str] | None = {} if _PER_ROW.isdisjoint(with_fields) else None
+    memo_without: dict[tuple, str] | None = {} if _PER_ROW.isdisjoint(without_fields) else None
+    out: list[str] = []
+    for desc, args_with, args_without in zip(tc_descriptions, rendered_with, rendered_without, strict=False):
+        fmt, args, memo = (with_fmt, args_with, memo_with) if desc else (without_fmt, args_without, memo_without)
+        if memo is None:
+            out.append(fit(fmt.format(*args)))
+            continue
+        text = memo.get(args)
+        if text is None:
+            text = memo[args] = fit(fmt.format(*args))
+        out.append(text)
+    return out
+
+
+def _clean(text: str | None) -> str:
+    """A ThreatConnect description on one line: whitespace runs collapsed, control characters dropped."""
+    if not text:
+        return ""
+    text = " ".join(text.split())
+    if not text.isprintable():
+        text = _CONTROL.sub("", text)
+    return text
+
+
+def fit(text: str, limit: int = DESCRIPTION_MAX) -> str:
+    """Shorten text to ``limit`` UTF-16 code units (how Graph, a .NET service, counts), ending with an ellipsis.
+
+    The cut falls between code points, so a surrogate pair (an emoji, say) is never split in half.
+    """
+    if len(text) * 2 <= limit:
+        return text  # even all-astral text fits
+    if text.isascii():
+        return text if len(text) <= limit else text[: limit - 1].rstrip() + _ELLIPSIS
+    units = len(text.encode("utf-16-le")) // 2
+    if units <= limit:
+        return text
+    budget = limit - 1  # the ellipsis is one unit
+    used = 0
+    cut = 0
+    for ch in text:
+        width = 2 if ord(ch) > 0xFFFF else 1
+        if used + width > budget:
+            break
+        used += width
+        cut += 1
+    return text[:cut].rstrip() + _ELLIPSIS
