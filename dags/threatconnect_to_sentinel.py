@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 from typing import Any
 
 from airflow.sdk import CronDataIntervalTimetable, Param, TriggerRule, Variable, dag, get_current_context, task
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 DAG_ID = "threatconnect_to_sentinel"
 POOL = "tc_sentinel_load"
 WATERMARK_KEY = "watermarks"
+# Deployment knob read at parse time (no I/O): how long a failed task waits before its retry.
+RETRY_DELAY = dt.timedelta(seconds=int(os.environ.get("TC_SENTINEL_RETRY_DELAY_SECONDS", "120")))
 
 
 def _label(job: dict[str, Any]) -> None:
@@ -66,7 +69,7 @@ def _previous_watermarks(context: Any) -> dict[str, str]:
     max_active_runs=1,
     doc_md=__doc__,
     tags=["threat-intel", "threatconnect", "sentinel"],
-    default_args={"retries": 2, "retry_delay": dt.timedelta(minutes=2), "retry_exponential_backoff": True},
+    default_args={"retries": 2, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": True},
     params={
         "data_root": Param(None, type=["null", "string"], description="snapshot root: a path or an fsspec URL"),
         "sink": Param(None, type=["null", "string"], enum=[None, *config.SINKS], description="graph or sentinel"),

@@ -36,9 +36,11 @@ class AirflowEnv:
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.sql_alchemy_conn or f"sqlite:///{self.home}/airflow.db",
                 "PYTHONPATH": str(REPO_ROOT),
                 "TC_SENTINEL_LIMITER_DIR": str(self.home / "limiters"),
-                "MSAL_FORCE_REGION": "",
+                # failures in a throwaway home should retry quickly, not wait minutes
+                "TC_SENTINEL_RETRY_DELAY_SECONDS": "1",
             }
         )
+        env.pop("MSAL_FORCE_REGION", None)
         env.update(self.extra)
         return env
 

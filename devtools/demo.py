@@ -19,6 +19,13 @@ from simulators.stack import OWNER, start_stack
 DAG_ID = "threatconnect_to_sentinel"
 
 
+def _renumber(indicators: list[dict]) -> list[dict]:
+    """Give the merged seed sets distinct ThreatConnect ids (each generator numbers from 1)."""
+    for number, record in enumerate(indicators, start=1):
+        record["id"] = number
+    return indicators
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sink", choices=("graph", "sentinel"), default="graph")
@@ -34,8 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"seeding {args.count} ThreatConnect indicators; "
           f"the run covers [{interval_start:%Y-%m-%d}, {today:%Y-%m-%d})")
     # Most changes fall inside the data interval; some are older, so the window visibly bounds the read.
-    indicators = generate(seed=2026, count=args.count, owner=OWNER, start=interval_start - dt.timedelta(days=2),
-                          end=today)
+    recent = generate(seed=2026, count=args.count * 3 // 4, owner=OWNER, start=interval_start, end=today)
+    older = generate(seed=2027, count=args.count - len(recent), owner=OWNER,
+                     start=interval_start - dt.timedelta(days=5), end=interval_start)
+    indicators = _renumber(recent + older)
     stack = start_stack(args.workdir, indicators, api_version=args.api_version)
     airflow = AirflowEnv(args.workdir / "airflow-home",
                          extra=stack.env(str(data_root), args.sink, list(DEFAULT_INDICATOR_TYPES)))

@@ -82,12 +82,14 @@ class Stack:
         """The latest stored version of every STIX object in our workspace, keyed by STIX id."""
         return {key[2]: obj for key, obj in self.sentinel.objects.items() if key[0] == WORKSPACE_ID}
 
-    def target_external_ids(self, sink: str) -> set[str]:
-        """External ids the target holds (for Sentinel: objects not revoked)."""
+    def target_external_ids(self, sink: str, include_retracted: bool = True) -> set[str]:
+        """External ids the target holds; without ``include_retracted`` only live ones (Graph isActive, STIX not
+        revoked)."""
         if sink == "graph":
-            return set(self.graph_external_ids())
+            return {i.get("externalId") for i in self.graph.owned_by(CLIENT_ID)
+                    if include_retracted or i.get("isActive", True) is not False}
         return {sid.removeprefix("indicator--") for sid, obj in self.sentinel_objects().items()
-                if not obj.get("revoked")}
+                if include_retracted or not obj.get("revoked")}
 
     def stop(self) -> None:
         self.tc_server.stop()
