@@ -79,6 +79,8 @@ def _previous_watermarks(context: Any) -> dict[str, str]:
         "dry_run": Param(None, type=["null", "boolean"], description="plan only: write the plan, send nothing"),
         "allow_mass_retraction": Param(None, type=["null", "boolean"],
                                        description="let this run retract more than the guard allows"),
+        "reconcile": Param(None, type=["null", "boolean"],
+                           description="list ThreatConnect's full active set this run and retract orphans"),
     },
     render_template_as_native_obj=True,
 )
@@ -92,24 +94,30 @@ def threatconnect_to_sentinel() -> None:
         previous = _previous_watermarks(context) if live else {}
         start, end = context["data_interval_start"], context["data_interval_end"]
         jobs = []
+        reconcile = config.reconcile_due(cfg, end.toordinal(), live)
         for indicator_type in cfg.indicator_types:
             window = watermarks.extraction_window(indicator_type, start, end, previous, live)
             jobs.append({"indicator_type": indicator_type, "run_id": context["run_id"], "live": live,
-                         "config": cfg.as_dict(), "window": window.as_dict(),
+                         "config": cfg.as_dict(), "window": window.as_dict(), "reconcile": reconcile,
+                         "interval": {"start": watermarks.iso(start), "end": watermarks.iso(end)},
                          "previous_watermark": previous.get(indicator_type)})
         log.info("run plan: %s", [(j["indicator_type"], j["window"]) for j in jobs])
         return jobs
 
     @task(map_index_template="{{ type_label }}")
     def extract(job: dict[str, Any]) -> dict[str, Any]:
+        from include.pipeline.mappings import load_mapping
+        from include.pipeline.normalize import normalize as normalize_batch
         from tc_sentinel.hooks import ThreatConnectHook
 
         _label(job)
         window = watermarks.Window(watermarks.parse_iso(job["window"]["start"]),
                                    watermarks.parse_iso(job["window"]["end"]), job["window"]["reason"])
         client = ThreatConnectHook().get_conn()
+        mapping = load_mapping(job["indicator_type"])
         job["owner"] = client.owner
-        job["extract"] = st.extract(client, _store(job), job["run_id"], job["indicator_type"], window)
+        job["extract"] = st.extract(client, _store(job), job["run_id"], job["indicator_type"], window,
+                                    lambda batch: normalize_batch(batch, mapping), reconcile=job["reconcile"])
         return job
 
     @task(map_index_template="{{ type_label }}")
@@ -133,12 +141,24 @@ def threatconnect_to_sentinel() -> None:
 
     @task(map_index_template="{{ type_label }}", pool=POOL)
     def load(job: dict[str, Any]) -> dict[str, Any]:
+        from include.pipeline.lifecycle import Policy
+        from include.pipeline.mappings import load_mapping
         from tc_sentinel.hooks import sink
 
         _label(job)
         cfg = job["config"]
+        expiry = load_mapping(job["indicator_type"]).expiration
+        policy = Policy(
+            interval_start=watermarks.parse_iso(job["interval"]["start"]),
+            interval_end=watermarks.parse_iso(job["interval"]["end"]),
+            refresh_within=dt.timedelta(days=cfg["refresh_within_days"]),
+            expiry_days=expiry.days_for,
+            retraction_guard=cfg["retraction_guard"],
+            allow_mass_retraction=cfg["allow_mass_retraction"],
+        )
         target = sink(cfg["sink"], job["owner"])
-        job["load"] = st.load(target, _store(job), job["run_id"], job["indicator_type"], cfg["failure_threshold"])
+        job["load"] = st.load(target, _store(job), job["run_id"], job["indicator_type"], policy,
+                              failure_threshold=cfg["failure_threshold"], dry_run=cfg["dry_run"])
         return job
 
     @task(map_index_template="{{ type_label }}")
@@ -148,7 +168,7 @@ def threatconnect_to_sentinel() -> None:
         _label(job)
         target = sink(job["config"]["sink"], job["owner"])
         job["verify"] = st.verify(target, _store(job), job["run_id"], job["indicator_type"],
-                                  job["previous_watermark"])
+                                  job["previous_watermark"], dry_run=job["config"]["dry_run"])
         return job
 
     @task(trigger_rule=TriggerRule.ALL_DONE)

@@ -373,6 +373,8 @@ class GraphSink:
     """
 
     name: ClassVar[str] = "graph"
+    #: payload fields that change without a real change: left out of the lifecycle's content hash
+    volatile_fields: ClassVar[tuple[str, ...]] = ("lastReportedDateTime",)
     verify_fields: ClassVar[tuple[str, ...]] = (
         "externalId", *OBSERVABLE_FIELDS, "fileHashType", "confidence", "severity", "tlpLevel", "threatType",
         "isActive", "expirationDateTime", "description",

@@ -359,6 +359,8 @@ class SentinelSink:
     """
 
     name: ClassVar[str] = "sentinel"
+    #: payload fields that change without a real change: left out of the lifecycle's content hash
+    volatile_fields: ClassVar[tuple[str, ...]] = ("modified",)
     #: what verify compares between the sent payload and what the query returns
     verify_fields: ClassVar[tuple[str, ...]] = (
         "pattern", "name", "revoked", "valid_from", "valid_until", "confidence", "object_marking_refs",

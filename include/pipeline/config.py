@@ -29,6 +29,8 @@ class RunConfig:
     allow_mass_retraction: bool = False
     retraction_guard: float = 0.2
     reconcile_every_days: int = 7
+    reconcile: bool = False  # force a reconciliation this run, whatever the calendar says
+    refresh_within_days: int = 3
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -69,6 +71,17 @@ def _as_fraction(name: str, value: Any) -> float:
     return number
 
 
+def reconcile_due(cfg: RunConfig, interval_end_ordinal: int, live: bool) -> bool:
+    """Whether this run lists the full active set: on request, or every ``reconcile_every_days`` by the calendar.
+
+    The calendar rule uses the interval's end day, not the wall clock, so re-running a run decides the same way.
+    Backfills never reconcile (they replay the past; orphans are a question about the present).
+    """
+    if cfg.reconcile:
+        return True
+    return live and cfg.reconcile_every_days > 0 and interval_end_ordinal % cfg.reconcile_every_days == 0
+
+
 def resolve(
     params: Mapping[str, Any],
     variable: Callable[[str], str | None],
@@ -107,4 +120,6 @@ def resolve(
         allow_mass_retraction=_as_bool("allow_mass_retraction", pick("allow_mass_retraction", False)),
         retraction_guard=_as_fraction("retraction_guard", pick("retraction_guard", 0.2)),
         reconcile_every_days=reconcile,
+        reconcile=_as_bool("reconcile", pick("reconcile", False)),
+        refresh_within_days=int(pick("refresh_within_days", 3)),
     )

@@ -327,11 +327,19 @@ def _build(t: pa.Table, m: Mapping, raws: list[str], values: list[str], variants
         "active": pc.fill_null(t.column("active"), True),
         "false_positive": pc.fill_null(pc.greater(t.column("false_positive_count"), 0), False),
         "web_link": t.column("web_link"),
+        "deleted": _deleted(t),
     }
     return pa.Table.from_arrays([columns[f.name] for f in NORMALIZED_SCHEMA], schema=NORMALIZED_SCHEMA)
 
 
 # --- derived fields ---------------------------------------------------------------------------------------------
+
+
+def _deleted(t: pa.Table) -> pa.ChunkedArray | pa.Array:
+    """Rows from ThreatConnect's deleted-indicators listing; batches without the column are live listings."""
+    if "deleted" not in t.column_names:
+        return pa.array([False] * t.num_rows, pa.bool_())
+    return pc.fill_null(t.column("deleted"), False)
 
 
 def _tlp(labels: pa.ChunkedArray | pa.Array, m: Mapping) -> list[str]:

@@ -30,6 +30,7 @@ RAW_SCHEMA = pa.schema(
         pa.field("web_link", pa.string()),
         pa.field("external_date_expires", TS),
         pa.field("page", pa.int32()),  # 0-based page the row came from, for audit
+        pa.field("deleted", pa.bool_()),  # from ThreatConnect's deleted-indicators listing (a retraction signal)
     ]
 )
 
@@ -58,6 +59,7 @@ NORMALIZED_SCHEMA = pa.schema(
         pa.field("active", pa.bool_()),
         pa.field("false_positive", pa.bool_()),
         pa.field("web_link", pa.string()),
+        pa.field("deleted", pa.bool_()),
     ]
 )
 
@@ -73,18 +75,23 @@ REJECTED_SCHEMA = pa.schema(
     ]
 )
 
-# One row per indicator the load stage handled, with what the target answered.
+# What the lifecycle decided for each indicator of a run (written every run; the whole output of a dry run).
+PLAN_FIELDS = [
+    pa.field("action", pa.string()),  # create, update, refresh, retract, skip
+    pa.field("reason", pa.string()),  # why: new, changed, unchanged, inactive, deleted, false positive, orphan, ...
+    pa.field("content_hash", pa.string()),  # over the payload fields that reach the target (volatile ones left out)
+    pa.field("stix_modified", TS),  # the version sent: strictly increases on every write of the same indicator
+    pa.field("sink", pa.string()),  # graph or sentinel
+]
+PLAN_SCHEMA = pa.schema(list(NORMALIZED_SCHEMA) + PLAN_FIELDS)
+
+# One row per indicator the load stage wrote (never the skipped ones), with what the target answered. Together the
+# loaded partitions of every run are the delivered state the next run's delta is computed against.
 LOADED_SCHEMA = pa.schema(
     [
-        pa.field("external_id", pa.string()),
-        pa.field("indicator_type", pa.string()),
-        pa.field("value", pa.string()),
-        pa.field("last_modified", TS),
-        pa.field("sink", pa.string()),  # graph or sentinel
-        pa.field("action", pa.string()),  # create, update, retract, unchanged
-        pa.field("status", pa.string()),  # ok, failed, skipped
+        *PLAN_SCHEMA,
+        pa.field("status", pa.string()),  # ok or failed
         pa.field("target_id", pa.string()),  # Graph id or STIX id
-        pa.field("content_hash", pa.string()),  # over the fields that reach the target
         pa.field("attempts", pa.int32()),
         pa.field("error", pa.string()),
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 from collections.abc import Callable, Iterable
@@ -11,8 +12,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from include.microsoft.sink import Sink, SinkResult, content_hash
-from include.pipeline import watermarks
+from include.microsoft.sink import Sink, SinkResult
+from include.pipeline import lifecycle, watermarks
 from include.pipeline.schema import LOADED_SCHEMA, NORMALIZED_SCHEMA, RAW_SCHEMA, REJECTED_SCHEMA
 from include.pipeline.snapshots import SnapshotStore
 
@@ -28,15 +29,29 @@ class VerifyFailed(RuntimeError):
 
 
 class PageSource(Protocol):
-    def iter_pages(self, indicator_type: str, modified_from: Any, modified_to: Any) -> Iterable[pa.RecordBatch]: ...
+    def iter_pages(
+        self, indicator_type: str, modified_from: Any, modified_to: Any
+    ) -> Iterable[pa.RecordBatch]: ...
 
 
 def extract(
-    client: PageSource, store: SnapshotStore, run_id: str, indicator_type: str, window: watermarks.Window
+    client: PageSource,
+    store: SnapshotStore,
+    run_id: str,
+    indicator_type: str,
+    window: watermarks.Window,
+    normalize_batch: Callable[[pa.RecordBatch], tuple[pa.Table, pa.Table]] | None = None,
+    reconcile: bool = False,
 ) -> dict[str, Any]:
-    """Stream every page of one type's changes in the window into the ``raw`` snapshot; memory stays one page."""
+    """Stream one type's changes in the window into the ``raw`` snapshot; memory stays one page.
+
+    Indicators ThreatConnect deleted since the window's start join ``raw`` as rows flagged ``deleted`` (a retraction
+    signal). With ``reconcile``, the type's whole current set is also listed into ``inventory`` (external id and
+    whether it is live), which the load stage compares with what was delivered to find orphans.
+    """
     pages = 0
     latest = None
+    deleted = 0
     with store.writer("raw", indicator_type, run_id, RAW_SCHEMA) as writer:
         for batch in client.iter_pages(indicator_type, window.start, window.end):
             writer.write(batch)
@@ -44,17 +59,78 @@ def extract(
             if batch.num_rows:
                 batch_max = pc.max(batch.column("last_modified")).as_py()
                 latest = batch_max if latest is None or batch_max > latest else latest
+        for batch in _deleted_batches(client, indicator_type, window):
+            writer.write(batch)
+            deleted += batch.num_rows
         rows = writer.rows
-    log.info("extracted %s %s indicators in %s pages for %s", rows, indicator_type, pages, window.as_dict())
-    return {
+    result = {
         "indicator_type": indicator_type,
         "run_id": run_id,
         "window": window.as_dict(),
-        "extracted": rows,
+        "extracted": rows - deleted,
+        "deleted": deleted,
         "pages": pages,
         "max_last_modified": watermarks.iso(latest) if latest else None,
         "raw": store.partition_url("raw", indicator_type, run_id),
     }
+    if reconcile:
+        if normalize_batch is None:
+            raise ValueError("reconciliation needs the normalize function to derive external ids")
+        result["inventory"] = _inventory(client, store, run_id, indicator_type, window, normalize_batch)
+    log.info("extract summary: %s", result)
+    return result
+
+
+def _deleted_batches(client: PageSource, indicator_type: str, window: watermarks.Window) -> Iterable[pa.RecordBatch]:
+    """ThreatConnect's deleted-indicators listing as raw rows (inactive, ``deleted``), in pages of 10,000."""
+    from include.threatconnect.parse import parse_page
+
+    iter_deleted = getattr(client, "iter_deleted", None)
+    if iter_deleted is None:
+        return
+    items: list[dict[str, Any]] = []
+    for entry in iter_deleted(indicator_type, window.start):
+        deleted_at = entry["deleted_at"]
+        if deleted_at is None or deleted_at >= window.end:
+            continue  # the next run's window owns it
+        stamp = watermarks.iso(deleted_at)
+        items.append({"type": indicator_type, "summary": entry["summary"], "ownerName": entry.get("owner"),
+                      "dateAdded": stamp, "lastModified": stamp, "active": False})
+        if len(items) == 10_000:
+            yield _flag_deleted(parse_page(items, indicator_type))
+            items = []
+    if items:
+        yield _flag_deleted(parse_page(items, indicator_type))
+
+
+def _flag_deleted(batch: pa.RecordBatch) -> pa.RecordBatch:
+    index = batch.schema.get_field_index("deleted")
+    return batch.set_column(index, "deleted", pa.array([True] * batch.num_rows, pa.bool_()))
+
+
+INVENTORY_SCHEMA = pa.schema([pa.field("external_id", pa.string()), pa.field("live", pa.bool_())])
+
+
+def _inventory(
+    client: PageSource,
+    store: SnapshotStore,
+    run_id: str,
+    indicator_type: str,
+    window: watermarks.Window,
+    normalize_batch: Callable[[pa.RecordBatch], tuple[pa.Table, pa.Table]],
+) -> dict[str, Any]:
+    """List every indicator of the type (any ``lastModified`` before the window's end) as (external id, live)."""
+    beginning = watermarks.parse_iso("1970-01-01T00:00:00Z")
+    live_count = 0
+    with store.writer("inventory", indicator_type, run_id, INVENTORY_SCHEMA) as writer:
+        for batch in client.iter_pages(indicator_type, beginning, window.end):
+            batch = batch.append_column("indicator_type", pa.array([indicator_type] * batch.num_rows, pa.string()))
+            normalized, _ = normalize_batch(batch)
+            live = pc.and_(normalized["active"], pc.invert(normalized["false_positive"]))
+            writer.write(pa.table({"external_id": normalized["external_id"], "live": live}))
+            live_count += pc.sum(live).as_py() or 0
+        total = writer.rows
+    return {"listed": total, "live": live_count, "path": store.partition_url("inventory", indicator_type, run_id)}
 
 
 def normalize(
@@ -111,27 +187,34 @@ def dedupe(
             "deduped_path": store.partition_url("deduped", indicator_type, run_id)}
 
 
-def _results_frame(rows: pd.DataFrame, results: list[SinkResult], sink: Sink, hashes: dict[str, str]) -> pd.DataFrame:
+def _outcomes(chunk: pd.DataFrame, results: list[SinkResult], sink: Sink) -> pd.DataFrame:
     by_id = {r.external_id: r for r in results}
-    missing = [eid for eid in rows["external_id"] if eid not in by_id]
+    missing = [eid for eid in chunk["external_id"] if eid not in by_id]
     if missing:  # a sink that forgets a row must not make it vanish from the record
         raise RuntimeError(f"sink {sink.name} returned no result for {len(missing)} indicators, e.g. {missing[:3]}")
-    frame = pd.DataFrame(
-        {
-            "external_id": rows["external_id"].to_numpy(),
-            "indicator_type": rows["indicator_type"].to_numpy(),
-            "value": rows["value"].to_numpy(),
-            "last_modified": rows["last_modified"].to_numpy(),
-        }
-    )
-    frame["sink"] = sink.name
-    frame["action"] = [by_id[e].action for e in frame["external_id"]]
+    frame = chunk.copy()
     frame["status"] = [by_id[e].status for e in frame["external_id"]]
     frame["target_id"] = [by_id[e].target_id for e in frame["external_id"]]
-    frame["content_hash"] = [hashes.get(e) for e in frame["external_id"]]
     frame["attempts"] = [by_id[e].attempts for e in frame["external_id"]]
     frame["error"] = [by_id[e].error for e in frame["external_id"]]
     return frame
+
+
+def _read_inventory(store: SnapshotStore, run_id: str, indicator_type: str) -> set[str] | None:
+    if not store.exists("inventory", indicator_type, run_id):
+        return None
+    table = store.read("inventory", indicator_type, run_id)
+    return set(table.filter(table["live"])["external_id"].to_pylist())
+
+
+def _log_plan(indicator_type: str, planned: pd.DataFrame, samples: int = 3) -> dict[str, int]:
+    counts = {a: int((planned["action"] == a).sum()) for a in ("create", "update", "refresh", "retract", "skip")}
+    log.info("plan for %s: %s", indicator_type, counts)
+    for action in ("create", "update", "refresh", "retract"):
+        chosen = planned[planned["action"] == action].head(samples)
+        for row in chosen.itertuples():
+            log.info("  %s %s %s (%s)", action, row.external_id, row.value, row.reason)
+    return counts
 
 
 def load(
@@ -139,39 +222,63 @@ def load(
     store: SnapshotStore,
     run_id: str,
     indicator_type: str,
-    failure_threshold: float,
+    policy: lifecycle.Policy,
+    failure_threshold: float = 0.0,
+    dry_run: bool = False,
     chunk_rows: int = 10_000,
 ) -> dict[str, Any]:
-    """Upsert the deduplicated indicators into the target and record every outcome in ``loaded``.
+    """Plan against the delivered state, then send only what the plan says, and record every write in ``loaded``.
 
-    Chunks of ``chunk_rows`` bound memory; the sink batches further (100 per request). Failures are recorded with
-    the target's message; the task fails when their share exceeds ``failure_threshold``.
+    The plan (creates, updates, refreshes, retractions, skips with their reasons) is written to the ``plan``
+    snapshot every run; a dry run stops there. The retraction guard runs before anything is sent. Failures are
+    recorded with the target's message; the task fails when their share exceeds ``failure_threshold``.
     """
-    counts = {"create": 0, "update": 0, "failed": 0}
+    deduped = store.read("deduped", indicator_type, run_id).to_pandas()
+    deduped["indicator_type"] = indicator_type
+    state = lifecycle.delivered_state(store, indicator_type, sink.name, exclude_run=run_id)
+    inventory = _read_inventory(store, run_id, indicator_type)
+    planned = lifecycle.plan(deduped, state, sink.payload, sink.name, policy,
+                             getattr(sink, "volatile_fields", ()), inventory)
+    plan_path = store.write_table("plan", indicator_type, run_id, lifecycle.plan_table(planned))
+    counts = _log_plan(indicator_type, planned)
+    summary: dict[str, Any] = {"indicator_type": indicator_type, "run_id": run_id, "sink": sink.name,
+                               "dry_run": dry_run, "planned": counts, "plan_path": plan_path,
+                               "reconciled": inventory is not None}
+    if dry_run:
+        log.info("dry run: nothing sent; the plan is in %s", plan_path)
+        return summary
+    lifecycle.check_retraction_guard(planned, state, policy, indicator_type)
+
+    writes = planned[planned["action"].isin(lifecycle.WRITE_ACTIONS)].reset_index(drop=True)
+    outcomes = []
     with store.writer("loaded", indicator_type, run_id, LOADED_SCHEMA) as writer:
-        for batch in store.iter_batches("deduped", indicator_type, run_id, batch_size=chunk_rows):
-            rows = batch.to_pandas()
-            if rows.empty:
-                continue
-            rows["indicator_type"] = indicator_type
-            hashes = {r["external_id"]: content_hash(sink.payload(r)) for r in rows.to_dict("records")}
-            results = sink.upsert(rows)
-            frame = _results_frame(rows, results, sink, hashes)
-            writer.write(pa.Table.from_pandas(frame, preserve_index=False))
-            for result in results:
-                if result.status == "ok":
-                    counts[result.action] = counts.get(result.action, 0) + 1
-                else:
-                    counts["failed"] += 1
-        total = writer.rows
-    summary = {"indicator_type": indicator_type, "run_id": run_id, "sink": sink.name, "sent": total,
-               "created": counts["create"], "updated": counts["update"], "failed": counts["failed"],
-               "loaded_path": store.partition_url("loaded", indicator_type, run_id)}
+        for offset in range(0, len(writes), chunk_rows):
+            chunk = writes.iloc[offset:offset + chunk_rows]
+            upserts, retracts = chunk[chunk["action"] != "retract"], chunk[chunk["action"] == "retract"]
+            results = (sink.upsert(upserts) if len(upserts) else []) + (sink.retract(retracts) if len(retracts) else [])
+            frame = _outcomes(chunk, results, sink)
+            writer.write(pa.Table.from_pandas(frame, schema=LOADED_SCHEMA, preserve_index=False))
+            outcomes.append(frame[["external_id", "action", "status", "expiration", "last_modified", "reason"]])
+    done = pd.concat(outcomes, ignore_index=True) if outcomes else pd.DataFrame(
+        columns=["external_id", "action", "status", "expiration", "last_modified", "reason"])
+    ok = done[done["status"] == "ok"]
+    failed = int((done["status"] != "ok").sum())
+    summary.update({
+        "sent": len(done),
+        "created": int((ok["action"] == "create").sum()),
+        "updated": int((ok["action"] == "update").sum()),
+        "refreshed": int((ok["action"] == "refresh").sum()),
+        "retracted": int((ok["action"] == "retract").sum()),
+        "unchanged": counts["skip"],
+        "failed": failed,
+        "expiring_7d": lifecycle.expiring(state, ok, policy.interval_end, dt.timedelta(days=7)),
+        "loaded_path": store.partition_url("loaded", indicator_type, run_id),
+    })
     log.info("load summary: %s", summary)
-    allowed = math.floor(failure_threshold * total)
-    if counts["failed"] > allowed:
+    allowed = math.floor(failure_threshold * len(done))
+    if failed > allowed:
         raise LoadFailed(
-            f"{counts['failed']} of {total} {indicator_type} indicators failed to load into {sink.name} "
+            f"{failed} of {len(done)} {indicator_type} writes failed in {sink.name} "
             f"(threshold {failure_threshold:.2%}); details in {summary['loaded_path']}"
         )
     return summary
@@ -183,28 +290,39 @@ def verify(
     run_id: str,
     indicator_type: str,
     previous_watermark: str | None,
+    dry_run: bool = False,
 ) -> dict[str, Any]:
-    """Read back what was loaded and compare it with what should be there; fail when anything is missing."""
+    """Read back every successful write and compare it with what was sent; fail when anything is missing.
+
+    Retracted indicators must be gone or marked retracted. The new watermark covers this run's window rows: the
+    plan's skips count as delivered (the target already holds them), failed writes hold the mark back.
+    """
+    if dry_run:
+        return {"indicator_type": indicator_type, "run_id": run_id, "dry_run": True, "expected": 0, "verified": 0,
+                "missing": 0, "different": 0, "watermark": previous_watermark}
     loaded = store.read("loaded", indicator_type, run_id).to_pandas()
-    deduped = store.read("deduped", indicator_type, run_id).to_pandas()
-    deduped["indicator_type"] = indicator_type
     ok = loaded[loaded["status"] == "ok"]
-    expected_rows = deduped[deduped["external_id"].isin(set(ok["external_id"]))]
-    expected = {r["external_id"]: sink.payload(r) for r in expected_rows.to_dict("records")}
-    actual = sink.fetch(list(expected))
-    missing = sorted(set(expected) - set(actual))
-    different = []
-    for external_id, sent in expected.items():
-        stored = actual.get(external_id)
-        if stored is None:
+    records = ok.to_dict("records")
+    actual = sink.fetch([r["external_id"] for r in records])
+    missing, different = [], []
+    for row in records:
+        stored = actual.get(row["external_id"])
+        if row["action"] == "retract":
+            if stored is not None and not _retracted(stored):
+                different.append((row["external_id"], "retracted", False, True))
             continue
+        if stored is None:
+            missing.append(row["external_id"])
+            continue
+        sent = sink.payload(row)
         for field in sink.verify_fields:
             if not _same(sink, field, sent.get(field), stored.get(field)):
-                different.append((external_id, field, sent.get(field), stored.get(field)))
+                different.append((row["external_id"], field, sent.get(field), stored.get(field)))
                 break
-    new_mark = watermarks.advance(previous_watermark, loaded)
-    summary = {"indicator_type": indicator_type, "run_id": run_id, "expected": len(expected),
-               "verified": len(expected) - len(missing) - len(different), "missing": len(missing),
+    window_rows = _window_outcomes(store, run_id, indicator_type, loaded)
+    new_mark = watermarks.advance(previous_watermark, window_rows)
+    summary = {"indicator_type": indicator_type, "run_id": run_id, "expected": len(records),
+               "verified": len(records) - len(missing) - len(different), "missing": len(missing),
                "different": len(different), "watermark": new_mark}
     log.info("verify summary: %s", summary)
     if missing or different:
@@ -213,6 +331,24 @@ def verify(
             f"{len(different)} different (e.g. {different[:2]})"
         )
     return summary
+
+
+def _retracted(stored: dict[str, Any]) -> bool:
+    return stored.get("isActive") is False or stored.get("revoked") is True
+
+
+def _window_outcomes(store: SnapshotStore, run_id: str, indicator_type: str, loaded: pd.DataFrame) -> pd.DataFrame:
+    """(last_modified, status) of the run's own window rows: written ones with their status, skipped ones ok.
+
+    Refreshes and orphan retractions concern indicators outside the window, so they never move the watermark.
+    """
+    window_ids = set(store.read("deduped", indicator_type, run_id, columns=["external_id"])["external_id"].to_pylist())
+    planned = store.read("plan", indicator_type, run_id, columns=["external_id", "action", "last_modified"]).to_pandas()
+    planned = planned[planned["external_id"].isin(window_ids)]
+    status = dict(zip(loaded["external_id"], loaded["status"], strict=False))
+    planned["status"] = [status.get(e, "ok") if a != "skip" else "ok"
+                         for e, a in zip(planned["external_id"], planned["action"], strict=True)]
+    return planned[["last_modified", "status"]]
 
 
 def _same(sink: Sink, field: str, sent: Any, stored: Any) -> bool:

@@ -172,6 +172,7 @@ def parse_page(
         "web_link": [item.get("webLink") for item in items],
         "external_date_expires": _timestamps([item.get("externalDateExpires") for item in items]),
         "page": [page] * len(items),
+        "deleted": [False] * len(items),
     }
     arrays = [
         value if isinstance(value, pa.Array) else pa.array(value, type=field.type)

@@ -1,0 +1,235 @@
+"""Indicator lifecycle: what to send this run (delta), what to retract, what to refresh, and the guard against
+retracting half the world because ThreatConnect answered with nothing.
+
+The delivered state is the log of every earlier ``loaded`` partition of one type and sink: for each external id the
+latest successful write (by ``stix_modified``, the version). A run's plan compares its deduplicated indicators with
+that state:
+
+| ThreatConnect says                   | delivered state        | plan                                  |
+|--------------------------------------|------------------------|---------------------------------------|
+| active, content differs or new       | absent / retracted     | ``create``                            |
+| active, content differs              | live                   | ``update``                            |
+| active, same content                 | live                   | ``skip`` (unchanged: zero writes)     |
+| older version than delivered         | any                    | ``skip`` (stale: a backfill of old data) |
+| inactive, false positive or deleted  | live                   | ``retract``                           |
+| inactive, false positive or deleted  | absent / retracted     | ``skip`` (nothing of ours to retract) |
+| not in the full active set (reconcile) | live                 | ``retract`` (orphan)                  |
+| (not in this run) expiring soon      | live                   | ``refresh`` (new expiration)          |
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from include.microsoft.sink import content_hash
+from include.pipeline.schema import NORMALIZED_SCHEMA, PLAN_SCHEMA
+from include.pipeline.snapshots import SnapshotStore
+
+ONE_MS = pd.Timedelta(milliseconds=1)
+WRITE_ACTIONS = ("create", "update", "refresh", "retract")
+NORMALIZED_COLUMNS = [f.name for f in NORMALIZED_SCHEMA]
+
+
+class MassRetraction(RuntimeError):
+    """The run would retract more of the delivered set than the guard allows."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Lifecycle settings of one run.
+
+    Attributes:
+        interval_start: the run's data interval start (retractions found now are versioned no earlier).
+        interval_end: the run's data interval end: the run's notion of "now" (never the wall clock).
+        refresh_within: delivered live indicators expiring before ``interval_end + refresh_within`` are re-sent.
+        expiry_days: days of validity a refresh grants, by severity (the rounded threat rating).
+        retraction_guard: the largest share of the delivered live set one run may retract.
+        retraction_guard_min: below this many retractions the guard does not apply (small sets).
+        allow_mass_retraction: let this run pass the guard (an explicit run param).
+    """
+
+    interval_start: dt.datetime
+    interval_end: dt.datetime
+    refresh_within: dt.timedelta = dt.timedelta(days=3)
+    expiry_days: Callable[[int | None], int] = lambda severity: 30
+    retraction_guard: float = 0.2
+    retraction_guard_min: int = 10
+    allow_mass_retraction: bool = False
+
+
+def delivered_state(
+    store: SnapshotStore, indicator_type: str, sink: str, exclude_run: str | None = None
+) -> pd.DataFrame:
+    """The latest successful write per external id, over every earlier run's ``loaded`` partition of one type.
+
+    A re-run of the same run id ignores its own earlier partition (``exclude_run``), so a retried load plans the
+    same work again instead of believing it already happened.
+    """
+    runs = [r for r in store.runs("loaded", indicator_type) if r != exclude_run]
+    frames = []
+    for run_id in runs:
+        table = store.read("loaded", indicator_type, run_id)
+        table = table.filter(pc.and_(pc.equal(table["status"], "ok"), pc.equal(table["sink"], sink)))
+        if table.num_rows:
+            frames.append(table.to_pandas())
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype="object") for c in [f.name for f in PLAN_SCHEMA]})
+    state = pd.concat(frames, ignore_index=True)
+    state = state.sort_values(["external_id", "stix_modified"], kind="stable")
+    return state.drop_duplicates("external_id", keep="last").set_index("external_id", drop=False)
+
+
+def is_live(state_row: pd.Series | dict[str, Any]) -> bool:
+    """True when the target holds this indicator as live (its latest write was not a retraction)."""
+    return state_row["action"] != "retract"
+
+
+def _retraction_reason(row: dict[str, Any]) -> str | None:
+    if row.get("deleted"):
+        return "deleted in ThreatConnect"
+    if row.get("false_positive"):
+        return "reported as a false positive"
+    if not row.get("active", True):
+        return "inactive in ThreatConnect"
+    return None
+
+
+def _version(candidate: pd.Timestamp, previous: Any) -> pd.Timestamp:
+    """The version to send: the change's own time, but always after the version the target already has."""
+    if previous is None or pd.isna(previous):
+        return candidate
+    return max(candidate, pd.Timestamp(previous) + ONE_MS)
+
+
+def plan(
+    candidates: pd.DataFrame,
+    state: pd.DataFrame,
+    payload: Callable[[dict[str, Any]], dict[str, Any]],
+    sink: str,
+    policy: Policy,
+    volatile: Iterable[str] = (),
+    inventory: set[str] | None = None,
+) -> pd.DataFrame:
+    """Decide, per indicator, what this run does; returns rows in ``PLAN_SCHEMA`` column order.
+
+    Args:
+        candidates: the run's deduplicated rows (``NORMALIZED_SCHEMA`` columns).
+        state: :func:`delivered_state`.
+        payload: the sink's payload builder (content hashes are computed over its output).
+        sink: the sink name.
+        policy: the run's lifecycle settings.
+        volatile: payload fields left out of the content hash (they change without a real change).
+        inventory: when reconciling, the external ids ThreatConnect holds as live (active, not a false positive,
+            not deleted); delivered live ids outside it are orphans and get retracted.
+    """
+    volatile = tuple(volatile)
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for row in candidates.to_dict("records"):
+        seen.add(row["external_id"])
+        held = state.loc[row["external_id"]] if row["external_id"] in state.index else None
+        why_retract = _retraction_reason(row)
+        last_modified = pd.Timestamp(row["last_modified"])
+        if held is not None and last_modified < pd.Timestamp(held["last_modified"]):
+            rows.append({**row, "action": "skip", "reason": "stale: older than the delivered version"})
+            continue
+        if why_retract is not None:
+            if held is not None and is_live(held):
+                # Retract the object the target holds (same fields), not the retraction signal's sparse copy.
+                version = _version(last_modified, held["stix_modified"])
+                retracted = {**{k: held[k] for k in NORMALIZED_COLUMNS}, "active": False,
+                             "deleted": bool(row.get("deleted")), "false_positive": bool(row.get("false_positive")),
+                             "last_modified": last_modified}
+                rows.append({**retracted, "action": "retract", "reason": why_retract, "stix_modified": version})
+            else:
+                rows.append({**row, "action": "skip", "reason": f"{why_retract}; nothing live to retract"})
+            continue
+        version = _version(last_modified, None if held is None else held["stix_modified"])
+        digest = content_hash(payload({**row, "stix_modified": version}), volatile)
+        if held is None or not is_live(held):
+            reason = "new" if held is None else "re-activated in ThreatConnect"
+            rows.append({**row, "action": "create", "reason": reason, "content_hash": digest, "stix_modified": version})
+        elif held["content_hash"] == digest:
+            rows.append({**row, "action": "skip", "reason": "unchanged", "content_hash": digest,
+                         "stix_modified": held["stix_modified"]})
+        else:
+            rows.append({**row, "action": "update", "reason": "changed", "content_hash": digest,
+                         "stix_modified": version})
+    rows.extend(_held_rows(state, seen, payload, policy, volatile, inventory))
+    frame = pd.DataFrame(rows, columns=[f.name for f in PLAN_SCHEMA])
+    frame["sink"] = sink
+    return frame
+
+
+def _held_rows(
+    state: pd.DataFrame,
+    seen: set[str],
+    payload: Callable[[dict[str, Any]], dict[str, Any]],
+    policy: Policy,
+    volatile: tuple[str, ...],
+    inventory: set[str] | None,
+) -> list[dict[str, Any]]:
+    """Plans for delivered indicators this run did not see: orphans (when reconciling) and refreshes."""
+    rows: list[dict[str, Any]] = []
+    floor = pd.Timestamp(policy.interval_start)
+    horizon = pd.Timestamp(policy.interval_end + policy.refresh_within)
+    for held in state.to_dict("records"):
+        if held["external_id"] in seen or not is_live(held):
+            continue
+        base = {k: held[k] for k in NORMALIZED_COLUMNS}
+        version = max(pd.Timestamp(held["stix_modified"]) + ONE_MS, floor)
+        if inventory is not None and held["external_id"] not in inventory:
+            rows.append({**base, "active": False, "action": "retract", "stix_modified": version,
+                         "reason": "orphan: no longer live in ThreatConnect (reconciliation)"})
+        elif pd.Timestamp(held["expiration"]) < horizon:
+            severity = None if pd.isna(held.get("severity")) else int(held["severity"])
+            days = policy.expiry_days(severity)
+            refreshed = {**base, "expiration": pd.Timestamp(policy.interval_end) + pd.Timedelta(days=days),
+                         "stix_modified": version}
+            rows.append({**refreshed, "action": "refresh", "reason": "still live, expiring soon",
+                         "content_hash": content_hash(payload(refreshed), volatile)})
+    return rows
+
+
+def check_retraction_guard(planned: pd.DataFrame, state: pd.DataFrame, policy: Policy, indicator_type: str) -> None:
+    """Refuse a run that would retract more than the configured share of what is delivered and live.
+
+    An outage, an expired API key answered as an empty list, or a wrong owner all look like mass deletion; a
+    person should confirm that (run param ``allow_mass_retraction``) before the target loses its indicators.
+    """
+    retractions = int((planned["action"] == "retract").sum())
+    live = int((state["action"] != "retract").sum()) if not state.empty else 0
+    if retractions < policy.retraction_guard_min or policy.allow_mass_retraction:
+        return
+    allowed = math.floor(policy.retraction_guard * live)
+    if retractions > allowed:
+        raise MassRetraction(
+            f"{indicator_type}: this run would retract {retractions} of {live} delivered live indicators, more "
+            f"than the guard allows ({policy.retraction_guard:.0%} = {allowed}). Nothing was sent. If ThreatConnect "
+            "really retired them, re-run with the param allow_mass_retraction=true."
+        )
+
+
+def expiring(state: pd.DataFrame, written: pd.DataFrame, at: dt.datetime, within: dt.timedelta) -> int:
+    """How many indicators are live after this run's successful writes and expire within ``within`` of ``at``."""
+    untouched = state[~state["external_id"].isin(set(written["external_id"]))] if not state.empty else state
+    frames = [f for f in (untouched, written) if not f.empty]
+    if not frames:
+        return 0
+    after = pd.concat(frames, ignore_index=True)
+    live = after[after["action"] != "retract"]
+    horizon = pd.Timestamp(at + within)
+    return int((pd.to_datetime(live["expiration"], utc=True) < horizon).sum())
+
+
+def plan_table(planned: pd.DataFrame) -> pa.Table:
+    """The plan as an Arrow table with ``PLAN_SCHEMA`` types."""
+    return pa.Table.from_pandas(planned, schema=PLAN_SCHEMA, preserve_index=False)
