@@ -79,7 +79,9 @@ def delivered_state(
         table = store.read("loaded", indicator_type, run_id)
         table = table.filter(pc.and_(pc.equal(table["status"], "ok"), pc.equal(table["sink"], sink)))
         if table.num_rows:
-            frames.append(table.to_pandas())
+            frame = table.to_pandas()
+            frame["indicator_type"] = indicator_type  # a partition column: only in the path
+            frames.append(frame)
     if not frames:
         return pd.DataFrame({c: pd.Series(dtype="object") for c in [f.name for f in PLAN_SCHEMA]})
     state = pd.concat(frames, ignore_index=True)

@@ -1,0 +1,174 @@
+"""Lifecycle planning: delta against the delivered state, retractions, orphans, refresh, the guard."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from include.microsoft.graph import GraphSink
+from include.microsoft.sentinel import SentinelSink
+from include.pipeline import lifecycle
+from include.pipeline.schema import LOADED_SCHEMA
+from include.pipeline.snapshots import SnapshotStore
+from tests.unit.microsoft.graph_rows import BASE_TIME, ip_rows, normalized_row, rows_frame
+
+GRAPH = GraphSink(client=None)
+POLICY = lifecycle.Policy(interval_start=BASE_TIME - dt.timedelta(days=1),
+                          interval_end=BASE_TIME + dt.timedelta(days=1))
+
+
+def plan(candidates: pd.DataFrame, state: pd.DataFrame, policy=POLICY, sink=GRAPH, inventory=None) -> pd.DataFrame:
+    return lifecycle.plan(candidates, state, sink.payload, sink.name, policy, sink.volatile_fields, inventory)
+
+
+def deliver(tmp_path, planned: pd.DataFrame, run_id: str = "run-1", status: str = "ok") -> pd.DataFrame:
+    """Record the plan's writes as a successful load, then read the delivered state back."""
+    store = SnapshotStore(str(tmp_path))
+    writes = planned[planned["action"].isin(lifecycle.WRITE_ACTIONS)].copy()
+    writes["status"], writes["target_id"], writes["attempts"], writes["error"] = status, None, 1, None
+    store.write_table("loaded", "Address", run_id, pa.Table.from_pandas(writes, schema=LOADED_SCHEMA,
+                                                                       preserve_index=False))
+    return lifecycle.delivered_state(store, "Address", "graph")
+
+
+def actions(planned: pd.DataFrame) -> dict[str, int]:
+    return planned["action"].value_counts().to_dict()
+
+
+def test_everything_is_created_the_first_time(tmp_path) -> None:
+    state = lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")
+    assert actions(plan(ip_rows(5), state)) == {"create": 5}
+
+
+def test_an_unchanged_rerun_plans_zero_writes(tmp_path) -> None:
+    rows = ip_rows(5)
+    state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
+    assert actions(plan(rows, state)) == {"skip": 5}
+
+
+def test_a_changed_confidence_is_one_update(tmp_path) -> None:
+    rows = ip_rows(5)
+    state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
+    changed = rows.copy()
+    changed.loc[2, "confidence"] = 15
+    changed.loc[2, "last_modified"] = changed.loc[2, "last_modified"] + pd.Timedelta(hours=1)
+    planned = plan(changed, state)
+    assert actions(planned) == {"skip": 4, "update": 1}
+    assert planned.loc[planned["action"] == "update", "external_id"].item() == rows.loc[2, "external_id"]
+
+
+def test_a_newer_last_modified_without_a_real_change_sends_nothing(tmp_path) -> None:
+    rows = rows_frame([normalized_row("ipv4", 1, expiration=BASE_TIME + dt.timedelta(days=90))])
+    state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
+    bumped = rows.copy()
+    bumped["last_modified"] = bumped["last_modified"] + pd.Timedelta(minutes=5)
+    assert actions(plan(bumped, state)) == {"skip": 1}
+
+
+@pytest.mark.parametrize(
+    ("flags", "reason"),
+    [({"active": False}, "inactive"), ({"false_positive": True}, "false positive"),
+     ({"deleted": True, "active": False}, "deleted")],
+)
+def test_a_retired_indicator_that_was_delivered_is_retracted(tmp_path, flags, reason) -> None:
+    rows = ip_rows(3)
+    state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
+    retired = rows.copy()
+    for column, value in flags.items():
+        retired.loc[0, column] = value
+    retired.loc[0, "last_modified"] = retired.loc[0, "last_modified"] + pd.Timedelta(hours=2)
+    planned = plan(retired, state)
+    row = planned[planned["action"] == "retract"].iloc[0]
+    assert row["external_id"] == rows.loc[0, "external_id"]
+    assert reason in row["reason"]
+    assert row["stix_modified"] > state.loc[row["external_id"], "stix_modified"]
+
+
+def test_a_retired_indicator_never_delivered_is_not_sent_at_all(tmp_path) -> None:
+    state = lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")
+    planned = plan(ip_rows(2, active=False), state)
+    assert actions(planned) == {"skip": 2}
+
+
+def test_an_older_version_from_a_backfill_never_overwrites_a_newer_one(tmp_path) -> None:
+    rows = ip_rows(2)
+    state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
+    old = rows.copy()
+    old["last_modified"] = old["last_modified"] - pd.Timedelta(days=3)
+    old["confidence"] = 5
+    planned = plan(old, state)
+    assert actions(planned) == {"skip": 2}
+    assert planned["reason"].str.startswith("stale").all()
+
+
+def test_reconciliation_retracts_delivered_indicators_missing_from_the_active_set(tmp_path) -> None:
+    rows = ip_rows(4)
+    state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
+    still_live = set(rows["external_id"][:3])
+    planned = plan(rows.iloc[:0], state, inventory=still_live)
+    assert actions(planned) == {"retract": 1}
+    assert planned["external_id"].item() == rows.loc[3, "external_id"]
+    assert planned["reason"].item().startswith("orphan")
+
+
+def test_still_live_indicators_are_refreshed_before_they_expire(tmp_path) -> None:
+    soon = BASE_TIME + dt.timedelta(days=2)
+    rows = ip_rows(3, expiration=soon)
+    rows.loc[0, "expiration"] = BASE_TIME + dt.timedelta(days=60)
+    state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
+    policy = lifecycle.Policy(interval_start=BASE_TIME, interval_end=BASE_TIME + dt.timedelta(days=1),
+                              refresh_within=dt.timedelta(days=3), expiry_days=lambda severity: 30)
+    planned = plan(rows.iloc[:0], state, policy=policy)
+    assert actions(planned) == {"refresh": 2}
+    assert (planned["expiration"] == pd.Timestamp(BASE_TIME + dt.timedelta(days=31))).all()
+
+
+def test_the_guard_refuses_a_mass_retraction_unless_explicitly_allowed(tmp_path) -> None:
+    rows = ip_rows(50)
+    state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
+    planned = plan(rows.iloc[:0], state, inventory=set())
+    assert actions(planned) == {"retract": 50}
+    with pytest.raises(lifecycle.MassRetraction, match="would retract 50 of 50"):
+        lifecycle.check_retraction_guard(planned, state, POLICY, "Address")
+    allowed = lifecycle.Policy(POLICY.interval_start, POLICY.interval_end, allow_mass_retraction=True)
+    lifecycle.check_retraction_guard(planned, state, allowed, "Address")
+
+
+def test_the_guard_lets_a_few_retractions_through(tmp_path) -> None:
+    rows = ip_rows(50)
+    state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
+    planned = plan(rows.iloc[:0], state, inventory=set(rows["external_id"][:45]))
+    lifecycle.check_retraction_guard(planned, state, POLICY, "Address")
+
+
+def test_failed_writes_are_not_part_of_the_delivered_state(tmp_path) -> None:
+    rows = ip_rows(3)
+    state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")),
+                    status="failed")
+    assert state.empty
+    assert actions(plan(rows, state)) == {"create": 3}
+
+
+def test_sentinel_versions_strictly_increase_on_every_write(tmp_path) -> None:
+    sentinel = SentinelSink(client=None, sourcesystem="ThreatConnect-Example Org")
+    rows = ip_rows(1)
+    first = plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph"), sink=sentinel)
+    first["sink"] = "graph"  # stored under the test's sink name
+    state = deliver(tmp_path, first)
+    changed = rows.copy()
+    changed["confidence"] = 10  # a change whose lastModified did not move
+    second = plan(changed, state, sink=sentinel)
+    assert second["action"].item() == "update"
+    assert second["stix_modified"].item() > first["stix_modified"].item()
+    modified = [sentinel.payload(p.iloc[0].to_dict())["modified"] for p in (first, second)]
+    assert modified[1] > modified[0]
+
+
+def test_expiring_counts_live_indicators_expiring_within_the_horizon(tmp_path) -> None:
+    rows = ip_rows(4, expiration=BASE_TIME + dt.timedelta(days=3))
+    rows.loc[0, "expiration"] = BASE_TIME + dt.timedelta(days=30)
+    state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
+    assert lifecycle.expiring(state, state.iloc[:0], BASE_TIME, dt.timedelta(days=7)) == 3
