@@ -124,7 +124,6 @@ def _inventory(
     live_count = 0
     with store.writer("inventory", indicator_type, run_id, INVENTORY_SCHEMA) as writer:
         for batch in client.iter_pages(indicator_type, beginning, window.end):
-            batch = batch.append_column("indicator_type", pa.array([indicator_type] * batch.num_rows, pa.string()))
             normalized, _ = normalize_batch(batch)
             live = pc.and_(normalized["active"], pc.invert(normalized["false_positive"]))
             writer.write(pa.table({"external_id": normalized["external_id"], "live": live}))

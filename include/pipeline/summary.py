@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-COLUMNS = ("extracted", "rejected", "deduplicated", "created", "updated", "failed", "verified")
+COLUMNS = ("extracted", "rejected", "deduplicated", "created", "updated", "retracted", "unchanged", "failed",
+           "verified", "expiring_7d")
 
 
 def summarize(jobs: Sequence[dict[str, Any]], planned_types: Sequence[str]) -> dict[str, Any]:
@@ -17,8 +18,12 @@ def summarize(jobs: Sequence[dict[str, Any]], planned_types: Sequence[str]) -> d
             "rejected": job.get("normalize", {}).get("rejected"),
             "deduplicated": job.get("dedupe", {}).get("deduplicated"),
             "created": job.get("load", {}).get("created"),
-            "updated": job.get("load", {}).get("updated"),
+            "updated": (job.get("load", {}).get("updated") or 0) + (job.get("load", {}).get("refreshed") or 0)
+            if "updated" in job.get("load", {}) else None,
+            "retracted": job.get("load", {}).get("retracted"),
+            "unchanged": job.get("load", {}).get("unchanged"),
             "failed": job.get("load", {}).get("failed"),
+            "expiring_7d": job.get("load", {}).get("expiring_7d"),
             "verified": job.get("verify", {}).get("verified"),
             "watermark": job.get("verify", {}).get("watermark"),
         }
@@ -30,10 +35,10 @@ def summarize(jobs: Sequence[dict[str, Any]], planned_types: Sequence[str]) -> d
 
 def render(result: dict[str, Any]) -> str:
     """A fixed-width table of the summary."""
-    header = f"{'type':<14}" + "".join(f"{c:>14}" for c in COLUMNS) + "  watermark"
+    header = f"{'type':<14}" + "".join(f"{c:>13}" for c in COLUMNS) + "  watermark"
     lines = [header, "-" * len(header)]
     for indicator_type, row in result["types"].items():
-        cells = "".join(f"{'-' if row[c] is None else row[c]:>14}" for c in COLUMNS)
+        cells = "".join(f"{'-' if row[c] is None else row[c]:>13}" for c in COLUMNS)
         lines.append(f"{indicator_type:<14}{cells}  {row.get('watermark') or '-'}")
     if result["failed_types"]:
         lines.append(f"FAILED: {', '.join(result['failed_types'])}")

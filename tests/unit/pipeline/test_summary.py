@@ -1,0 +1,33 @@
+"""The run summary: counts per type from the stages, and the types that did not finish."""
+
+from __future__ import annotations
+
+from include.pipeline.summary import render, summarize
+
+
+def job(indicator_type: str, verified: int | None = 3) -> dict:
+    result = {"indicator_type": indicator_type, "extract": {"extracted": 5}, "normalize": {"rejected": 1},
+              "dedupe": {"deduplicated": 4},
+              "load": {"created": 2, "updated": 1, "refreshed": 1, "retracted": 1, "unchanged": 0, "failed": 0,
+                       "expiring_7d": 2}}
+    if verified is not None:
+        result["verify"] = {"verified": verified, "watermark": "2026-03-01T00:00:00Z"}
+    return result
+
+
+def test_every_stage_count_lands_in_the_summary_row() -> None:
+    row = summarize([job("Host")], ["Host"])["types"]["Host"]
+    assert row == {"extracted": 5, "rejected": 1, "deduplicated": 4, "created": 2, "updated": 2, "retracted": 1,
+                   "unchanged": 0, "failed": 0, "verified": 3, "expiring_7d": 2, "watermark": "2026-03-01T00:00:00Z"}
+
+
+def test_a_type_that_never_verified_is_reported_as_failed() -> None:
+    result = summarize([job("Host"), job("URL", verified=None)], ["Host", "URL", "File"])
+    assert result["failed_types"] == ["URL", "File"]
+    assert "FAILED: URL, File" in render(result)
+
+
+def test_the_table_has_a_line_per_planned_type() -> None:
+    text = render(summarize([job("Host")], ["Host", "URL"]))
+    assert len(text.splitlines()) == 5
+    assert text.splitlines()[0].split()[:3] == ["type", "extracted", "rejected"]
