@@ -15,6 +15,8 @@ help:
 	@echo "make demo       run the DAG once against the bundled simulators (SINK=graph|sentinel)"
 	@echo "make test       ruff + the whole pytest suite (what CI runs)"
 	@echo "make bench      benchmark suite (table + $(BUILD)/bench/results.json)"
+	@echo "make scheduler-test  real scheduler + backfill on a private PostgreSQL (2-4 min; part of make test)"
+	@echo "make compose-check   validate docker-compose.yaml with the real Compose binary (part of make test)"
 	@echo "make lock       re-resolve requirements*.lock from requirements*.txt"
 	@echo "make clean      remove .venv and build/"
 
@@ -42,6 +44,12 @@ bench: $(STAMP)
 
 bench-smoke: $(STAMP)
 	$(PY) -m bench --smoke
+
+scheduler-test: $(STAMP)
+	$(PY) -m pytest -m scheduler tests/scheduler
+
+compose-check: $(STAMP)
+	$(PY) -m pytest tests/deploy
 
 lock:
 	$(VENV)/bin/uv pip compile -q --python-version 3.11 --generate-hashes requirements.txt -o requirements.lock

@@ -85,7 +85,7 @@ def _previous_watermarks(context: Any) -> dict[str, str]:
     render_template_as_native_obj=True,
 )
 def threatconnect_to_sentinel() -> None:
-    @task
+    @task(multiple_outputs=False)
     def plan_run() -> list[dict[str, Any]]:
         """Resolve the configuration and each type's extraction window (one job per type)."""
         context = get_current_context()
@@ -104,7 +104,7 @@ def threatconnect_to_sentinel() -> None:
         log.info("run plan: %s", [(j["indicator_type"], j["window"]) for j in jobs])
         return jobs
 
-    @task(map_index_template="{{ type_label }}")
+    @task(map_index_template="{{ type_label }}", multiple_outputs=False)
     def extract(job: dict[str, Any]) -> dict[str, Any]:
         from include.pipeline.mappings import load_mapping
         from include.pipeline.normalize import normalize as normalize_batch
@@ -120,7 +120,7 @@ def threatconnect_to_sentinel() -> None:
                                     lambda batch: normalize_batch(batch, mapping), reconcile=job["reconcile"])
         return job
 
-    @task(map_index_template="{{ type_label }}")
+    @task(map_index_template="{{ type_label }}", multiple_outputs=False)
     def normalize(job: dict[str, Any]) -> dict[str, Any]:
         from include.pipeline.mappings import load_mapping
         from include.pipeline.normalize import normalize as normalize_batch
@@ -131,7 +131,7 @@ def threatconnect_to_sentinel() -> None:
                                         lambda batch: normalize_batch(batch, mapping))
         return job
 
-    @task(map_index_template="{{ type_label }}")
+    @task(map_index_template="{{ type_label }}", multiple_outputs=False)
     def dedupe(job: dict[str, Any]) -> dict[str, Any]:
         from include.pipeline.dedupe import winners
 
@@ -139,7 +139,7 @@ def threatconnect_to_sentinel() -> None:
         job["dedupe"] = st.dedupe(_store(job), job["run_id"], job["indicator_type"], winners)
         return job
 
-    @task(map_index_template="{{ type_label }}", pool=POOL)
+    @task(map_index_template="{{ type_label }}", pool=POOL, multiple_outputs=False)
     def load(job: dict[str, Any]) -> dict[str, Any]:
         from include.pipeline.lifecycle import Policy
         from include.pipeline.mappings import load_mapping
@@ -161,7 +161,7 @@ def threatconnect_to_sentinel() -> None:
                               failure_threshold=cfg["failure_threshold"], dry_run=cfg["dry_run"])
         return job
 
-    @task(map_index_template="{{ type_label }}")
+    @task(map_index_template="{{ type_label }}", multiple_outputs=False)
     def verify(job: dict[str, Any]) -> dict[str, Any]:
         from tc_sentinel.hooks import sink
 
@@ -171,7 +171,7 @@ def threatconnect_to_sentinel() -> None:
                                   job["previous_watermark"], dry_run=job["config"]["dry_run"])
         return job
 
-    @task(trigger_rule=TriggerRule.ALL_DONE)
+    @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
     def commit_watermarks(jobs: list[dict[str, Any]]) -> dict[str, str]:
         """Advance each verified type's watermark; carry the others forward unchanged."""
         context = get_current_context()
@@ -186,7 +186,7 @@ def threatconnect_to_sentinel() -> None:
         log.info("watermarks (%s): %s", "live" if live else "backfill", marks)
         return marks
 
-    @task(trigger_rule=TriggerRule.ALL_DONE)
+    @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
     def report(jobs: list[dict[str, Any]], planned: list[dict[str, Any]]) -> dict[str, Any]:
         """Print the per-type summary; fail the run when any type did not make it through verify."""
         result = summary.summarize([j for j in jobs if j], [p["indicator_type"] for p in planned])

@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
 POOL = "tc_sentinel_load"
-POOL_SLOTS = 2
-POOL_DESCRIPTION = "Concurrent loads into Microsoft Graph / Sentinel (their rate limits are per tenant)"
+POOL_SLOTS = 1
+POOL_DESCRIPTION = "tc-sentinel loads: one at a time, so concurrent runs never create the same indicator twice"
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 _ADMIN = "admin"
 
@@ -104,9 +104,6 @@ class AirflowServices:
         """Start each component in its own process group and wait until the API reports them healthy."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = self.airflow.env()
-        # msal rejects an empty MSAL_FORCE_REGION ("must be a lowercase DNS label"); unset means "no region".
-        if not env.get("MSAL_FORCE_REGION"):
-            env.pop("MSAL_FORCE_REGION", None)
         airflow_bin = str(Path(sys.executable).parent / "airflow")
         for name in components:
             if name in self.processes:

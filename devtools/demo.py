@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from devtools.airflow_env import REPO_ROOT, AirflowEnv
+from devtools.airflow_services import create_pool
 from include.pipeline.config import DEFAULT_INDICATOR_TYPES
 from include.pipeline.snapshots import SnapshotStore
 from simulators.dataset import generate
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print("preparing Airflow's metadata database ...")
         airflow.migrate()
+        create_pool(airflow)
         print(f"airflow dags test {DAG_ID} {today:%Y-%m-%d} (sink: {args.sink}) ...")
         result = airflow.dags_test(DAG_ID, today.strftime("%Y-%m-%d"))
         (args.workdir / "dags-test.log").write_text(result.stdout + result.stderr)

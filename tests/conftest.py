@@ -24,7 +24,7 @@ for path in (REPO_ROOT, REPO_ROOT / "plugins"):
 os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
 
 
-def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001
+def pytest_sessionfinish(session, exitstatus):
     import shutil
 
     shutil.rmtree(_HOME, ignore_errors=True)
