@@ -16,6 +16,7 @@ import pandas as pd
 import requests
 
 from include.microsoft.auth import BearerAuth, TokenProvider
+from include.microsoft.ratelimit import SharedRateLimiter
 from include.microsoft.sink import SinkResult
 
 log = logging.getLogger(__name__)
@@ -187,8 +188,11 @@ class GraphClient:
         backoff: float = 1.0,
         timeout: float = 60,
         sleep: Callable[[float], None] = time.sleep,
+        limiter: SharedRateLimiter | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # Graph allows 1000 tiIndicator requests per minute per app and tenant: one budget for every task process.
+        self.limiter = limiter
         self.collection_url = self.base_url + TI_PATH
         self.token_provider = token_provider
         self.session = session or requests.Session()
@@ -212,6 +216,8 @@ class GraphClient:
         refreshed = False
         attempt = 0
         while True:
+            if self.limiter is not None:
+                self.limiter.acquire()
             self.requests_sent += 1
             try:
                 response = self.session.request(method, url, json=body, auth=self._auth, timeout=self.timeout)
@@ -239,6 +245,8 @@ class GraphClient:
             if not retryable or attempt >= self.max_retries or (not idempotent and status not in REFUSED_STATUSES):
                 return response
             delay = self._delay(attempt, response)
+            if status == 429 and self.limiter is not None:
+                self.limiter.penalise(delay)  # every process of this identity waits, not just this one
             log.warning("%s %s: HTTP %s, retry %s in %.1fs", method, path, status, attempt + 1, delay)
             self.sleep(delay)
             attempt += 1

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -10,6 +9,7 @@ from typing import Any
 from airflow.sdk import BaseHook
 
 from include.microsoft.auth import ARM_SCOPE, GRAPH_SCOPE, MICROSOFT_AUTHORITY_HOST, TokenProvider
+from include.microsoft.ratelimit import SharedRateLimiter, limiter_path
 from include.microsoft.sink import Sink
 from include.threatconnect.client import ThreatConnectClient
 
@@ -95,7 +95,11 @@ class MsGraphHook(BaseHook):
             extra["tenant_id"], connection.login, connection.password, GRAPH_SCOPE,
             authority_host=extra.get("authority_host") or MICROSOFT_AUTHORITY_HOST,
         )
-        return GraphClient(base_url(connection, "https://graph.microsoft.com"), tokens)
+        limiter = SharedRateLimiter(
+            limiter_path(limiter_dir(), f"{connection.login}|{extra['tenant_id']}|graph"),
+            max_requests=int(extra.get("requests_per_minute", 950)), per_seconds=60.0,
+        )
+        return GraphClient(base_url(connection, "https://graph.microsoft.com"), tokens, limiter=limiter)
 
     def get_sink(self) -> Sink:
         from include.microsoft.graph import GraphSink
@@ -131,11 +135,6 @@ class SentinelHook(BaseHook):
             limiter_root=limiter_dir(),
             scope=ARM_SCOPE,
         )
-
-
-def identity_key(*parts: str) -> str:
-    """A short non-secret key for one identity (used to name shared limiter state)."""
-    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def sink(name: str, owner: str) -> Sink:

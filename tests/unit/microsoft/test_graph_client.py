@@ -274,3 +274,29 @@ def test_a_next_link_that_repeats_is_refused_instead_of_looping() -> None:
     client, _ = _client(ScriptedSession(_response(200, loop), _response(200, loop)))
     with pytest.raises(GraphError, match="paging loop"):
         list(client.list_all())
+
+
+class CountingLimiter:
+    """Stands in for SharedRateLimiter: records every slot taken and every server-imposed pause."""
+
+    def __init__(self) -> None:
+        self.acquired = 0
+        self.penalties: list[float] = []
+
+    def acquire(self) -> float:
+        self.acquired += 1
+        return 0.0
+
+    def penalise(self, seconds: float) -> None:
+        self.penalties.append(seconds)
+
+
+def test_every_request_including_retries_takes_a_slot_of_the_shared_budget() -> None:
+    session = ScriptedSession(_response(429, {"error": {"code": "TooManyRequests"}}, {"Retry-After": "2"}),
+                              _response(200, {"value": []}))
+    limiter = CountingLimiter()
+    client = GraphClient("https://graph.example", FakeTokenProvider(), session=session,  # type: ignore[arg-type]
+                         sleep=lambda _: None, limiter=limiter)  # type: ignore[arg-type]
+    client.find_by_external_ids(["a"])
+    assert limiter.acquired == 2
+    assert limiter.penalties == [2.0]
