@@ -373,6 +373,18 @@ def _string_list(value: Any) -> list[str]:
     return [str(v) for v in value]
 
 
+def _known_ids(rows: pd.DataFrame, payloads: dict[str, Any]) -> dict[str, str]:
+    """Graph ids the lifecycle remembered for rows it plans to update (only ids that look like Graph's)."""
+    if "target_id" not in rows.columns or "action" not in rows.columns:
+        return {}
+    known = {}
+    for external_id, action, target_id in zip(rows["external_id"], rows["action"], rows["target_id"], strict=True):
+        if action in ("update", "refresh") and isinstance(target_id, str) and is_graph_id(target_id) and (
+                external_id in payloads):
+            known[str(external_id)] = target_id
+    return known
+
+
 class GraphSink:
     """Load normalized rows into Graph ``tiIndicators`` (Sentinel's legacy TIP path), keyed on ``externalId``.
 
@@ -488,9 +500,14 @@ class GraphSink:
         if rows.empty:
             return []
         payloads, results = self._payloads(rows)
-        existing = self.client.find_by_external_ids(list(payloads))
-        creates = {e: p for e, p in payloads.items() if e not in existing}
-        updates: dict[str, dict[str, Any]] = {}
+        known = _known_ids(rows, payloads)
+        # Indicators the pipeline delivered before carry their Graph id: they skip the lookup (a read request per
+        # ~20 ids). Everything else is looked up first, because Graph would happily create a duplicate.
+        existing = self.client.find_by_external_ids([e for e in payloads if e not in known])
+        creates = {e: p for e, p in payloads.items() if e not in existing and e not in known}
+        updates: dict[str, dict[str, Any]] = {
+            e: {"id": known[e], **{k: payloads[e][k] for k in UPDATE_FIELDS if k in payloads[e]}} for e in known
+        }
         duplicates: dict[str, str] = {}
         for external_id, payload in payloads.items():
             if external_id in existing:
@@ -501,7 +518,16 @@ class GraphSink:
                     duplicates[external_id] = f"{len(found) - 1} duplicate(s) in Graph left untouched: {others}"
                     log.warning("externalId %s has %s duplicates in Graph", external_id, len(found) - 1)
         results.update(self._create(creates))
-        for external_id, result in self._update(updates).items():
+        updated = self._update(updates)
+        stale = [e for e in known if updated[e].status != "ok"]
+        if stale:  # a remembered id that no longer works (deleted in Graph by someone else): look it up again
+            log.warning("%s remembered Graph ids failed to update; looking them up again", len(stale))
+            found = self.client.find_by_external_ids(stale)
+            updated.update(self._create({e: payloads[e] for e in stale if e not in found}))
+            updated.update(self._update({e: {"id": found[e][0]["id"], **{k: payloads[e][k] for k in UPDATE_FIELDS
+                                                                         if k in payloads[e]}}
+                                         for e in stale if e in found}))
+        for external_id, result in updated.items():
             if external_id in duplicates and result.status == "ok":
                 result = SinkResult(external_id, "update", "ok", result.target_id, result.attempts,
                                     duplicates[external_id])

@@ -150,7 +150,8 @@ def plan(
                 retracted = {**{k: held[k] for k in NORMALIZED_COLUMNS}, "active": False,
                              "deleted": bool(row.get("deleted")), "false_positive": bool(row.get("false_positive")),
                              "last_modified": last_modified}
-                rows.append({**retracted, "action": "retract", "reason": why_retract, "stix_modified": version})
+                rows.append({**retracted, "action": "retract", "reason": why_retract, "stix_modified": version,
+                             "target_id": held["target_id"]})
             else:
                 rows.append({**row, "action": "skip", "reason": f"{why_retract}; nothing live to retract"})
             continue
@@ -164,7 +165,7 @@ def plan(
                          "stix_modified": held["stix_modified"]})
         else:
             rows.append({**row, "action": "update", "reason": "changed", "content_hash": digest,
-                         "stix_modified": version})
+                         "stix_modified": version, "target_id": held["target_id"]})
     rows.extend(_held_rows(state, seen, payload, policy, volatile, inventory))
     frame = pd.DataFrame(rows, columns=[f.name for f in PLAN_SCHEMA])
     frame["sink"] = sink
@@ -186,7 +187,7 @@ def _held_rows(
     for held in state.to_dict("records"):
         if held["external_id"] in seen or not is_live(held):
             continue
-        base = {k: held[k] for k in NORMALIZED_COLUMNS}
+        base = {**{k: held[k] for k in NORMALIZED_COLUMNS}, "target_id": held["target_id"]}
         version = max(pd.Timestamp(held["stix_modified"]) + ONE_MS, floor)
         if inventory is not None and held["external_id"] not in inventory:
             rows.append({**base, "active": False, "action": "retract", "stix_modified": version,

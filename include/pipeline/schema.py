@@ -82,6 +82,7 @@ PLAN_FIELDS = [
     pa.field("content_hash", pa.string()),  # over the payload fields that reach the target (volatile ones left out)
     pa.field("stix_modified", TS),  # the version sent: strictly increases on every write of the same indicator
     pa.field("sink", pa.string()),  # graph or sentinel
+    pa.field("target_id", pa.string()),  # the target's id (Graph id, STIX id) once known; spares a lookup
 ]
 PLAN_SCHEMA = pa.schema(list(NORMALIZED_SCHEMA) + PLAN_FIELDS)
 
@@ -91,7 +92,6 @@ LOADED_SCHEMA = pa.schema(
     [
         *PLAN_SCHEMA,
         pa.field("status", pa.string()),  # ok or failed
-        pa.field("target_id", pa.string()),  # Graph id or STIX id
         pa.field("attempts", pa.int32()),
         pa.field("error", pa.string()),
     ]

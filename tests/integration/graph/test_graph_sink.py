@@ -189,3 +189,32 @@ def test_graph_staying_down_raises_for_the_task_to_retry_and_the_rerun_is_clean(
     stack.graph.clear_faults()
     assert {r.status for r in sink.upsert(rows)} == {"ok"}
     assert len(_store_by_external_id(stack)) == 20
+
+
+def test_updates_with_a_remembered_graph_id_skip_the_lookup(stack: GraphStack, sink: GraphSink) -> None:
+    rows = ip_rows(150)
+    created = {r.external_id: r.target_id for r in sink.upsert(rows)}
+    before = len(stack.graph.requests)
+    changed = rows.copy()
+    changed["confidence"] = 11
+    changed["action"] = "update"
+    changed["target_id"] = [created[e] for e in changed["external_id"]]
+    results = sink.upsert(changed)
+    sent = stack.graph.requests[before:]
+    assert all(r.status == "ok" and r.action == "update" for r in results)
+    assert [r.method for r in sent] == ["POST", "POST"]
+    assert all(r.path.endswith("updateTiIndicators") for r in sent)
+    assert {i["confidence"] for i in stack.graph.owned_by(CLIENT)} == {11}
+
+
+def test_a_remembered_id_deleted_out_of_band_is_recreated_not_lost(stack: GraphStack, sink: GraphSink) -> None:
+    rows = ip_rows(3)
+    created = {r.external_id: r.target_id for r in sink.upsert(rows)}
+    gone = rows.loc[0, "external_id"]
+    stack.graph.indicators.pop(created[gone])
+    changed = rows.copy()
+    changed["action"] = "update"
+    changed["target_id"] = [created[e] for e in changed["external_id"]]
+    results = {r.external_id: r for r in sink.upsert(changed)}
+    assert all(r.status == "ok" for r in results.values())
+    assert sorted(i["externalId"] for i in stack.graph.owned_by(CLIENT)) == sorted(rows["external_id"])
