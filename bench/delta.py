@@ -1,0 +1,125 @@
+"""Delta: requests a rerun sends over an unchanged source (target 0) and over 1% changed (one per 100 changed).
+
+Three runs of the whole pipeline (extract -> normalize -> dedupe -> load, the lifecycle plan included) into one
+snapshot store, against the simulator of each sink: a first full load, a rerun of the same source, and a rerun in
+which every hundredth indicator changed its confidence (a field both sinks carry) and its lastModified. "Changed"
+is counted independently of the product: deduplicated rows of the third run whose normalized confidence differs
+from the first run's. Load tasks are per type, so the least a sink can send is ``ceil(changed / 100)`` per type.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+
+from bench.common import Figure, load_average
+from bench.context import Context
+from bench.data import SyntheticPages, extract_all, load_stage, transform_all
+from include.pipeline.mappings import SUPPORTED_TYPES
+from include.pipeline.snapshots import SnapshotStore
+from include.threatconnect.parse import parse_page
+
+UNCHANGED_TARGET = 0
+CHANGE_EVERY = 100  # 1%
+
+
+class ChangedPages:
+    """``SyntheticPages`` with every ``every``-th indicator (by id) changed: new confidence, lastModified + 1 s."""
+
+    def __init__(self, source: SyntheticPages, every: int = CHANGE_EVERY) -> None:
+        self.source = source
+        self.every = every
+        self.types = source.types
+
+    def iter_pages(self, indicator_type: str, modified_from: Any = None, modified_to: Any = None,
+                   ) -> Iterator[pa.RecordBatch]:
+        for page, items in enumerate(self.source.pages(indicator_type)):
+            for item in items:
+                if item["id"] % self.every == 0:
+                    item["confidence"] = (int(item.get("confidence") or 0) + 37) % 101
+                    moved = dt.datetime.fromisoformat(item["lastModified"].replace("Z", "+00:00"))
+                    item["lastModified"] = (moved + dt.timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            yield parse_page(items, indicator_type, self.source.owner, page)
+
+
+def delta(ctx: Context) -> list[Figure]:
+    """Requests of a rerun over an unchanged source and over 1% changed, for both sinks."""
+    figures: list[Figure] = []
+    for sink in ("sentinel", "graph"):
+        figures.extend(_delta(ctx, sink))
+    return figures
+
+
+def _changed_per_type(store: SnapshotStore, first: str, later: str) -> dict[str, int]:
+    changed: dict[str, int] = {}
+    for kind in SUPPORTED_TYPES:
+        before = dict(zip(*store.read("deduped", kind, first, columns=["external_id", "confidence"])
+                          .to_pydict().values(), strict=True))
+        after = store.read("deduped", kind, later, columns=["external_id", "confidence"]).to_pydict()
+        changed[kind] = sum(1 for eid, conf in zip(after["external_id"], after["confidence"], strict=True)
+                            if eid in before and before[eid] != conf)
+    return changed
+
+
+def _delta(ctx: Context, sink_name: str) -> list[Figure]:
+    from bench.load import CLIENT, TENANT, WORKSPACE, RequestLog, make_sink
+    from simulators.graph import GraphService
+    from simulators.mslogin import LoginService
+    from simulators.sentinel import SentinelService
+    from simulators.server import HttpsServer
+    from simulators.tls import make_tls_material
+
+    count = ctx.sizes["delta"]
+    source = SyntheticPages(ctx.seed + 200, count, ctx.sizes["page_size"])
+    store = SnapshotStore(str(ctx.workdir / f"delta-{sink_name}"))
+    tls = make_tls_material(ctx.workdir / "tls-delta")
+    secret = secrets.token_urlsafe(24)
+    login = LoginService()
+    login.register(TENANT, CLIENT, secret)
+    if sink_name == "sentinel":
+        service: Any = SentinelService(login, {WORKSPACE}, rate_limit_per_minute=1_000_000)
+    else:
+        service = GraphService(login)
+    logged = RequestLog(service)
+    server = HttpsServer([login, logged], tls).start()
+    login.base_url = server.base_url
+    load_avg = load_average()
+    requests_by_run: dict[str, int] = {}
+    loaded: dict[str, dict[str, int]] = {}
+    try:
+        sink, _, _ = make_sink({"sink": sink_name, "base_url": server.base_url, "ca_file": str(tls.ca_file),
+                                "tenant": TENANT, "client_id": CLIENT, "secret": secret, "workspace": WORKSPACE})
+        for run_id, pages in (("first", source), ("unchanged", source), ("changed", ChangedPages(source))):
+            before = len(logged.entries)
+            extract_all(pages, store, run_id)  # type: ignore[arg-type]
+            transform_all(store, run_id)
+            totals: dict[str, int] = {}
+            for kind in SUPPORTED_TYPES:
+                summary = load_stage(sink, store, run_id, kind, failure_threshold=0.0)
+                for key in ("sent", "created", "updated", "failed"):
+                    totals[key] = totals.get(key, 0) + int(summary.get(key) or 0)
+            requests_by_run[run_id] = len(logged.entries) - before
+            loaded[run_id] = totals
+    finally:
+        server.stop()
+    changed = _changed_per_type(store, "first", "changed")
+    minimum = sum(math.ceil(n / 100) for n in changed.values())
+    total_changed = sum(changed.values())
+    details = {"load_average": load_avg, "indicators": count, "requests_by_run": requests_by_run,
+               "loads": loaded, "changed_per_type": changed}
+    unchanged = requests_by_run["unchanged"]
+    after_change = requests_by_run["changed"]
+    return [
+        Figure(f"delta: {sink_name}", f"first load of {count:,} (for scale)", requests_by_run["first"], "requests",
+               "", None, details),
+        Figure(f"delta: {sink_name}", "  rerun, unchanged source", unchanged, "requests", f"= {UNCHANGED_TARGET}",
+               unchanged == UNCHANGED_TARGET),
+        Figure(f"delta: {sink_name}", f"  rerun, 1% changed ({total_changed:,} indicators)", after_change,
+               "requests", f"<= {minimum} (ceil(changed/100) per type)", after_change <= minimum,
+               {"changed": total_changed, "minimum": minimum, "sent": loaded["changed"].get("sent")}),
+    ]
