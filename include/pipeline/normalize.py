@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from include.pipeline.canonical import CANONICALISERS, Result, canonical_hash
+from include.pipeline.canonical import Result, canonical_hash, canonicalize_many
 from include.pipeline.dedupe import external_ids
 from include.pipeline.mappings import DESCRIPTION_MAX, TLP_LEVELS, Mapping, load_all
 from include.pipeline.schema import NORMALIZED_SCHEMA, RAW_SCHEMA, REJECTED_SCHEMA
@@ -179,10 +179,10 @@ def _candidates(
     rows: list[int] = []
     raws: list[str] = []
     if m.kind != "hash":
-        canon: Callable[[str], Result] = CANONICALISERS[m.kind]
         if all(p is None for p in problems) and all(raw is not None for raw in summary):
             # the usual batch: no row-level problem, every value present (blank ones fail canonicalisation)
-            return list(range(len(summary))), summary, [canon(r) for r in summary], rej_rows, rej_raw, rej_reason
+            return (list(range(len(summary))), summary, canonicalize_many(m.kind, summary), rej_rows, rej_raw,
+                    rej_reason)
         for i, (raw, problem) in enumerate(zip(summary, problems, strict=True)):
             if problem is None and raw is not None:
                 rows.append(i)
@@ -191,7 +191,7 @@ def _candidates(
                 rej_rows.append(i)
                 rej_raw.append(raw)
                 rej_reason.append(problem or f"missing {m.indicator_type} value")
-        return rows, raws, [canon(r) for r in raws], rej_rows, rej_raw, rej_reason
+        return rows, raws, canonicalize_many(m.kind, raws), rej_rows, rej_raw, rej_reason
 
     expected: list[str | None] = []
     columns = [sub.column(c).to_pylist() for c in _HASH_COLUMNS]
