@@ -80,7 +80,7 @@ def test_the_smoke_figures_are_sane(smoke_results: tuple[dict[str, Any], str]) -
     assert one("extract", "parse_page per CPU-second")["value"] > 0
     requests = one("extract", "requests for")
     assert requests["met"] is True  # the client sends exactly ceil(N / page size) requests per type, all rows arrive
-    for variant in ("sentinel", "graph + shared limiter (proposed)"):
+    for variant in ("sentinel", "graph"):
         assert one(f"load: {variant}", "indicators lost")["value"] == 0
         assert one(f"load: {variant}", "requests answered 429")["value"] <= 1.0
     delta = [f for (b, _), f in figures.items() if b.startswith("delta")]
