@@ -373,6 +373,11 @@ def _string_list(value: Any) -> list[str]:
     return [str(v) for v in value]
 
 
+def _update_body(graph_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """An ``updateTiIndicators`` item: the Graph id and the editable fields (threatType and observables are not)."""
+    return {"id": graph_id, **{k: payload[k] for k in UPDATE_FIELDS if k in payload}}
+
+
 def _known_ids(rows: pd.DataFrame, payloads: dict[str, Any]) -> dict[str, str]:
     """Graph ids the lifecycle remembered for rows it plans to update (only ids that look like Graph's)."""
     if "target_id" not in rows.columns or "action" not in rows.columns:
@@ -505,14 +510,12 @@ class GraphSink:
         # ~20 ids). Everything else is looked up first, because Graph would happily create a duplicate.
         existing = self.client.find_by_external_ids([e for e in payloads if e not in known])
         creates = {e: p for e, p in payloads.items() if e not in existing and e not in known}
-        updates: dict[str, dict[str, Any]] = {
-            e: {"id": known[e], **{k: payloads[e][k] for k in UPDATE_FIELDS if k in payloads[e]}} for e in known
-        }
+        updates = {e: _update_body(known[e], payloads[e]) for e in known}
         duplicates: dict[str, str] = {}
         for external_id, payload in payloads.items():
             if external_id in existing:
                 found = existing[external_id]
-                updates[external_id] = {"id": found[0]["id"], **{k: payload[k] for k in UPDATE_FIELDS if k in payload}}
+                updates[external_id] = _update_body(found[0]["id"], payload)
                 if len(found) > 1:
                     others = ", ".join(str(f.get("id")) for f in found[1:])
                     duplicates[external_id] = f"{len(found) - 1} duplicate(s) in Graph left untouched: {others}"
@@ -524,9 +527,7 @@ class GraphSink:
             log.warning("%s remembered Graph ids failed to update; looking them up again", len(stale))
             found = self.client.find_by_external_ids(stale)
             updated.update(self._create({e: payloads[e] for e in stale if e not in found}))
-            updated.update(self._update({e: {"id": found[e][0]["id"], **{k: payloads[e][k] for k in UPDATE_FIELDS
-                                                                         if k in payloads[e]}}
-                                         for e in stale if e in found}))
+            updated.update(self._update({e: _update_body(found[e][0]["id"], payloads[e]) for e in stale if e in found}))
         for external_id, result in updated.items():
             if external_id in duplicates and result.status == "ok":
                 result = SinkResult(external_id, "update", "ok", result.target_id, result.attempts,
