@@ -62,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
     store = SnapshotStore(str(data_root))
     ok = result.returncode == 0
-    print(f"\n{'type':<14}{'extracted':>10}{'rejected':>10}{'deduped':>10}{'loaded':>10}{'failed':>8}{'verified':>10}")
+    print(f"\n{'type':<14}{'extracted':>10}{'rejected':>10}{'deduped':>10}{'not sent':>10}{'loaded':>10}"
+          f"{'failed':>8}{'verified':>10}")
     for indicator_type in DEFAULT_INDICATOR_TYPES:
         runs = store.runs("loaded", indicator_type)
         if not runs:
@@ -77,10 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         failed = loaded.num_rows - good.num_rows
         ok = ok and verified == len(ids)
         counts = [store.count(stage, indicator_type, run_id) for stage in ("raw", "rejected", "deduped")]
-        print(f"{indicator_type:<14}{counts[0]:>10}{counts[1]:>10}{counts[2]:>10}"
+        # not sent: the plan's skips (inactive or false positive and never delivered, or unchanged)
+        print(f"{indicator_type:<14}{counts[0]:>10}{counts[1]:>10}{counts[2]:>10}{counts[2] - loaded.num_rows:>10}"
               f"{good.num_rows:>10}{failed:>8}{verified:>10}")
     print(f"\nParquet snapshots: {data_root}/<stage>/indicator_type=<type>/run_id=<run>/  "
-          "(stages: raw, normalized, rejected, deduped, loaded)")
+          "(stages: raw, normalized, rejected, deduped, plan, loaded)")
     print(f"Airflow output: {args.workdir / 'dags-test.log'}")
     if not ok:
         print("\nDEMO FAILED: the DAG run did not succeed or the target does not hold every loaded indicator.")
