@@ -9,9 +9,12 @@ Moves ThreatConnect indicators into Microsoft Sentinel, one mapped task instance
 * **normalize** canonicalises and validates values (`include/mappings/*.yaml` says how each type maps) into
   `normalized`; invalid values go to `rejected` with the reason.
 * **dedupe** keeps one row per (type, canonical value), the most recent.
-* **load** upserts into the target chosen by `tc_sentinel_sink` (Graph `tiIndicators` or Sentinel's STIX objects
-  upload API), keyed on a deterministic external id, and records every outcome in `loaded`.
-* **verify** reads the loaded indicators back and fails the run when any is missing.
+* **load** plans against what earlier runs delivered (create, update, refresh before expiry, retract what
+  ThreatConnect retired, skip what is unchanged; the plan goes to the `plan` snapshot), refuses a mass retraction,
+  then writes only the plan's changes to the target chosen by `tc_sentinel_sink` (Graph `tiIndicators` or
+  Sentinel's STIX objects upload API), keyed on a deterministic external id, recording every write in `loaded`.
+  With the param `dry_run` it stops after the plan.
+* **verify** reads every write back and fails the run when anything is missing or different.
 
 Each run covers its data interval; a live run also resumes from the last committed watermark of each type so a
 failed or skipped run leaves no gap, while a backfill reads exactly its interval and never moves the live watermark.
