@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -14,6 +14,7 @@ from simulators.graph import GraphService
 from simulators.mslogin import LoginService
 from simulators.server import HttpsServer
 from simulators.tls import TlsMaterial, make_tls_material
+from tests.fakes import FakeClock
 
 TENANT = "11111111-2222-3333-4444-555555555555"
 CLIENT = "aaaaaaaa-0000-0000-0000-000000000001"
@@ -22,19 +23,6 @@ OTHER_CLIENT = "bbbbbbbb-0000-0000-0000-000000000002"
 OTHER_SECRET = "other-app-secret-value"
 
 
-@dataclass
-class FakeClock:
-    """Monotonic time that only moves when the client 'sleeps', so throttling tests take no wall time."""
-
-    now: float = 1000.0
-    sleeps: list[float] = field(default_factory=list)
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @dataclass

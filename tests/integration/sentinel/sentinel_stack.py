@@ -19,6 +19,7 @@ from include.pipeline.schema import NORMALIZED_SCHEMA
 from simulators.mslogin import LoginService
 from simulators.sentinel import SentinelService
 from simulators.server import HttpsServer
+from tests.fakes import FakeClock
 
 TENANT = "11111111-2222-3333-4444-555555555555"
 CLIENT = "cccccccc-0000-0000-0000-000000000001"
@@ -34,19 +35,6 @@ NAMESPACE = uuid.UUID("0b6a1e52-3f4d-4e1c-9a2b-7c8d9e0f1a2b")
 BASE_TIME = dt.datetime(2026, 3, 2, 9, 15, tzinfo=dt.UTC)
 
 
-@dataclass
-class FakeClock:
-    """Seconds that only move when a client sleeps: the simulator's window and the client's waits agree."""
-
-    now: float = 5000.0
-    sleeps: list[float] = field(default_factory=list)
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
 
 
 @dataclass

@@ -9,21 +9,7 @@ from pathlib import Path
 import pytest
 
 from include.microsoft.ratelimit import SharedRateLimiter, limiter_path
-
-
-class FakeClock:
-    """Wall-clock seconds that only move when someone sleeps."""
-
-    def __init__(self, start: float = 1_000_000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+from tests.fakes import FakeClock
 
 
 @pytest.fixture
