@@ -535,89 +535,72 @@ class GraphSink:
             results[external_id] = result
         return [results[str(e)] for e in rows["external_id"]]
 
-    def _create(self, creates: dict[str, dict[str, Any]]) -> dict[str, SinkResult]:
+    def _with_item_retries(
+        self,
+        keys: list[str],
+        action: str,
+        send: Callable[[list[str]], list[tuple[str | None, str | None, bool]]],
+        batch_size: int,
+        failed_target: Callable[[str], str | None] = lambda _: None,
+    ) -> dict[str, SinkResult]:
+        """Send ``keys`` in batches; items that fail are resent (alone with the other failures) up to
+        ``max_item_attempts`` times, then reported ``failed`` with their last error.
+
+        ``send(batch)`` answers one ``(target id, error, may retry)`` per key, in order.
+        """
         done: dict[str, SinkResult] = {}
-        attempts = dict.fromkeys(creates, 0)
-        errors: dict[str, str] = {}
-        pending = list(creates)
+        attempts = dict.fromkeys(keys, 0)
+        pending = list(keys)
         while pending:
             retry: list[str] = []
-            for start in range(0, len(pending), self.batch_size):
-                batch = pending[start:start + self.batch_size]
-                for external_id in batch:
-                    attempts[external_id] += 1
-                try:
-                    answers = self.client.submit([creates[e] for e in batch])
-                except GraphError as exc:
-                    if not exc.ambiguous:
-                        if exc.transient:
-                            raise
-                        for external_id in batch:
-                            done[external_id] = SinkResult(external_id, "create", "failed", None,
-                                                           attempts[external_id], str(exc))
-                        continue
-                    # Some of the batch may exist now: adopt what Graph holds, resubmit only the rest.
-                    log.warning("submit of %s indicators was ambiguous (%s); reconciling", len(batch), exc)
-                    landed = self.client.find_by_external_ids(batch)
-                    for external_id in batch:
-                        if external_id in landed:
-                            done[external_id] = SinkResult(external_id, "create", "ok", landed[external_id][0]["id"],
-                                                           attempts[external_id])
-                        else:
-                            errors[external_id] = str(exc)
-                            retry.append(external_id)
-                    continue
-                for external_id, answer in zip(batch, answers, strict=True):
-                    error = item_error(answer)
+            for start in range(0, len(pending), batch_size):
+                batch = pending[start:start + batch_size]
+                for key in batch:
+                    attempts[key] += 1
+                for key, (target_id, error, retryable) in zip(batch, send(batch), strict=True):
                     if error is None:
-                        done[external_id] = SinkResult(external_id, "create", "ok", answer["id"], attempts[external_id])
+                        done[key] = SinkResult(key, action, "ok", target_id, attempts[key])
+                    elif retryable and attempts[key] < self.max_item_attempts:
+                        retry.append(key)
                     else:
-                        errors[external_id] = error
-                        retry.append(external_id)
-            pending = [e for e in retry if attempts[e] < self.max_item_attempts]
-            for external_id in retry:
-                if attempts[external_id] >= self.max_item_attempts:
-                    done[external_id] = SinkResult(external_id, "create", "failed", None, attempts[external_id],
-                                                   errors[external_id])
+                        done[key] = SinkResult(key, action, "failed", failed_target(key), attempts[key], error)
+            pending = retry
             if pending:
-                log.info("retrying %s failed creates", len(pending))
+                log.info("retrying %s failed %s items", len(pending), action)
         return done
 
-    def _update(self, updates: dict[str, dict[str, Any]]) -> dict[str, SinkResult]:
-        done: dict[str, SinkResult] = {}
-        attempts = dict.fromkeys(updates, 0)
-        errors: dict[str, str] = {}
-        pending = list(updates)
-        while pending:
-            retry: list[str] = []
-            for start in range(0, len(pending), self.batch_size):
-                batch = pending[start:start + self.batch_size]
-                for external_id in batch:
-                    attempts[external_id] += 1
-                try:
-                    answers = self.client.update([updates[e] for e in batch])
-                except GraphError as exc:
-                    if exc.transient and not exc.ambiguous:
+    def _create(self, creates: dict[str, dict[str, Any]]) -> dict[str, SinkResult]:
+        def send(batch: list[str]) -> list[tuple[str | None, str | None, bool]]:
+            try:
+                answers = self.client.submit([creates[e] for e in batch])
+            except GraphError as exc:
+                if not exc.ambiguous:
+                    if exc.transient:
                         raise
-                    # Updates are idempotent: an unclear or refused batch is simply tried again.
-                    for external_id in batch:
-                        errors[external_id] = str(exc)
-                        retry.append(external_id)
-                    continue
-                for external_id, answer in zip(batch, answers, strict=True):
-                    error = item_error(answer)
-                    if error is None:
-                        done[external_id] = SinkResult(external_id, "update", "ok", updates[external_id]["id"],
-                                                       attempts[external_id])
-                    else:
-                        errors[external_id] = error
-                        retry.append(external_id)
-            pending = [e for e in retry if attempts[e] < self.max_item_attempts]
-            for external_id in retry:
-                if attempts[external_id] >= self.max_item_attempts:
-                    done[external_id] = SinkResult(external_id, "update", "failed", updates[external_id]["id"],
-                                                   attempts[external_id], errors[external_id])
-        return done
+                    return [(None, str(exc), False)] * len(batch)
+                # Some of the batch may exist now: adopt what Graph holds, resubmit only the rest.
+                log.warning("submit of %s indicators was ambiguous (%s); reconciling", len(batch), exc)
+                landed = self.client.find_by_external_ids(batch)
+                return [(landed[e][0]["id"], None, True) if e in landed else (None, str(exc), True) for e in batch]
+            return [(answer["id"], None, True) if (error := item_error(answer)) is None else (None, error, True)
+                    for answer in answers]
+
+        return self._with_item_retries(list(creates), "create", send, self.batch_size)
+
+    def _update(self, updates: dict[str, dict[str, Any]]) -> dict[str, SinkResult]:
+        def send(batch: list[str]) -> list[tuple[str | None, str | None, bool]]:
+            try:
+                answers = self.client.update([updates[e] for e in batch])
+            except GraphError as exc:
+                if exc.transient and not exc.ambiguous:
+                    raise
+                # Updates are idempotent: an unclear or refused batch is simply tried again.
+                return [(None, str(exc), True)] * len(batch)
+            return [(updates[e]["id"], None, True) if (error := item_error(answer)) is None else (None, error, True)
+                    for e, answer in zip(batch, answers, strict=True)]
+
+        return self._with_item_retries(list(updates), "update", send, self.batch_size,
+                                       failed_target=lambda e: updates[e]["id"])
 
     # ----------------------------------------------------------------- retract and fetch
     def retract(self, rows: pd.DataFrame) -> list[SinkResult]:
@@ -630,34 +613,19 @@ class GraphSink:
         ids = list(dict.fromkeys(str(e) for e in rows["external_id"]))
         owned = self.client.find_by_external_ids(ids)
         results = {e: SinkResult(e, "retract", "ok", attempts=0) for e in ids if e not in owned}
-        attempts = dict.fromkeys(owned, 0)
-        errors: dict[str, str] = {}
-        pending = [e for e in ids if e in owned]
-        while pending:
-            retry: list[str] = []
-            for start in range(0, len(pending), MAX_BATCH):
-                batch = pending[start:start + MAX_BATCH]
-                for external_id in batch:
-                    attempts[external_id] += 1
-                try:
-                    answers = self.client.delete_by_external_ids(batch)
-                except GraphError as exc:
-                    if exc.transient and not exc.ambiguous:
-                        raise
-                    answers = [{"code": exc.status or -1, "message": str(exc)}] * len(batch)
-                for external_id, answer in zip(batch, answers, strict=True):
-                    error = result_info_error(answer)
-                    if error is None:
-                        results[external_id] = SinkResult(external_id, "retract", "ok", owned[external_id][0]["id"],
-                                                          attempts[external_id])
-                    else:
-                        errors[external_id] = error
-                        retry.append(external_id)
-            pending = [e for e in retry if attempts[e] < self.max_item_attempts]
-            for external_id in retry:
-                if attempts[external_id] >= self.max_item_attempts:
-                    results[external_id] = SinkResult(external_id, "retract", "failed", owned[external_id][0]["id"],
-                                                      attempts[external_id], errors[external_id])
+
+        def send(batch: list[str]) -> list[tuple[str | None, str | None, bool]]:
+            try:
+                answers = self.client.delete_by_external_ids(batch)
+            except GraphError as exc:
+                if exc.transient and not exc.ambiguous:
+                    raise
+                answers = [{"code": exc.status or -1, "message": str(exc)}] * len(batch)
+            return [(owned[e][0]["id"], None, True) if (error := result_info_error(answer)) is None
+                    else (None, error, True) for e, answer in zip(batch, answers, strict=True)]
+
+        results.update(self._with_item_retries([e for e in ids if e in owned], "retract", send, MAX_BATCH,
+                                               failed_target=lambda e: owned[e][0]["id"]))
         return [results[str(e)] for e in rows["external_id"]]
 
     def fetch(self, external_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
