@@ -27,6 +27,7 @@ DEFAULT_PAGE_SIZE = 100
 MAX_TOP = 1000
 MAX_SKIP = 500
 MAX_DESCRIPTION = 100
+MAX_URL = 2083  # the longest URL Microsoft products accept (KB 208427); Graph's url "must comply with RFC 1738"
 FAILED_CREATE_ID = "Failed to create, check Error element for reason"
 FAILED_UPDATE_ID = "Failed to update, check Error element for reason"
 
@@ -106,6 +107,13 @@ class _ItemFault:
     predicate: Callable[[dict[str, Any]], bool]
     remaining: int | None
     message: str
+    code: str
+
+
+@dataclass
+class _Drop:
+    predicate: Callable[[dict[str, Any]], bool]
+    remaining: int | None
 
 
 @dataclass
@@ -126,6 +134,7 @@ class GraphService:
     requests: list[LoggedRequest] = field(default_factory=list)
     _faults: list[_Fault] = field(default_factory=list)
     _item_faults: list[_ItemFault] = field(default_factory=list)
+    _drops: list[_Drop] = field(default_factory=list)
     _recent: dict[str, deque[float]] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -151,16 +160,44 @@ class GraphService:
         predicate: Callable[[dict[str, Any]], bool],
         count: int | None = None,
         message: str = "Simulated provider failure for this indicator.",
+        code: str = "InternalServerError",
     ) -> None:
-        """Fail items matching ``predicate`` in submit/update batches (206), ``count`` times in all (None: always)."""
+        """Fail items matching ``predicate`` in submit/update batches (206), ``count`` times in all (None: always).
+
+        The item's ``Error`` carries ``code``: the default reads as a transient provider failure, ``"BadRequest"``
+        as a permanent rejection of the content. Only items that pass validation reach this check.
+        """
         with self._lock:
-            self._item_faults.append(_ItemFault(predicate, count, message))
+            self._item_faults.append(_ItemFault(predicate, count, message, code))
+
+    def drop_acknowledged(self, predicate: Callable[[dict[str, Any]], bool], count: int | None = None) -> None:
+        """Answer matching submit/update items as successes while changing nothing: "Graph said OK, Sentinel has none".
+
+        ``predicate`` sees each item as sent. A dropped submit item is answered with a fresh id and the entity it
+        would have stored, but nothing is stored; a dropped update item is answered with the indicator as it would
+        read after the update, but the stored indicator is left as it was. Only items that pass validation and
+        ``fail_items`` are dropped; ``count`` items in all (None: every matching item).
+        """
+        with self._lock:
+            self._drops.append(_Drop(predicate, count))
 
     def clear_faults(self) -> None:
-        """Drop every pending ``inject`` and ``fail_items`` fault."""
+        """Drop every pending ``inject``, ``fail_items`` and ``drop_acknowledged`` fault."""
         with self._lock:
             self._faults.clear()
             self._item_faults.clear()
+            self._drops.clear()
+
+    def remove(self, predicate: Callable[[dict[str, Any]], bool]) -> int:
+        """Delete every stored indicator (of any app) matching ``predicate``, as an analyst or a retention job would.
+
+        ``predicate`` sees a copy of the stored entity. Returns how many indicators were deleted.
+        """
+        with self._lock:
+            doomed = [k for k, v in self.indicators.items() if _matches(predicate, dict(v))]
+            for indicator_id in doomed:
+                self._remove(indicator_id)
+            return len(doomed)
 
     def owned_by(self, client_id: str) -> list[dict[str, Any]]:
         """Every stored indicator the app ``client_id`` created (a test's view of the store)."""
@@ -250,19 +287,25 @@ class GraphService:
                 return fault
         return None
 
-    def _item_failure(self, item: dict[str, Any]) -> str | None:
+    def _item_failure(self, item: dict[str, Any]) -> GraphValidationError | None:
         for fault in self._item_faults:
             if fault.remaining is not None and fault.remaining <= 0:
                 continue
-            try:
-                matched = fault.predicate(item)
-            except Exception:  # a predicate that cannot read this item simply does not match it
-                matched = False
-            if matched:
+            if _matches(fault.predicate, item):
                 if fault.remaining is not None:
                     fault.remaining -= 1
-                return fault.message
+                return GraphValidationError(fault.message, fault.code)
         return None
+
+    def _dropped(self, item: dict[str, Any]) -> bool:
+        for drop in self._drops:
+            if drop.remaining is not None and drop.remaining <= 0:
+                continue
+            if _matches(drop.predicate, item):
+                if drop.remaining is not None:
+                    drop.remaining -= 1
+                return True
+        return False
 
     # ----------------------------------------------------------------- single-entity operations
     def _visible(self, indicator_id: str, issued: IssuedToken) -> dict[str, Any] | None:
@@ -299,13 +342,9 @@ class GraphService:
         return Response(204)
 
     def _store(self, indicator: dict[str, Any], issued: IssuedToken) -> dict[str, Any]:
-        indicator_id = str(uuid.uuid4())
-        stored = {name: ([] if name in STRING_LISTS else None) for name in PROPERTIES}
-        stored.update({"isActive": True, "passiveOnly": False, "severity": 3})
-        stored.update(indicator)
-        stored.update({"id": indicator_id, "azureTenantId": issued.tenant_id, "ingestedDateTime": _now_iso()})
-        self.indicators[indicator_id] = stored
-        self.owners[indicator_id] = issued.client_id
+        stored = _entity(indicator, issued)
+        self.indicators[stored["id"]] = stored
+        self.owners[stored["id"]] = issued.client_id
         return dict(stored)
 
     def _remove(self, indicator_id: str) -> None:
@@ -352,13 +391,13 @@ class GraphService:
                 indicator = validate_new(item)
                 injected = self._item_failure(item)
                 if injected is not None:
-                    raise GraphValidationError(injected, "InternalServerError")
+                    raise injected
             except GraphValidationError as exc:
                 failed = True
                 external_id = item.get("externalId") if isinstance(item, dict) else None
                 results.append(_item_error(FAILED_CREATE_ID, external_id, exc))
                 continue
-            stored = self._store(indicator, issued)
+            stored = _entity(indicator, issued) if self._dropped(item) else self._store(indicator, issued)
             results.append({"@odata.type": "#microsoft.graph.tiIndicator", **stored})
         return Response(206 if failed else 200, {"@odata.context": f"{CONTEXT}", "value": results})
 
@@ -376,11 +415,14 @@ class GraphService:
                 changes = validate_update(item, stored)
                 injected = self._item_failure(item)
                 if injected is not None:
-                    raise GraphValidationError(injected, "InternalServerError")
+                    raise injected
             except GraphValidationError as exc:
                 failed = True
                 external_id = item.get("externalId") if isinstance(item, dict) else None
                 results.append(_item_error(FAILED_UPDATE_ID, external_id, exc))
+                continue
+            if self._dropped(item):
+                results.append({"@odata.type": "#microsoft.graph.tiIndicator", **stored, **changes})
                 continue
             stored.update(changes)
             results.append({"@odata.type": "#microsoft.graph.tiIndicator", **stored})
@@ -476,6 +518,8 @@ def _coerce(name: str, value: Any) -> Any:
         if value not in TARGET_PRODUCTS:
             raise GraphValidationError(f"Invalid targetProduct '{value}'.")
         return value
+    if name == "url" and isinstance(value, str) and len(value) > MAX_URL:
+        raise GraphValidationError("'url' must comply with RFC 1738")
     if name == "description":
         if not isinstance(value, str):
             raise GraphValidationError("description must be a string.")
@@ -640,6 +684,22 @@ class _FilterParser:
         if op == "eq":
             return lambda item: item.get(prop) == literal
         return lambda item: item.get(prop) != literal
+
+
+def _entity(indicator: dict[str, Any], issued: IssuedToken) -> dict[str, Any]:
+    """The entity Graph stores for a validated indicator: defaults, the caller's fields, a fresh id and stamps."""
+    entity = {name: ([] if name in STRING_LISTS else None) for name in PROPERTIES}
+    entity.update({"isActive": True, "passiveOnly": False, "severity": 3})
+    entity.update(indicator)
+    entity.update({"id": str(uuid.uuid4()), "azureTenantId": issued.tenant_id, "ingestedDateTime": _now_iso()})
+    return entity
+
+
+def _matches(predicate: Callable[[dict[str, Any]], bool], item: dict[str, Any]) -> bool:
+    try:
+        return bool(predicate(item))
+    except Exception:  # a predicate that cannot read this item simply does not match it
+        return False
 
 
 # --------------------------------------------------------------------- response helpers

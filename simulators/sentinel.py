@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from stix2patterns.v20.pattern import Pattern as Pattern20
+from stix2patterns.v21.pattern import Pattern as Pattern21
 from stix2patterns.validator import run_validator
 
 from simulators.mslogin import ARM_AUDIENCE, IssuedToken, LoginService
@@ -23,6 +25,7 @@ from simulators.server import Request, Response
 UPLOAD_API_VERSION = "2024-02-01-preview"
 QUERY_API_VERSION = "2025-07-01-preview"
 MAX_OBJECTS = 100
+MAX_URL = 2083  # the longest URL Microsoft products accept (KB 208427)
 SUPPORTED_TYPES = {"indicator", "attack-pattern", "threat-actor", "identity", "relationship"}
 _UPLOAD_PATH = re.compile(r"^/workspaces/(?P<ws>[^/]+)/threat-intelligence-stix-objects:upload$")
 _QUERY_PATH = re.compile(
@@ -33,6 +36,8 @@ _QUERY_PATH = re.compile(
 _ID = re.compile(r"^(?P<type>[a-z0-9-]+)--(?P<uuid>[0-9a-fA-F-]{36})$")
 _TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$")
 _MARKING = re.compile(r"^marking-definition--[0-9a-fA-F-]{36}$")
+_STRING_LITERAL = re.compile(r"'((?:[^'\\]|\\.)*)'")
+_ESCAPE = re.compile(r"\\(.)")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,12 @@ class RequestLogEntry:
     object_count: int
     client_id: str | None
     at: float
+
+
+@dataclass
+class _Drop:
+    predicate: Callable[[dict[str, Any]], bool]
+    remaining: int | None
 
 
 @dataclass
@@ -87,6 +98,7 @@ class SentinelService:
     _admitted: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
     _injected: deque[int] = field(default_factory=deque)
     _record_failures: list[list[Any]] = field(default_factory=list)
+    _drops: list[_Drop] = field(default_factory=list)
     _management: dict[tuple[str, str, str], _Management] = field(default_factory=dict)
     _lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -101,6 +113,27 @@ class SentinelService:
         """Reject the next ``count`` objects matching ``predicate`` with a per-record error."""
         with self._lock:
             self._record_failures.append([predicate, count, message])
+
+    def drop_acknowledged(self, predicate: Callable[[dict[str, Any]], bool], count: int | None = None) -> None:
+        """Acknowledge matching objects (no ``errors[]`` entry) but keep neither them nor their ingestion row.
+
+        ``predicate`` sees each uploaded STIX object. Only objects that pass validation and ``fail_records`` are
+        dropped; ``count`` objects in all (None: every matching object).
+        """
+        with self._lock:
+            self._drops.append(_Drop(predicate, count))
+
+    def remove(self, predicate: Callable[[dict[str, Any]], bool]) -> int:
+        """Delete every stored object (any workspace or source) matching ``predicate``, as an analyst would.
+
+        ``predicate`` sees the stored STIX object. The management-plane query stops returning it at once; the
+        ingestion ``rows`` stay, as a log's history does. Returns how many objects were deleted.
+        """
+        with self._lock:
+            doomed = [key for key, obj in self.objects.items() if _accepts(predicate, obj)]
+            for key in doomed:
+                del self.objects[key]
+            return len(doomed)
 
     def register_management(self, workspace_id: str, subscription_id: str, resource_group: str,
                             workspace_name: str) -> None:
@@ -189,7 +222,8 @@ class SentinelService:
                 if messages:
                     errors.append({"recordIndex": index, "errorMessages": messages})
                     continue
-                self._store(workspace, sourcesystem, issued.client_id, obj)
+                if not self._dropped(obj):
+                    self._store(workspace, sourcesystem, issued.client_id, obj)
         if errors:
             return Response(200, {"errors": errors}), len(objects), issued.client_id
         return Response(200, None), len(objects), issued.client_id
@@ -216,6 +250,16 @@ class SentinelService:
                 rule[1] = remaining - 1
                 return [message]
         return []
+
+    def _dropped(self, obj: dict[str, Any]) -> bool:
+        for drop in self._drops:
+            if drop.remaining is not None and drop.remaining <= 0:
+                continue
+            if _accepts(drop.predicate, obj):
+                if drop.remaining is not None:
+                    drop.remaining -= 1
+                return True
+        return False
 
     def _store(self, workspace: str, sourcesystem: str, client_id: str, obj: dict[str, Any]) -> None:
         self.rows.append(StoredRow(workspace, sourcesystem, client_id, obj, time.time()))
@@ -336,7 +380,30 @@ def validate_object(obj: object) -> list[str]:
             if problems:
                 errors.append(f"Error for Property=pattern: The STIX pattern is not valid: {problems[0]}. "
                               f"Actual value: {pattern}.")
+            else:
+                longest = max(map(len, url_values(pattern, version)), default=0)
+                if longest > MAX_URL:
+                    errors.append(f"Error for Property=pattern: The url:value is longer than {MAX_URL} characters "
+                                  f"({longest}). Actual value: {pattern}.")
     return errors
+
+
+def url_values(pattern: str, stix_version: str = "2.1") -> list[str]:
+    """The URLs a valid STIX pattern compares ``url:value`` with (``=``, ``!=``, ``IN``), unescaped."""
+    parsed = (Pattern20 if stix_version == "2.0" else Pattern21)(pattern)
+    values = []
+    for path, operator, literal in parsed.inspect().comparisons.get("url", []):
+        # LIKE and MATCHES take a wildcard or a regular expression, not a URL.
+        if path == ["value"] and operator.removeprefix("NOT ") in ("=", "!=", "IN"):
+            values.extend(_ESCAPE.sub(r"\1", text) for text in _STRING_LITERAL.findall(literal))
+    return values
+
+
+def _accepts(predicate: Callable[[dict[str, Any]], bool], obj: dict[str, Any]) -> bool:
+    try:
+        return bool(predicate(obj))
+    except Exception:  # a predicate that cannot read this object simply does not match it
+        return False
 
 
 def _matches(condition: dict[str, Any], source: str, obj: dict[str, Any]) -> bool:

@@ -24,6 +24,8 @@ MAX_RESULT_LIMIT = 10_000
 DEFAULT_RESULT_LIMIT = 100
 MAX_SKEW_SECONDS = 300
 WEB_ORIGIN = "https://app.threatconnect.com"
+# "added": a deleted item's dateAdded is when it was first added (default); "deletion": its deletion time.
+DELETED_DATE_ADDED = ("added", "deletion")
 
 # TC type name -> (v2 path branch, v2 JSON list key, value fields).
 TYPES: dict[str, tuple[str, str, tuple[str, ...]]] = {
@@ -263,7 +265,8 @@ class ThreatConnectService:
     """A handler for ``HttpsServer`` serving one ThreatConnect instance's indicators under ``base_path``.
 
     Records are the internal dicts of ``simulators.dataset.generate`` (datetimes for dates). Test hooks:
-    ``requests`` (method and raw target of every request seen), ``fail_next`` (chaos), ``put``/``delete``.
+    ``requests`` (method and raw target of every request seen), ``fail_next`` (chaos), ``put``/``delete``, and
+    ``deleted_date_added`` (what ``dateAdded`` means in the deleted-indicators listings).
     """
 
     def __init__(
@@ -275,6 +278,7 @@ class ThreatConnectService:
         clock: Callable[[], float] = time.time,
         base_path: str = "/api",
         auth_failure_status: int = 401,
+        deleted_date_added: str = "added",
     ) -> None:
         self.access_id = access_id
         self.secret_key = secret_key
@@ -282,6 +286,9 @@ class ThreatConnectService:
         self.clock = clock
         self.base_path = base_path.rstrip("/")
         self.auth_failure_status = auth_failure_status  # the code for a bad signature today is UNCONFIRMED
+        if deleted_date_added not in DELETED_DATE_ADDED:
+            raise ValueError(f"deleted_date_added must be one of {DELETED_DATE_ADDED}, not {deleted_date_added!r}")
+        self.deleted_date_added = deleted_date_added
         self.requests: list[tuple[str, str]] = []
         self.deleted: list[dict[str, Any]] = []
         self._lock = threading.RLock()
@@ -321,7 +328,7 @@ class ThreatConnectService:
                 raise KeyError(indicator_id)
             self.deleted.append(
                 {"id": indicator_id, "type": record["type"], "owner": record["owner"],
-                 "summary": record["summary"], "deleted_at": _as_utc(deleted_at)}
+                 "summary": record["summary"], "date_added": record["dateAdded"], "deleted_at": _as_utc(deleted_at)}
             )
             self._cache.clear()
 
@@ -621,10 +628,11 @@ class ThreatConnectService:
             and (since is None or entry["deleted_at"] >= since)
         ]
 
-    @staticmethod
-    def _deleted_item(entry: dict[str, Any]) -> dict[str, Any]:
-        # Whether ``dateAdded`` on a deleted entry is the deletion time is UNCONFIRMED; here it is.
-        return {"ownerName": entry["owner"], "dateAdded": _fmt(entry["deleted_at"]), "type": entry["type"],
+    def _deleted_item(self, entry: dict[str, Any]) -> dict[str, Any]:
+        # ``dateAdded`` keeps its meaning here: when the indicator was first added, long before its deletion. The
+        # listing carries no deletion time at all; only ``deletedSince`` filters on it.
+        stamp = entry["deleted_at"] if self.deleted_date_added == "deletion" else entry["date_added"]
+        return {"ownerName": entry["owner"], "dateAdded": _fmt(stamp), "type": entry["type"],
                 "summary": entry["summary"]}
 
     # --- v3 -----------------------------------------------------------------------------------------------
@@ -791,7 +799,8 @@ def start_threatconnect(
         indicators: Internal records (``simulators.dataset.generate``).
         access_id: The API user's access id.
         secret_key: The API user's secret key.
-        **options: Passed to ``ThreatConnectService`` (owners, clock, base_path, auth_failure_status).
+        **options: Passed to ``ThreatConnectService`` (owners, clock, base_path, auth_failure_status,
+            deleted_date_added).
 
     Returns:
         The started server (stop it with ``server.stop()``) and the service, for its test hooks.

@@ -225,7 +225,8 @@ def test_deleted_indicators_leave_the_listing_and_appear_under_deleted(service: 
     service.delete(3, T0 + dt.timedelta(days=3))
     assert 2 not in [item["id"] for item in _call(service, "/api/v2/indicators/hosts")[1]["data"]["host"]]
     v2 = _call(service, "/api/v2/indicators/hosts/deleted?deletedSince=2024-01-03T00:00:00Z")[1]["data"]
-    assert v2["indicator"] == [{"ownerName": "Example Organization", "dateAdded": "2024-01-04T00:00:00Z",
+    # deletedSince filters on the deletion time; dateAdded is when the indicator was first added (T0).
+    assert v2["indicator"] == [{"ownerName": "Example Organization", "dateAdded": "2024-01-01T00:00:00Z",
                                 "type": "Host", "summary": "h3.example"}]
     v3 = _call(service, "/api/v3/indicators/deleted?type=Host&deletedSince=2024-01-01T00:00:00Z")[1]
     assert v3["count"] == 2
