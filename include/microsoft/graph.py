@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import logging
-import math
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -17,7 +15,9 @@ import requests
 
 from include.microsoft.auth import BearerAuth, TokenProvider
 from include.microsoft.ratelimit import SharedRateLimiter
-from include.microsoft.sink import SinkResult
+from include.microsoft.sink import FAILED, OK, REJECTED, SinkResult
+from include.pipeline.errors import PermanentError
+from include.transport.retry_after import parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -69,34 +69,22 @@ class GraphError(RuntimeError):
         return self.status is None or self.status == 429 or self.status >= 500
 
 
+class GraphPermanentError(GraphError, PermanentError):
+    """Graph refused the request for a reason no retry fixes: credentials, permissions, a wrong URL."""
+
+
+#: Whole-request answers that are about the request's content: one bad item can cause them, so a batch is split.
+CONTENT_STATUSES = frozenset({400, 409, 413, 422})
+#: Whole-request answers about the caller or the address: fail the task at once with Graph's message.
+PERMANENT_STATUSES = frozenset({401, 403, 404, 405})
+#: Per-item error codes that may pass on a resend; every other per-item error is a refusal of the item's content.
+TRANSIENT_ITEM_CODES = frozenset({
+    "internalservererror", "serviceunavailable", "toomanyrequests", "gatewaytimeout", "badgateway", "timeout",
+    "requesttimeout", "activitylimitreached", "generalexception", "unknownerror",
+})
+
+
 # --------------------------------------------------------------------- pure helpers
-def parse_retry_after(value: str | None, now: dt.datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date; None when absent or unreadable.
-
-    Args:
-        value: the header value.
-        now: the current time for HTTP dates (defaults to the clock; injectable for tests).
-    """
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        seconds = float(text)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return None
-        if when is None:
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=dt.UTC)
-        seconds = (when - (now or dt.datetime.now(dt.UTC))).total_seconds()
-    if math.isnan(seconds) or math.isinf(seconds):
-        return None
-    return max(0.0, seconds)
-
-
 def is_graph_id(value: Any) -> bool:
     """True for an id Graph assigns: a GUID (Sentinel target) or a numeric string (Defender for Endpoint)."""
     return isinstance(value, str) and (bool(_GUID_RE.match(value)) or value.isdigit())
@@ -121,6 +109,26 @@ def item_error(item: Any) -> str | None:
     if not is_graph_id(item.get("id")):
         return str(item.get("id") or "result item without an id")
     return None
+
+
+def item_transient(item: Any) -> bool:
+    """Whether a failed submit/update item may pass on a resend (a server-side code), rather than a refusal of
+    its content (``BadRequest``, a validation message). An item that says nothing about why counts as transient."""
+    if not isinstance(item, Mapping):
+        return True
+    for key in ("Error", "error"):
+        error = item.get(key)
+        if isinstance(error, Mapping):
+            code = str(error.get("code") or error.get("Code") or "").strip().lower()
+            status = error.get("status") or error.get("statusCode")
+            if isinstance(status, int) and (status == 429 or status >= 500):
+                return True
+            if isinstance(status, int) and 400 <= status < 500:
+                return False
+            return not code or code in TRANSIENT_ITEM_CODES
+        if error:
+            return False  # a bare message: Graph's validation text
+    return True
 
 
 def result_info_error(info: Any) -> str | None:
@@ -256,10 +264,11 @@ class GraphClient:
         status = response.status_code
         if status >= 400:
             code, message = _error_of(response)
+            text = f"{method} {urlsplit(url).path} answered HTTP {status} {code}: {message}"
+            if status in PERMANENT_STATUSES:
+                raise GraphPermanentError(text, status, code)
             ambiguous = not idempotent and status >= 500 and status not in REFUSED_STATUSES
-            raise GraphError(
-                f"{method} {urlsplit(url).path} answered HTTP {status} {code}: {message}", status, code, ambiguous
-            )
+            raise GraphError(text, status, code, ambiguous)
         if status == 204 or not response.content:
             return status, None
         try:
@@ -390,6 +399,18 @@ def _known_ids(rows: pd.DataFrame, payloads: dict[str, Any]) -> dict[str, str]:
     return known
 
 
+class _BatchRefused(Exception):
+    """A whole batch request refused for its content (a 4xx about the body): split it to find the bad items."""
+
+
+def _raise_unless_content(exc: GraphError) -> None:
+    """Re-raise what a split cannot help (throttling, outages, credentials); turn a content refusal into
+    :class:`_BatchRefused`."""
+    if isinstance(exc, PermanentError) or exc.transient or exc.status not in CONTENT_STATUSES:
+        raise exc
+    raise _BatchRefused(str(exc)) from exc
+
+
 class GraphSink:
     """Load normalized rows into Graph ``tiIndicators`` (Sentinel's legacy TIP path), keyed on ``externalId``.
 
@@ -404,6 +425,9 @@ class GraphSink:
         "externalId", *OBSERVABLE_FIELDS, "fileHashType", "confidence", "severity", "tlpLevel", "threatType",
         "isActive", "expirationDateTime", "description",
     )
+
+    #: Graph reads every indicator back by its external id
+    read_back: ClassVar[bool] = True
 
     def __init__(self, client: GraphClient, batch_size: int = MAX_BATCH, max_item_attempts: int = 3) -> None:
         if not 0 < batch_size <= MAX_BATCH:
@@ -491,7 +515,7 @@ class GraphSink:
             try:
                 payloads[external_id] = self.payload(row)
             except (ValueError, TypeError, KeyError) as exc:
-                bad[external_id] = SinkResult(external_id, "create", "failed", attempts=0, error=f"payload: {exc}")
+                bad[external_id] = SinkResult(external_id, "create", REJECTED, attempts=0, error=f"payload: {exc}")
         return payloads, bad
 
     # ----------------------------------------------------------------- upsert
@@ -543,27 +567,43 @@ class GraphSink:
         batch_size: int,
         failed_target: Callable[[str], str | None] = lambda _: None,
     ) -> dict[str, SinkResult]:
-        """Send ``keys`` in batches; items that fail are resent (alone with the other failures) up to
-        ``max_item_attempts`` times, then reported ``failed`` with their last error.
+        """Send ``keys`` in batches, one result per key.
 
-        ``send(batch)`` answers one ``(target id, error, may retry)`` per key, in order.
+        ``send(batch)`` answers one ``(target id, error, transient)`` per key, in order. An item that failed for a
+        transient reason is resent (alone with the other failures) up to ``max_item_attempts`` times, then
+        reported ``failed``; an item refused for its content is reported ``rejected`` at once. When ``send``
+        raises :class:`_BatchRefused` (the whole request refused for its content), the batch is split in halves
+        until the refused items stand alone, so one bad item never takes 99 good ones down with it.
         """
         done: dict[str, SinkResult] = {}
         attempts = dict.fromkeys(keys, 0)
         pending = list(keys)
         while pending:
             retry: list[str] = []
-            for start in range(0, len(pending), batch_size):
-                batch = pending[start:start + batch_size]
+            batches = [pending[start:start + batch_size] for start in range(0, len(pending), batch_size)]
+            while batches:
+                batch = batches.pop(0)
                 for key in batch:
                     attempts[key] += 1
-                for key, (target_id, error, retryable) in zip(batch, send(batch), strict=True):
+                try:
+                    answers = send(batch)
+                except _BatchRefused as refused:
+                    if len(batch) > 1:
+                        middle = len(batch) // 2
+                        batches[:0] = [batch[:middle], batch[middle:]]
+                        for key in batch:  # splitting is not a retry of the items
+                            attempts[key] -= 1
+                        continue
+                    answers = [(None, str(refused), False)]
+                for key, (target_id, error, transient) in zip(batch, answers, strict=True):
                     if error is None:
-                        done[key] = SinkResult(key, action, "ok", target_id, attempts[key])
-                    elif retryable and attempts[key] < self.max_item_attempts:
+                        done[key] = SinkResult(key, action, OK, target_id, attempts[key])
+                    elif not transient:
+                        done[key] = SinkResult(key, action, REJECTED, failed_target(key), attempts[key], error)
+                    elif attempts[key] < self.max_item_attempts:
                         retry.append(key)
                     else:
-                        done[key] = SinkResult(key, action, "failed", failed_target(key), attempts[key], error)
+                        done[key] = SinkResult(key, action, FAILED, failed_target(key), attempts[key], error)
             pending = retry
             if pending:
                 log.info("retrying %s failed %s items", len(pending), action)
@@ -575,15 +615,13 @@ class GraphSink:
                 answers = self.client.submit([creates[e] for e in batch])
             except GraphError as exc:
                 if not exc.ambiguous:
-                    if exc.transient:
-                        raise
-                    return [(None, str(exc), False)] * len(batch)
+                    _raise_unless_content(exc)
                 # Some of the batch may exist now: adopt what Graph holds, resubmit only the rest.
                 log.warning("submit of %s indicators was ambiguous (%s); reconciling", len(batch), exc)
                 landed = self.client.find_by_external_ids(batch)
                 return [(landed[e][0]["id"], None, True) if e in landed else (None, str(exc), True) for e in batch]
-            return [(answer["id"], None, True) if (error := item_error(answer)) is None else (None, error, True)
-                    for answer in answers]
+            return [(answer["id"], None, True) if (error := item_error(answer)) is None
+                    else (None, error, item_transient(answer)) for answer in answers]
 
         return self._with_item_retries(list(creates), "create", send, self.batch_size)
 
@@ -592,12 +630,12 @@ class GraphSink:
             try:
                 answers = self.client.update([updates[e] for e in batch])
             except GraphError as exc:
-                if exc.transient and not exc.ambiguous:
-                    raise
-                # Updates are idempotent: an unclear or refused batch is simply tried again.
+                if not exc.ambiguous:
+                    _raise_unless_content(exc)
+                # Updates are idempotent: an unclear batch is simply tried again.
                 return [(None, str(exc), True)] * len(batch)
-            return [(updates[e]["id"], None, True) if (error := item_error(answer)) is None else (None, error, True)
-                    for e, answer in zip(batch, answers, strict=True)]
+            return [(updates[e]["id"], None, True) if (error := item_error(answer)) is None
+                    else (None, error, item_transient(answer)) for e, answer in zip(batch, answers, strict=True)]
 
         return self._with_item_retries(list(updates), "update", send, self.batch_size,
                                        failed_target=lambda e: updates[e]["id"])
@@ -618,7 +656,7 @@ class GraphSink:
             try:
                 answers = self.client.delete_by_external_ids(batch)
             except GraphError as exc:
-                if exc.transient and not exc.ambiguous:
+                if isinstance(exc, PermanentError) or (exc.transient and not exc.ambiguous):
                     raise
                 answers = [{"code": exc.status or -1, "message": str(exc)}] * len(batch)
             return [(owned[e][0]["id"], None, True) if (error := result_info_error(answer)) is None

@@ -10,7 +10,6 @@ Both planes take a client-credentials token for ``include.microsoft.auth.ARM_SCO
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import logging
 import re
 import time
@@ -24,7 +23,7 @@ import pandas as pd
 import requests
 
 from include.microsoft.ratelimit import SharedRateLimiter, limiter_path
-from include.microsoft.sink import SinkResult
+from include.microsoft.sink import OK, REJECTED, SinkResult
 from include.microsoft.stix import (
     build_indicator,
     external_id_of,
@@ -33,6 +32,8 @@ from include.microsoft.stix import (
     source_system,
     stix_id,
 )
+from include.pipeline.errors import PermanentError
+from include.transport.retry_after import parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,15 @@ class SentinelError(RuntimeError):
         super().__init__(message)
         self.status = status
         self.body = body
+
+
+class SentinelPermanentError(SentinelError, PermanentError):
+    """Sentinel refused the caller or the address (401 after a fresh token, 403, 404: a wrong workspace id or a
+    missing role); no retry fixes that."""
+
+
+#: Statuses about the caller or the address, never about the objects sent.
+PERMANENT_STATUSES = frozenset({401, 403, 404, 405})
 
 
 @dataclass(frozen=True)
@@ -109,13 +119,11 @@ def retry_after_seconds(response: requests.Response) -> float | None:
     candidates: list[float] = []
     header = response.headers.get("Retry-After")
     if header:
-        try:
-            candidates.append(float(header))
-        except ValueError:
-            try:  # the HTTP-date form
-                candidates.append(email.utils.parsedate_to_datetime(header).timestamp() - time.time())
-            except (ValueError, TypeError):
-                log.warning("ignoring an unreadable Retry-After header %r", header[:40])
+        seconds = parse_retry_after(header)
+        if seconds is None:
+            log.warning("ignoring an unreadable Retry-After header %r", header[:40])
+        else:
+            candidates.append(seconds)
     match = _TRY_AGAIN.search(response.text or "")
     if match:
         candidates.append(float(match.group(1)))
@@ -338,7 +346,9 @@ class SentinelClient:
                                 attempt, self.max_retries, delay)
                 self._sleep(delay)
                 continue
-            raise SentinelError(f"{method} {_safe(url)} answered {status}", status, response.text[:500])
+            error = SentinelPermanentError if status in PERMANENT_STATUSES else SentinelError
+            raise error(f"{method} {_safe(url)} answered {status}: {response.text[:300]}", status,
+                        response.text[:500])
 
     def _backoff(self, attempt: int) -> float:
         return min(self.backoff * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS)
@@ -428,8 +438,20 @@ class SentinelSink:
         found = self.client.query([stix_id(e) for e in external_ids], self.sourcesystem)
         return {external_id_of(object_id): _normalized(obj) for object_id, obj in found.items()}
 
+    @property
+    def read_back(self) -> bool:
+        """True when the connection names the workspace on the management plane (the only way to read back)."""
+        return self.client.management is not None
+
     def _load(self, records: list[dict[str, Any]], objects: list[dict[str, Any] | str],
               actions: list[str]) -> list[SinkResult]:
+        """Upload in batches of one sourcesystem; one result per record.
+
+        A record Sentinel rejects (an ``errors[]`` entry) is resent with the other rejections up to
+        ``max_item_attempts`` times, then reported ``rejected`` with Sentinel's messages: a record error is about
+        the object's content. A whole request answered 400 is split in halves until the refused objects stand
+        alone. Throttling, outages and credentials raise: the task retry is the next layer.
+        """
         attempts = [0] * len(records)
         # A row the builder refused (a string: why) never reaches Sentinel but still gets its result.
         errors: dict[int, str] = {i: o for i, o in enumerate(objects) if isinstance(o, str)}
@@ -440,18 +462,21 @@ class SentinelSink:
             for index in pending:
                 by_source.setdefault(self.sourcesystem_for(records[index]), []).append(index)
             for sourcesystem, indexes in by_source.items():
-                for start in range(0, len(indexes), self.batch_size):
-                    batch = indexes[start:start + self.batch_size]
+                batches = [indexes[start:start + self.batch_size] for start in range(0, len(indexes), self.batch_size)]
+                while batches:
+                    batch = batches.pop(0)
                     for index in batch:
                         attempts[index] += 1
                     try:
                         rejected = self.client.upload(sourcesystem, [_object(objects[i]) for i in batch])
                     except SentinelError as exc:
-                        if exc.status != 400:
-                            raise  # throttling, outages, auth: the task retry is the next layer
-                        # A 400 is about this request's content: fail its rows, keep loading the rest.
-                        for index in batch:
-                            errors[index] = f"HTTP 400: {exc.body or exc}"
+                        if exc.status != 400 or isinstance(exc, PermanentError):
+                            raise
+                        if len(batch) > 1:  # one bad object can refuse the request: find it
+                            middle = len(batch) // 2
+                            batches[:0] = [batch[:middle], batch[middle:]]
+                            continue
+                        errors[batch[0]] = f"HTTP 400: {exc.body or exc}"[:1000]
                         continue
                     for error in rejected:
                         position = error["recordIndex"]
@@ -464,7 +489,7 @@ class SentinelSink:
                         if attempts[index] < self.max_item_attempts:
                             retry.append(index)
                         else:
-                            errors[index] = message
+                            errors[index] = message[:1000]
             if retry:
                 log.info("retrying %s objects that Sentinel rejected per record", len(retry))
             pending = retry
@@ -475,14 +500,13 @@ class SentinelSink:
             results.append(SinkResult(
                 external_id=external_id,
                 action=actions[index],
-                status="failed" if error else "ok",
+                status=REJECTED if error else OK,
                 target_id=stix_id(external_id),
                 attempts=attempts[index],
                 error=error,
             ))
-        failed = len(errors)
-        log.info("sentinel %s: %s objects, %s failed, %s requests so far", actions[0] if actions else "load",
-                 len(records), failed, self.client.requests_sent)
+        log.info("sentinel %s: %s objects, %s rejected, %s requests so far", actions[0] if actions else "load",
+                 len(records), len(errors), self.client.requests_sent)
         return results
 
 

@@ -10,6 +10,9 @@ from typing import Any, ClassVar, Protocol
 
 import pandas as pd
 
+# Statuses of one write (SinkResult.status, the ``loaded`` snapshot's ``status`` column).
+OK, REJECTED, FAILED = "ok", "rejected", "failed"
+
 
 @dataclass(frozen=True)
 class SinkResult:
@@ -18,10 +21,13 @@ class SinkResult:
     Attributes:
         external_id: the deterministic id of the indicator (the normalized ``external_id``).
         action: ``create``, ``update`` or ``retract``.
-        status: ``ok`` or ``failed``.
+        status: ``ok``; ``rejected`` when the target refused the item for its content (a per-item 4xx, a record
+            error, a payload the target's documented limits do not allow): no retry can change that, so the item
+            is quarantined until its content changes; or ``failed`` when it still failed after the retries for a
+            reason that may pass (throttling, an outage, a timeout), which holds the watermark back.
         target_id: the target's id for the indicator (Graph id, STIX id), when known.
         attempts: how many requests carried this indicator.
-        error: the target's error message when ``status`` is ``failed``.
+        error: the target's error message when ``status`` is not ``ok``.
     """
 
     external_id: str
@@ -38,6 +44,11 @@ class Sink(Protocol):
     name: ClassVar[str]
     #: payload fields verify compares between what was sent and what the target holds
     verify_fields: ClassVar[tuple[str, ...]]
+
+    @property
+    def read_back(self) -> bool:
+        """Whether :meth:`fetch` can read objects back; when False, verify relies on the per-item acknowledgements."""
+        ...
 
     def payload(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """The exact object this sink sends for one normalized row (deterministic: no clock reads)."""

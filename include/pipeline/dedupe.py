@@ -22,7 +22,7 @@ _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 _UUID_GROUPS = (((0, 8), (0, 8)), ((9, 13), (8, 12)), ((14, 18), (12, 16)), ((19, 23), (16, 20)), ((24, 36), (20, 32)))
 
 #: Columns ``winners`` reads; the only ones a streaming caller has to load in the first pass.
-KEY_COLUMNS: tuple[str, ...] = ("external_id", "last_modified", "tc_id")
+KEY_COLUMNS: tuple[str, ...] = ("external_id", "last_modified", "tc_id", "deleted")
 
 
 def external_id(owner: str, indicator_type: str, value: str) -> str:
@@ -72,7 +72,11 @@ def stix_id(owner: str, indicator_type: str, value: str) -> str:
 
 
 def winners(keys: pa.Table) -> pa.BooleanArray:
-    """Which rows survive de-duplication: one per ``external_id``, the newest ``last_modified``.
+    """Which rows survive de-duplication: one per ``external_id``: a live row over a deletion, then the newest.
+
+    A row from ThreatConnect's deleted listing (``deleted`` true) loses to any row of the active listings for
+    the same id: the active listings show only what exists now, so such a row means the value was re-created
+    after the deletion. A table without a ``deleted`` column has no deletions.
 
     Ties on ``last_modified`` go to the highest ``tc_id``, then to the first row, so the answer never depends on
     hash order or the clock. A null ``last_modified`` or ``tc_id`` loses to any value; a null ``external_id`` is
@@ -84,7 +88,8 @@ def winners(keys: pa.Table) -> pa.BooleanArray:
     batch's row count. Memory is three columns of the whole run plus one batch.
 
     Args:
-        keys: a table with at least ``external_id``, ``last_modified`` and ``tc_id`` (other columns ignored).
+        keys: a table with at least ``external_id``, ``last_modified`` and ``tc_id``, optionally ``deleted``
+            (other columns ignored).
 
     Returns:
         A boolean mask aligned with ``keys``'s rows: True for rows to keep. O(n log n): a hash encoding of
@@ -101,11 +106,16 @@ def winners(keys: pa.Table) -> pa.BooleanArray:
     lowest = np.iinfo(np.int64).min
     modified = _int64(keys.column("last_modified"), lowest)
     tc_id = _int64(keys.column("tc_id"), lowest)
+    if "deleted" in keys.column_names:
+        deleted = pc.fill_null(keys.column("deleted"), False).cast(pa.int8())
+        deleted = deleted.combine_chunks() if isinstance(deleted, pa.ChunkedArray) else deleted
+    else:
+        deleted = pa.array(np.zeros(n, dtype=np.int8))
     # Arrow's sort is stable (full ties keep input order, so the first occurrence wins) and, on integer keys,
     # about three times faster than numpy's lexsort.
     order = pc.sort_indices(
-        pa.table({"id": codes, "modified": modified, "tc_id": tc_id}),
-        [("id", "ascending"), ("modified", "descending"), ("tc_id", "descending")],
+        pa.table({"id": codes, "deleted": deleted, "modified": modified, "tc_id": tc_id}),
+        [("id", "ascending"), ("deleted", "ascending"), ("modified", "descending"), ("tc_id", "descending")],
     ).to_numpy()
     sorted_codes = codes[order]
     first = np.empty(n, dtype=bool)
@@ -133,6 +143,6 @@ def dedupe(table: pa.Table) -> tuple[pa.Table, int]:
     Returns:
         ``(deduplicated table, number of rows dropped)``.
     """
-    mask = winners(table.select(list(KEY_COLUMNS)))
+    mask = winners(table.select([c for c in KEY_COLUMNS if c in table.column_names]))
     kept = table.filter(mask)
     return kept, table.num_rows - kept.num_rows

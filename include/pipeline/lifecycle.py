@@ -11,10 +11,18 @@ that state:
 | active, content differs              | live                   | ``update``                            |
 | active, same content                 | live                   | ``skip`` (unchanged: zero writes)     |
 | older version than delivered         | any                    | ``skip`` (stale: a backfill of old data) |
+| active, same content as a rejection  | quarantined            | ``skip`` (quarantined until it changes) |
+| active, the target refuses the value | any                    | ``reject`` (never sent; the reason)   |
+| active, verify found it missing      | not delivered          | ``create``/``update`` (heal)          |
 | inactive, false positive or deleted  | live                   | ``retract``                           |
 | inactive, false positive or deleted  | absent / retracted     | ``skip`` (nothing of ours to retract) |
 | not in the full active set (reconcile) | live                 | ``retract`` (orphan)                  |
 | (not in this run) expiring soon      | live                   | ``refresh`` (new expiration)          |
+
+A deletion (ThreatConnect's deleted listing) is never stale: it is versioned by the window that reported it, and
+every entry of that listing is a deletion that holds now. Writes that verify found missing or different in the
+target do not count as delivered, so the next run sends them again (it heals). A write the target refused for its
+content (status ``rejected``) is quarantined: it is not sent again until its content (the payload's hash) changes.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -30,15 +38,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from include.microsoft.sink import content_hash
+from include.pipeline.errors import PermanentError
 from include.pipeline.schema import NORMALIZED_SCHEMA, PLAN_SCHEMA
 from include.pipeline.snapshots import SnapshotStore
 
 ONE_MS = pd.Timedelta(milliseconds=1)
 WRITE_ACTIONS = ("create", "update", "refresh", "retract")
+PLAN_ACTIONS = (*WRITE_ACTIONS, "reject", "skip")
+#: verify statuses that mean "the target does not hold what was written": such a write is not delivered
+UNDELIVERED = ("missing", "different")
+VERIFIED_SCHEMA = pa.schema([
+    pa.field("external_id", pa.string()),
+    pa.field("action", pa.string()),
+    pa.field("status", pa.string()),  # read back, acknowledged, missing, different
+    pa.field("detail", pa.string()),  # what differed, or why the write counts as delivered
+])
 NORMALIZED_COLUMNS = [f.name for f in NORMALIZED_SCHEMA]
 
 
-class MassRetraction(RuntimeError):
+class MassRetraction(PermanentError):
     """The run would retract more of the delivered set than the guard allows."""
 
 
@@ -65,28 +83,82 @@ class Policy:
     allow_mass_retraction: bool = False
 
 
-def delivered_state(
-    store: SnapshotStore, indicator_type: str, sink: str, exclude_run: str | None = None
-) -> pd.DataFrame:
-    """The latest successful write per external id, over every earlier run's ``loaded`` partition of one type.
+@dataclass
+class Delivered:
+    """What earlier runs left in one target for one type.
+
+    Attributes:
+        state: the latest delivered write per external id (see :func:`delivered_state`), indexed by external id.
+        quarantine: ``(external id, content hash) -> the target's message`` for writes the target refused for
+            their content; the same content is not sent again.
+        unverified: external id -> why the latest write of it is not delivered (verify found it missing or
+            different), for the plan's reason.
+    """
+
+    state: pd.DataFrame
+    quarantine: dict[tuple[str, str], str] = field(default_factory=dict)
+    unverified: dict[str, str] = field(default_factory=dict)
+
+
+def _empty_state() -> pd.DataFrame:
+    return pd.DataFrame({c: pd.Series(dtype="object") for c in [f.name for f in PLAN_SCHEMA]})
+
+
+def delivered(store: SnapshotStore, indicator_type: str, sink: str, exclude_run: str | None = None) -> Delivered:
+    """Read every earlier run's ``loaded`` (and ``verified``) partition of one type and sink once.
 
     A re-run of the same run id ignores its own earlier partition (``exclude_run``), so a retried load plans the
-    same work again instead of believing it already happened.
+    same work again instead of believing it already happened. A successful write that the same run's verify found
+    missing or different is not delivered: the state falls back to the earlier write, or to nothing.
     """
     runs = [r for r in store.runs("loaded", indicator_type) if r != exclude_run]
     frames = []
+    quarantine: dict[tuple[str, str], str] = {}
+    unverified: dict[str, str] = {}
     for run_id in runs:
         table = store.read("loaded", indicator_type, run_id)
-        table = table.filter(pc.and_(pc.equal(table["status"], "ok"), pc.equal(table["sink"], sink)))
+        table = table.filter(pc.equal(table["sink"], sink))
+        rejected = table.filter(pc.equal(table["status"], "rejected"))
+        for external_id, digest, error in zip(rejected["external_id"].to_pylist(),
+                                              rejected["content_hash"].to_pylist(),
+                                              rejected["error"].to_pylist(), strict=True):
+            if digest:
+                quarantine[(external_id, digest)] = error or "rejected by the target"
+        table = table.filter(pc.equal(table["status"], "ok"))
+        bad = _undelivered(store, indicator_type, run_id)
+        if bad:
+            keep = pc.invert(pc.is_in(table["external_id"], value_set=pa.array(list(bad), pa.string())))
+            table = table.filter(keep)
+            unverified.update({e: f"{why} in the target (verify of {run_id})" for e, why in bad.items()})
         if table.num_rows:
             frame = table.to_pandas()
             frame["indicator_type"] = indicator_type  # a partition column: only in the path
             frames.append(frame)
     if not frames:
-        return pd.DataFrame({c: pd.Series(dtype="object") for c in [f.name for f in PLAN_SCHEMA]})
+        return Delivered(_empty_state(), quarantine, unverified)
     state = pd.concat(frames, ignore_index=True)
     state = state.sort_values(["external_id", "stix_modified"], kind="stable")
-    return state.drop_duplicates("external_id", keep="last").set_index("external_id", drop=False)
+    state = state.drop_duplicates("external_id", keep="last").set_index("external_id", drop=False)
+    return Delivered(state, quarantine, unverified)
+
+
+def _undelivered(store: SnapshotStore, indicator_type: str, run_id: str) -> dict[str, str]:
+    """External ids whose write in ``run_id`` verify found missing or different, with that finding."""
+    if not store.exists("verified", indicator_type, run_id):
+        return {}
+    table = store.read("verified", indicator_type, run_id, columns=["external_id", "status"])
+    bad = table.filter(pc.is_in(table["status"], value_set=pa.array(UNDELIVERED)))
+    return dict(zip(bad["external_id"].to_pylist(), bad["status"].to_pylist(), strict=True))
+
+
+def delivered_state(
+    store: SnapshotStore, indicator_type: str, sink: str, exclude_run: str | None = None
+) -> pd.DataFrame:
+    """The latest successful (and not disproved by verify) write per external id, over earlier ``loaded`` partitions.
+
+    See :func:`delivered` for the rules; this is its ``state``.
+    """
+    return delivered(store, indicator_type, sink, exclude_run).state
 
 
 def is_live(state_row: pd.Series | dict[str, Any]) -> bool:
@@ -113,7 +185,7 @@ def _version(candidate: pd.Timestamp, previous: Any) -> pd.Timestamp:
 
 def plan(
     candidates: pd.DataFrame,
-    state: pd.DataFrame,
+    state: pd.DataFrame | Delivered,
     payload: Callable[[dict[str, Any]], dict[str, Any]],
     sink: str,
     policy: Policy,
@@ -124,14 +196,17 @@ def plan(
 
     Args:
         candidates: the run's deduplicated rows (``NORMALIZED_SCHEMA`` columns).
-        state: :func:`delivered_state`.
-        payload: the sink's payload builder (content hashes are computed over its output).
+        state: :func:`delivered` (or just its ``state``: :func:`delivered_state`).
+        payload: the sink's payload builder (content hashes are computed over its output); a ``ValueError`` from
+            it means the target cannot take the row (its documented limits), and the row is planned ``reject``.
         sink: the sink name.
         policy: the run's lifecycle settings.
         volatile: payload fields left out of the content hash (they change without a real change).
         inventory: when reconciling, the external ids ThreatConnect holds as live (active, not a false positive,
             not deleted); delivered live ids outside it are orphans and get retracted.
     """
+    history = state if isinstance(state, Delivered) else Delivered(state)
+    state = history.state
     volatile = tuple(volatile)
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
@@ -140,7 +215,8 @@ def plan(
         held = state.loc[row["external_id"]] if row["external_id"] in state.index else None
         why_retract = _retraction_reason(row)
         last_modified = pd.Timestamp(row["last_modified"])
-        if held is not None and last_modified < pd.Timestamp(held["last_modified"]):
+        # A deletion is versioned by the listing that reported it; it always holds now (never stale).
+        if held is not None and not row.get("deleted") and last_modified < pd.Timestamp(held["last_modified"]):
             rows.append({**row, "action": "skip", "reason": "stale: older than the delivered version"})
             continue
         if why_retract is not None:
@@ -156,16 +232,28 @@ def plan(
                 rows.append({**row, "action": "skip", "reason": f"{why_retract}; nothing live to retract"})
             continue
         version = _version(last_modified, None if held is None else held["stix_modified"])
-        digest = content_hash(payload({**row, "stix_modified": version}), volatile)
-        if held is None or not is_live(held):
-            reason = "new" if held is None else "re-activated in ThreatConnect"
-            rows.append({**row, "action": "create", "reason": reason, "content_hash": digest, "stix_modified": version})
-        elif held["content_hash"] == digest:
+        try:
+            digest = content_hash(payload({**row, "stix_modified": version}), volatile)
+        except (ValueError, TypeError, KeyError) as exc:
+            rows.append({**row, "action": "reject", "reason": f"refused before sending: {sink}: {exc}"[:500]})
+            continue
+        if held is not None and is_live(held) and held["content_hash"] == digest:
             rows.append({**row, "action": "skip", "reason": "unchanged", "content_hash": digest,
                          "stix_modified": held["stix_modified"]})
+            continue
+        refused = history.quarantine.get((row["external_id"], digest))
+        if refused is not None:
+            rows.append({**row, "action": "skip", "content_hash": digest,
+                         "reason": f"quarantined: rejected by {sink} until it changes: {refused}"[:500]})
+            continue
+        heal = history.unverified.get(row["external_id"])
+        if held is None or not is_live(held):
+            reason = "new" if held is None else "re-activated in ThreatConnect"
+            reason = f"heal: {heal}" if heal else reason
+            rows.append({**row, "action": "create", "reason": reason, "content_hash": digest, "stix_modified": version})
         else:
-            rows.append({**row, "action": "update", "reason": "changed", "content_hash": digest,
-                         "stix_modified": version, "target_id": held["target_id"]})
+            rows.append({**row, "action": "update", "reason": f"heal: {heal}" if heal else "changed",
+                         "content_hash": digest, "stix_modified": version, "target_id": held["target_id"]})
     rows.extend(_held_rows(state, seen, payload, policy, volatile, inventory))
     frame = pd.DataFrame(rows, columns=[f.name for f in PLAN_SCHEMA])
     frame["sink"] = sink
@@ -197,8 +285,13 @@ def _held_rows(
             days = policy.expiry_days(severity)
             refreshed = {**base, "expiration": pd.Timestamp(policy.interval_end) + pd.Timedelta(days=days),
                          "stix_modified": version}
+            try:
+                digest = content_hash(payload(refreshed), volatile)
+            except (ValueError, TypeError, KeyError) as exc:
+                rows.append({**refreshed, "action": "reject", "reason": f"refused before sending: {exc}"[:500]})
+                continue
             rows.append({**refreshed, "action": "refresh", "reason": "still live, expiring soon",
-                         "content_hash": content_hash(payload(refreshed), volatile)})
+                         "content_hash": digest})
     return rows
 
 

@@ -23,7 +23,7 @@ from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 log = logging.getLogger(__name__)
 
-STAGES = ("raw", "normalized", "rejected", "deduped", "plan", "loaded", "inventory")
+STAGES = ("raw", "normalized", "rejected", "deduped", "plan", "loaded", "verified", "inventory")
 PARTITION_COLUMNS = ("indicator_type", "run_id")
 
 

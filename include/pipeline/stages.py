@@ -12,8 +12,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from include.microsoft.sink import Sink, SinkResult
+from include.microsoft.sink import FAILED, OK, REJECTED, Sink, SinkResult
 from include.pipeline import lifecycle, watermarks
+from include.pipeline.dedupe import KEY_COLUMNS
+from include.pipeline.errors import PermanentError
 from include.pipeline.schema import LOADED_SCHEMA, NORMALIZED_SCHEMA, RAW_SCHEMA, REJECTED_SCHEMA
 from include.pipeline.snapshots import SnapshotStore
 
@@ -21,7 +23,16 @@ log = logging.getLogger(__name__)
 
 
 class LoadFailed(RuntimeError):
-    """More indicators failed to load than the configured threshold allows."""
+    """More indicators failed to load than the configured threshold allows (transient: a task retry may pass)."""
+
+
+class TooManyRejections(PermanentError):
+    """The target refused more of the type's writes for their content than the threshold allows: a mapping bug
+    or a changed contract, which no retry fixes."""
+
+
+#: Below this many rejections by the target, a type's load never fails on rejections alone (small runs).
+MIN_REJECTIONS_TO_FAIL = 5
 
 
 class VerifyFailed(RuntimeError):
@@ -82,18 +93,21 @@ def extract(
 
 
 def _deleted_batches(client: PageSource, indicator_type: str, window: watermarks.Window) -> Iterable[pa.RecordBatch]:
-    """ThreatConnect's deleted-indicators listing as raw rows (inactive, ``deleted``), in pages of 10,000."""
+    """ThreatConnect's deleted-indicators listing as raw rows (inactive, ``deleted``), in pages of 10,000.
+
+    A deletion is versioned by the window whose listing (``deletedSince`` = the window's start) reported it, never
+    by a date inside the record: the listing's ``dateAdded`` is when the indicator was first added, which predates
+    its last change, so taking it as the deletion's version made the plan skip real deletions as stale. Every
+    entry the listing returns is a deletion that exists now, even one made after the window's end.
+    """
     from include.threatconnect.parse import parse_page
 
     iter_deleted = getattr(client, "iter_deleted", None)
     if iter_deleted is None:
         return
+    stamp = watermarks.iso(window.start)
     items: list[dict[str, Any]] = []
     for entry in iter_deleted(indicator_type, window.start):
-        deleted_at = entry["deleted_at"]
-        if deleted_at is None or deleted_at >= window.end:
-            continue  # the next run's window owns it
-        stamp = watermarks.iso(deleted_at)
         items.append({"type": indicator_type, "summary": entry["summary"], "ownerName": entry.get("owner"),
                       "dateAdded": stamp, "lastModified": stamp, "active": False})
         if len(items) == 10_000:
@@ -169,7 +183,7 @@ def dedupe(
 
     Pass one reads only the key columns and decides the winners; pass two streams the full rows and keeps them.
     """
-    keys = store.read("normalized", indicator_type, run_id, columns=["external_id", "last_modified", "tc_id"])
+    keys = store.read("normalized", indicator_type, run_id, columns=list(KEY_COLUMNS))
     mask = winners(keys)
     if isinstance(mask, pa.ChunkedArray):
         mask = mask.combine_chunks()
@@ -207,9 +221,11 @@ def _read_inventory(store: SnapshotStore, run_id: str, indicator_type: str) -> s
 
 
 def _log_plan(indicator_type: str, planned: pd.DataFrame, samples: int = 3) -> dict[str, int]:
-    counts = {a: int((planned["action"] == a).sum()) for a in ("create", "update", "refresh", "retract", "skip")}
+    counts = {a: int((planned["action"] == a).sum()) for a in lifecycle.PLAN_ACTIONS}
+    counts["quarantined"] = int(planned["reason"].fillna("").str.startswith("quarantined").sum())
+    counts["healed"] = int(planned["reason"].fillna("").str.startswith("heal").sum())
     log.info("plan for %s: %s", indicator_type, counts)
-    for action in ("create", "update", "refresh", "retract"):
+    for action in ("create", "update", "refresh", "retract", "reject"):
         chosen = planned[planned["action"] == action].head(samples)
         for row in chosen.itertuples():
             log.info("  %s %s %s (%s)", action, row.external_id, row.value, row.reason)
@@ -225,18 +241,26 @@ def load(
     failure_threshold: float = 0.0,
     dry_run: bool = False,
     chunk_rows: int = 10_000,
+    rejection_threshold: float = 0.01,
 ) -> dict[str, Any]:
     """Plan against the delivered state, then send only what the plan says, and record every write in ``loaded``.
 
-    The plan (creates, updates, refreshes, retractions, skips with their reasons) is written to the ``plan``
-    snapshot every run; a dry run stops there. The retraction guard runs before anything is sent. Failures are
-    recorded with the target's message; the task fails when their share exceeds ``failure_threshold``.
+    The plan (creates, updates, refreshes, retractions, rejections, skips with their reasons) is written to the
+    ``plan`` snapshot every run; a dry run stops there. The retraction guard runs before anything is sent.
+
+    Every write ends ``ok``, ``rejected`` (the target refused its content: quarantined, recorded with the target's
+    message, not sent again until it changes, and it does not hold the watermark back) or ``failed`` (still failing
+    after the retries for a reason that may pass). The task fails when the failed share exceeds
+    ``failure_threshold`` (an Airflow retry may pass), or when the rejected share exceeds ``rejection_threshold``
+    and :data:`MIN_REJECTIONS_TO_FAIL` (a mapping bug: fails at once, and the rejections are recorded as failed so
+    that they are sent again once the mapping is fixed, instead of being quarantined).
     """
     deduped = store.read("deduped", indicator_type, run_id).to_pandas()
     deduped["indicator_type"] = indicator_type
-    state = lifecycle.delivered_state(store, indicator_type, sink.name, exclude_run=run_id)
+    history = lifecycle.delivered(store, indicator_type, sink.name, exclude_run=run_id)
+    state = history.state
     inventory = _read_inventory(store, run_id, indicator_type)
-    planned = lifecycle.plan(deduped, state, sink.payload, sink.name, policy,
+    planned = lifecycle.plan(deduped, history, sink.payload, sink.name, policy,
                              getattr(sink, "volatile_fields", ()), inventory)
     plan_path = store.write_table("plan", indicator_type, run_id, lifecycle.plan_table(planned))
     counts = _log_plan(indicator_type, planned)
@@ -250,30 +274,56 @@ def load(
 
     writes = planned[planned["action"].isin(lifecycle.WRITE_ACTIONS)].reset_index(drop=True)
     outcomes = []
+    columns = ["external_id", "action", "status", "expiration", "last_modified", "reason", "value", "error"]
     with store.writer("loaded", indicator_type, run_id, LOADED_SCHEMA) as writer:
         for offset in range(0, len(writes), chunk_rows):
             chunk = writes.iloc[offset:offset + chunk_rows]
             upserts, retracts = chunk[chunk["action"] != "retract"], chunk[chunk["action"] == "retract"]
-            results = (sink.upsert(upserts) if len(upserts) else []) + (sink.retract(retracts) if len(retracts) else [])
+            results = (sink.upsert(upserts) if len(upserts) else []) + (
+                sink.retract(retracts) if len(retracts) else [])
             frame = _outcomes(chunk, results, sink)
             writer.write(pa.Table.from_pandas(frame, schema=LOADED_SCHEMA, preserve_index=False))
-            outcomes.append(frame[["external_id", "action", "status", "expiration", "last_modified", "reason"]])
-    done = pd.concat(outcomes, ignore_index=True) if outcomes else pd.DataFrame(
-        columns=["external_id", "action", "status", "expiration", "last_modified", "reason"])
-    ok = done[done["status"] == "ok"]
-    failed = int((done["status"] != "ok").sum())
+            outcomes.append(frame[columns])
+    done = pd.concat(outcomes, ignore_index=True) if outcomes else pd.DataFrame(columns=columns)
+    rejected = int((done["status"] == REJECTED).sum())
+    tolerated = max(math.floor(rejection_threshold * len(done)), MIN_REJECTIONS_TO_FAIL)
+    too_many_rejections = rejected > tolerated
+    if too_many_rejections:
+        # Not quarantined: the next run (after the mapping is fixed, or not) must send them again.
+        done.loc[done["status"] == REJECTED, "status"] = FAILED
+        loaded = store.read("loaded", indicator_type, run_id)
+        status = pc.if_else(pc.equal(loaded["status"], REJECTED), FAILED, loaded["status"])
+        store.write_table("loaded", indicator_type, run_id,
+                          loaded.set_column(loaded.schema.get_field_index("status"), "status", status))
+    ok = done[done["status"] == OK]
+    failed = int((done["status"] == FAILED).sum())
     summary.update({
         "sent": len(done),
         "created": int((ok["action"] == "create").sum()),
         "updated": int((ok["action"] == "update").sum()),
         "refreshed": int((ok["action"] == "refresh").sum()),
         "retracted": int((ok["action"] == "retract").sum()),
-        "unchanged": counts["skip"],
+        "unchanged": int((planned["reason"] == "unchanged").sum()),
+        "healed": int(ok["reason"].fillna("").str.startswith("heal").sum()),
+        "rejected_before_sending": counts["reject"],
+        "rejected_by_target": rejected,
+        "quarantined": counts["quarantined"],
         "failed": failed,
         "expiring_7d": lifecycle.expiring(state, ok, policy.interval_end, dt.timedelta(days=7)),
         "loaded_path": store.partition_url("loaded", indicator_type, run_id),
     })
     log.info("load summary: %s", summary)
+    if rejected:
+        sample = done[done["error"].notna() & (done["action"] != "retract")].head(3)
+        log.warning("%s rejected %s %s indicators for their content (quarantined until they change), e.g. %s",
+                    sink.name, rejected, indicator_type, list(zip(sample["value"], sample["error"], strict=True)))
+    if too_many_rejections:
+        raise TooManyRejections(
+            f"{sink.name} rejected {rejected} of {len(done)} {indicator_type} writes for their content, more than "
+            f"the rejection threshold allows ({rejection_threshold:.2%}, at least {MIN_REJECTIONS_TO_FAIL + 1} to "
+            f"fail): this looks like a mapping bug or a changed contract, not bad data. The target's messages are "
+            f"in {summary['loaded_path']} (column error); fix the mapping, or raise rejection_threshold."
+        )
     allowed = math.floor(failure_threshold * len(done))
     if failed > allowed:
         raise LoadFailed(
@@ -293,43 +343,75 @@ def verify(
 ) -> dict[str, Any]:
     """Read back every successful write and compare it with what was sent; fail when anything is missing.
 
-    Retracted indicators must be gone or marked retracted. The new watermark covers this run's window rows: the
-    plan's skips count as delivered (the target already holds them), failed writes hold the mark back.
+    Retracted indicators must be gone or marked retracted. Each write's finding goes to the ``verified`` snapshot
+    (``read back``, ``missing``, ``different`` or ``acknowledged``): a write found missing or different is not
+    delivered, so the next run sends it again. A sink that cannot read back (Sentinel without its management-plane
+    coordinates) is verified by its per-item acknowledgements, said once at WARNING.
+
+    The new watermark covers this run's window rows: the plan's skips and rejections count as done (nothing more
+    to send), failed writes hold the mark back, and a failed verify moves nothing.
     """
     if dry_run:
         return {"indicator_type": indicator_type, "run_id": run_id, "dry_run": True, "expected": 0, "verified": 0,
-                "missing": 0, "different": 0, "watermark": previous_watermark}
+                "missing": 0, "different": 0, "watermark": previous_watermark, "verified_by": None}
     loaded = store.read("loaded", indicator_type, run_id).to_pandas()
-    ok = loaded[loaded["status"] == "ok"]
+    ok = loaded[loaded["status"] == OK]
     records = ok.to_dict("records")
-    actual = sink.fetch([r["external_id"] for r in records])
+    findings: list[tuple[str, str, str, str | None]] = []
     missing, different = [], []
-    for row in records:
-        stored = actual.get(row["external_id"])
-        if row["action"] == "retract":
-            if stored is not None and not _retracted(stored):
-                different.append((row["external_id"], "retracted", False, True))
-            continue
-        if stored is None:
-            missing.append(row["external_id"])
-            continue
-        sent = sink.payload(row)
-        for field in sink.verify_fields:
-            if not _same(sink, field, sent.get(field), stored.get(field)):
-                different.append((row["external_id"], field, sent.get(field), stored.get(field)))
-                break
+    if sink.read_back:
+        verified_by = "read back"
+        actual = sink.fetch([r["external_id"] for r in records])
+        for row in records:
+            finding = _compare(sink, row, actual.get(row["external_id"]))
+            if finding is None:
+                findings.append((row["external_id"], row["action"], "read back", None))
+            elif finding[0] == "missing":
+                missing.append(row["external_id"])
+                findings.append((row["external_id"], row["action"], "missing", finding[1]))
+            else:
+                different.append((row["external_id"], *finding[1:]))
+                findings.append((row["external_id"], row["action"], "different", f"{finding[1]}: sent "
+                                 f"{finding[2]!r}, target holds {finding[3]!r}"[:500]))
+    else:
+        verified_by = "acknowledged"
+        if records:
+            log.warning("%s cannot read objects back with this connection: verify relies on the target's per-item "
+                        "acknowledgements of the %s %s writes (see the README for the coordinates that turn on "
+                        "read-back)", sink.name, len(records), indicator_type)
+        findings = [(r["external_id"], r["action"], "acknowledged", None) for r in records]
+    store.write_table("verified", indicator_type, run_id, pa.table(
+        {name: [f[i] for f in findings] for i, name in enumerate(lifecycle.VERIFIED_SCHEMA.names)},
+        schema=lifecycle.VERIFIED_SCHEMA))
     window_rows = _window_outcomes(store, run_id, indicator_type, loaded)
     new_mark = watermarks.advance(previous_watermark, window_rows)
     summary = {"indicator_type": indicator_type, "run_id": run_id, "expected": len(records),
                "verified": len(records) - len(missing) - len(different), "missing": len(missing),
-               "different": len(different), "watermark": new_mark}
+               "different": len(different), "watermark": new_mark, "verified_by": verified_by}
     log.info("verify summary: %s", summary)
     if missing or different:
         raise VerifyFailed(
             f"{len(missing)} {indicator_type} indicators missing from {sink.name} (e.g. {missing[:3]}) and "
-            f"{len(different)} different (e.g. {different[:2]})"
+            f"{len(different)} different (e.g. {different[:2]}); they are recorded as not delivered in "
+            f"{store.partition_url('verified', indicator_type, run_id)} and the next run sends them again"
         )
     return summary
+
+
+def _compare(sink: Sink, row: dict[str, Any], stored: dict[str, Any] | None) -> tuple[Any, ...] | None:
+    """None when the target holds what this write meant; else ``("missing", why)`` or
+    ``("different", field, sent, held)``."""
+    if row["action"] == "retract":
+        if stored is not None and not _retracted(stored):
+            return ("different", "retracted", False, True)
+        return None
+    if stored is None:
+        return ("missing", "acknowledged, but the target does not hold it")
+    sent = sink.payload(row)
+    for name in sink.verify_fields:
+        if not _same(sink, name, sent.get(name), stored.get(name)):
+            return ("different", name, sent.get(name), stored.get(name))
+    return None
 
 
 def _retracted(stored: dict[str, Any]) -> bool:
@@ -337,15 +419,17 @@ def _retracted(stored: dict[str, Any]) -> bool:
 
 
 def _window_outcomes(store: SnapshotStore, run_id: str, indicator_type: str, loaded: pd.DataFrame) -> pd.DataFrame:
-    """(last_modified, status) of the run's own window rows: written ones with their status, skipped ones ok.
+    """(last_modified, status) of the run's own window rows: written ones with their status, the rest ok.
 
     Refreshes and orphan retractions concern indicators outside the window, so they never move the watermark.
     """
     window_ids = set(store.read("deduped", indicator_type, run_id, columns=["external_id"])["external_id"].to_pylist())
     planned = store.read("plan", indicator_type, run_id, columns=["external_id", "action", "last_modified"]).to_pandas()
     planned = planned[planned["external_id"].isin(window_ids)]
-    status = dict(zip(loaded["external_id"], loaded["status"], strict=False))
-    planned["status"] = [status.get(e, "ok") if a != "skip" else "ok"
+    # A rejection by the target is done with (quarantined, not retried): only failures hold the mark back.
+    status = {e: FAILED if s == FAILED else OK
+              for e, s in zip(loaded["external_id"], loaded["status"], strict=False)}
+    planned["status"] = [status.get(e, OK) if a in lifecycle.WRITE_ACTIONS else OK
                          for e, a in zip(planned["external_id"], planned["action"], strict=True)]
     return planned[["last_modified", "status"]]
 

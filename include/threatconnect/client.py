@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +15,7 @@ import requests
 
 from include.threatconnect.auth import HmacAuth
 from include.threatconnect.parse import parse_page, parse_timestamp, summary_of
+from include.transport.retry_after import parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +68,15 @@ def _query(params: list[tuple[str, str]]) -> str:
 
 
 def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    if not value:
-        return None
+    return parse_retry_after(response.headers.get("Retry-After"))
+
+
+def _lenient_timestamp(value: Any) -> dt.datetime | None:
+    # Informational only: an unreadable date must not cost the deletion it travels with.
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        if parsed is None:
-            return None
-        return max(0.0, (parsed - dt.datetime.now(dt.UTC)).total_seconds())
+        return parse_timestamp(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _error_message(response: requests.Response) -> str:
@@ -314,15 +313,16 @@ class ThreatConnectClient:
     def iter_deleted(self, indicator_type: str, deleted_since: dt.datetime) -> Iterator[dict[str, Any]]:
         """Yield indicators of one type deleted from the owner since ``deleted_since``.
 
-        ThreatConnect keeps deletions only ``indicatorDeleteRetentionTime`` days. Whether a deleted item's
-        ``dateAdded`` is the deletion time is UNCONFIRMED; it is what ``deleted_at`` carries.
+        ThreatConnect keeps deletions only ``indicatorDeleteRetentionTime`` days. A deleted item's ``dateAdded`` is
+        when the indicator was first added, not when it was deleted: it says nothing about the deletion's order
+        relative to later changes, so callers version a deletion by the listing that reported it.
 
         Args:
             indicator_type: ThreatConnect type name.
             deleted_since: Lower bound on the deletion time (aware datetime).
 
         Yields:
-            ``{"indicator_type", "summary", "owner", "deleted_at"}`` dicts (``deleted_at`` an aware datetime).
+            ``{"indicator_type", "summary", "owner", "date_added"}`` dicts (``date_added`` an aware datetime or None).
         """
         if indicator_type not in V2_BRANCHES:
             raise ValueError(f"unsupported indicator type {indicator_type!r}")
@@ -335,7 +335,7 @@ class ThreatConnectClient:
                 "indicator_type": item.get("type") or indicator_type,
                 "summary": summary_of(item, indicator_type),
                 "owner": item.get("ownerName") or self.owner,
-                "deleted_at": parse_timestamp(item.get("dateAdded")),
+                "date_added": _lenient_timestamp(item.get("dateAdded")),
             }
 
     def _deleted_v2(self, indicator_type: str, deleted_since: dt.datetime) -> Iterator[dict[str, Any]]:

@@ -113,10 +113,10 @@ def test_failing_updates_are_retried_by_item_too(stack: GraphStack, sink: GraphS
     assert [w.items for w in stack.graph.writes("updateTiIndicators")] == [4, 1]
 
 
-def test_a_row_graph_cannot_take_fails_alone(stack: GraphStack, sink: GraphSink) -> None:
+def test_a_row_graph_cannot_take_is_rejected_alone(stack: GraphStack, sink: GraphSink) -> None:
     rows = rows_frame([normalized_row("ipv4", 1), normalized_row("ipv4", 2, expiration=None)])
     results = sink.upsert(rows)
-    assert [r.status for r in results] == ["ok", "failed"]
+    assert [r.status for r in results] == ["ok", "rejected"]
     assert "expiration" in (results[1].error or "")
 
 
@@ -218,3 +218,44 @@ def test_a_remembered_id_deleted_out_of_band_is_recreated_not_lost(stack: GraphS
     results = {r.external_id: r for r in sink.upsert(changed)}
     assert all(r.status == "ok" for r in results.values())
     assert sorted(i["externalId"] for i in stack.graph.owned_by(CLIENT)) == sorted(rows["external_id"])
+
+
+def test_a_url_graph_refuses_for_its_content_is_rejected_at_once_and_the_rest_of_the_batch_loads(
+        stack: GraphStack, sink: GraphSink) -> None:
+    long_url = "http://example.com/" + "a" * 2_100
+    rows = rows_frame([normalized_row("url", 1), normalized_row("url", 2, value=long_url), normalized_row("url", 3)])
+    results = sink.upsert(rows)
+    assert [r.status for r in results] == ["ok", "rejected", "ok"]
+    assert "RFC 1738" in (results[1].error or "")
+    assert results[1].attempts == 1  # a refusal of the content is never resent in the same run
+    assert len(stack.graph.writes("submitTiIndicators")) == 1
+    assert sorted(_store_by_external_id(stack)) == sorted([rows["external_id"][0], rows["external_id"][2]])
+
+
+def test_a_per_item_server_error_is_retried_and_then_reported_failed_not_rejected(
+        stack: GraphStack, sink: GraphSink) -> None:
+    rows = ip_rows(3)
+    victim = rows["external_id"][1]
+    stack.graph.fail_items(lambda item: item.get("externalId") == victim, count=None)
+    results = sink.upsert(rows)
+    assert [r.status for r in results] == ["ok", "failed", "ok"]
+    assert results[1].attempts == sink.max_item_attempts
+
+
+def test_a_per_item_bad_request_is_rejected_without_a_retry(stack: GraphStack, sink: GraphSink) -> None:
+    rows = ip_rows(3)
+    victim = rows["external_id"][2]
+    stack.graph.fail_items(lambda item: item.get("externalId") == victim, count=None, code="BadRequest",
+                           message="Invalid value for 'networkIPv4'.")
+    results = sink.upsert(rows)
+    assert [(r.status, r.attempts) for r in results] == [("ok", 1), ("ok", 1), ("rejected", 1)]
+    assert "Invalid value" in (results[2].error or "")
+
+
+def test_a_forbidden_answer_fails_at_once_as_a_permanent_error(stack: GraphStack, sink: GraphSink) -> None:
+    from include.pipeline.errors import PermanentError
+
+    stack.graph.inject(403, count=10)
+    with pytest.raises(PermanentError, match="403"):
+        sink.upsert(ip_rows(2))
+    assert len(stack.graph.requests) <= 2  # no retry loop on a refusal no retry can change

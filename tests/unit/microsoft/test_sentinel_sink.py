@@ -25,6 +25,7 @@ class FakeClient:
 
     reject: Rejector = lambda obj, attempt: []
     fail_with: SentinelError | None = None
+    poison: Callable[[Mapping[str, Any]], bool] = lambda obj: False  # any such object makes the request a 400
     uploads: list[tuple[str, list[dict[str, Any]]]] = field(default_factory=list)
     stored: dict[str, dict[str, Any]] = field(default_factory=dict)
     seen: dict[str, int] = field(default_factory=dict)
@@ -35,6 +36,9 @@ class FakeClient:
         self.requests_sent += 1
         if self.fail_with is not None:
             raise self.fail_with
+        if any(self.poison(obj) for obj in objects):
+            self.uploads.append((sourcesystem, []))
+            raise SentinelError("bad", status=400, body='{"message":"bad format"}')
         self.uploads.append((sourcesystem, [dict(o) for o in objects]))
         errors = []
         for index, obj in enumerate(objects):
@@ -104,13 +108,13 @@ def test_a_record_rejected_once_is_retried_and_succeeds() -> None:
     assert [len(objects) for _, objects in client.uploads] == [5, 1]  # only the rejected record goes again
 
 
-def test_a_record_rejected_twice_is_reported_failed_with_the_message() -> None:
+def test_a_record_rejected_twice_is_reported_rejected_with_the_message() -> None:
     rows = ip_rows(4)
     bad = f"indicator--{rows['external_id'][1]}"
     message = "Error for Property=pattern: The STIX pattern is not valid."
     client = FakeClient(reject=lambda obj, attempt: [message, "second"] if obj["id"] == bad else [])
     results = _sink(client, sourcesystem="src").upsert(rows)
-    assert [r.status for r in results] == ["ok", "failed", "ok", "ok"]
+    assert [r.status for r in results] == ["ok", "rejected", "ok", "ok"]
     assert results[1].error == f"{message}; second"
     assert results[1].attempts == 2
     assert client.seen[bad] == 2
@@ -119,15 +123,27 @@ def test_a_record_rejected_twice_is_reported_failed_with_the_message() -> None:
 def test_max_item_attempts_of_one_means_no_retry() -> None:
     client = FakeClient(reject=lambda obj, attempt: ["no"])
     results = _sink(client, sourcesystem="src", max_item_attempts=1).upsert(ip_rows(2))
-    assert [r.status for r in results] == ["failed", "failed"]
+    assert [r.status for r in results] == ["rejected", "rejected"]
     assert len(client.uploads) == 1
 
 
-def test_a_400_fails_the_batch_rows_without_stopping_the_load() -> None:
+def test_a_400_for_every_request_rejects_each_row_alone_without_stopping_the_load() -> None:
     client = FakeClient(fail_with=SentinelError("bad", status=400, body='{"message":"bad format"}'))
     results = _sink(client, sourcesystem="src").upsert(ip_rows(2))
-    assert [r.status for r in results] == ["failed", "failed"]
+    assert [r.status for r in results] == ["rejected", "rejected"]
     assert "bad format" in (results[0].error or "")
+    assert client.requests_sent == 3  # the pair, then each alone
+
+
+def test_one_object_that_makes_sentinel_refuse_a_whole_request_is_isolated_by_halving_the_batch() -> None:
+    rows = ip_rows(64)
+    bad = f"indicator--{rows['external_id'][37]}"
+    client = FakeClient(poison=lambda obj: obj["id"] == bad)
+    results = _sink(client, sourcesystem="src").upsert(rows)
+    assert [r.external_id for r in results if r.status != "ok"] == [rows["external_id"][37]]
+    assert results[37].status == "rejected" and "bad format" in (results[37].error or "")
+    assert len(client.stored) == 63
+    assert client.requests_sent == 1 + 2 * 6  # log2(64) halvings, two requests each
 
 
 @pytest.mark.parametrize("status", [None, 401, 404, 429, 503])
@@ -227,11 +243,11 @@ def test_retract_payload_is_exactly_what_retract_sends() -> None:
     assert client.uploads[0][1] == [sink.retract_payload(r) for r in rows.to_dict("records")]
 
 
-def test_a_row_the_builder_refuses_fails_alone_and_is_never_sent() -> None:
+def test_a_row_the_builder_refuses_is_rejected_alone_and_never_sent() -> None:
     client = FakeClient()
     rows = rows_frame([normalized_row("ipv4", 1), normalized_row("ipv4", 2, kind="asn"), normalized_row("ipv4", 3)])
     results = _sink(client, sourcesystem="src").upsert(rows)
-    assert [r.status for r in results] == ["ok", "failed", "ok"]
+    assert [r.status for r in results] == ["ok", "rejected", "ok"]
     assert results[1].attempts == 0
     assert "no STIX pattern" in (results[1].error or "")
     assert [len(objects) for _, objects in client.uploads] == [2]

@@ -274,7 +274,7 @@ def test_deleted_listings_yield_type_summary_owner_and_time(version: str) -> Non
     client, _ = _client(session, api_version=version)
     assert list(client.iter_deleted("Host", FROM)) == [{
         "indicator_type": "Host", "summary": "gone.example", "owner": "Example Organization",
-        "deleted_at": dt.datetime(2024, 1, 1, 5, tzinfo=dt.UTC),
+        "date_added": dt.datetime(2024, 1, 1, 5, tzinfo=dt.UTC),
     }]
     path = urlsplit(session.urls[0]).path
     assert path == ("/api/v2/indicators/hosts/deleted" if version == "v2" else "/api/v3/indicators/deleted")

@@ -1,0 +1,1 @@
+"""HTTP plumbing shared by every client: what a server asks us to wait, and what kind of failure it was."""
