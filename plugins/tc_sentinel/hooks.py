@@ -12,6 +12,7 @@ from include.microsoft.auth import ARM_SCOPE, GRAPH_SCOPE, MICROSOFT_AUTHORITY_H
 from include.microsoft.ratelimit import SharedRateLimiter, limiter_path
 from include.microsoft.sink import Sink
 from include.threatconnect.client import ThreatConnectClient
+from tc_sentinel import redaction
 
 
 def base_url(connection: Any, default: str | None = None) -> str:
@@ -58,6 +59,7 @@ class ThreatConnectHook(BaseHook):
         self.threatconnect_conn_id = threatconnect_conn_id
 
     def get_conn(self) -> ThreatConnectClient:
+        redaction.install()  # before the Connection's secrets reach the process (see redaction.py)
         connection = self.get_connection(self.threatconnect_conn_id)
         extra = _require(connection, "owner")
         version = str(extra.get("api_version", "v3")).lower()
@@ -89,6 +91,7 @@ class MsGraphHook(BaseHook):
     def get_conn(self) -> Any:
         from include.microsoft.graph import GraphClient
 
+        redaction.install()  # before the Connection's secrets reach the process (see redaction.py)
         connection = self.get_connection(self.msgraph_conn_id)
         extra = _require(connection, "tenant_id")
         tokens = TokenProvider(
@@ -124,6 +127,7 @@ class SentinelHook(BaseHook):
     def get_sink(self, owner: str) -> Sink:
         from include.microsoft import sentinel
 
+        redaction.install()  # before the Connection's secrets reach the process (see redaction.py)
         connection = self.get_connection(self.sentinel_conn_id)
         extra = _require(connection, "tenant_id", "workspace_id")
         return sentinel.sink_from_settings(

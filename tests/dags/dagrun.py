@@ -196,13 +196,15 @@ class Pipeline:
 
     @classmethod
     def start(cls, workdir: Path, sink: str, indicators: list[dict[str, Any]], database: Path,
-              types: Sequence[str] = TYPES, **stack_options: Any) -> Pipeline:
-        """Start the simulators and an Airflow home (a copy of the migrated ``database``) for ``sink``."""
+              types: Sequence[str] = TYPES, env: Mapping[str, str] | None = None,
+              **stack_options: Any) -> Pipeline:
+        """Start the simulators and an Airflow home (a copy of the migrated ``database``) for ``sink``; ``env``
+        adds environment variables to every Airflow command of this home (e.g. a log level)."""
         stack = start_stack(workdir, indicators, **stack_options)
         home = workdir / "airflow-home"
         home.mkdir(parents=True)
         shutil.copy(database, home / "airflow.db")
-        airflow = AirflowEnv(home, extra=stack.env(str(workdir / "data"), sink, list(types)))
+        airflow = AirflowEnv(home, extra={**stack.env(str(workdir / "data"), sink, list(types)), **(env or {})})
         return cls(workdir, sink, stack, airflow)
 
     @property
