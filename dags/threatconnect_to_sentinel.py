@@ -2,8 +2,11 @@
 ### ThreatConnect → Microsoft Sentinel
 
 Moves ThreatConnect indicators into Microsoft Sentinel, one mapped task instance per indicator type:
-**extract → normalize → dedupe → load → verify**, then the watermarks are committed and a summary is printed.
+**preflight → extract → normalize → dedupe → load → verify**, then the watermarks are committed and a summary is
+printed.
 
+* **preflight** checks every Connection the run needs (fields, hosts, a signed ThreatConnect request, a token for
+  the target) and fails with one message naming the Connection before anything is extracted or sent.
 * **extract** reads the type's indicators modified in the run's window from the ThreatConnect REST API (v2 or v3,
   HMAC-signed) into the `raw` Parquet snapshot, page by page.
 * **normalize** canonicalises and validates values (`include/mappings/*.yaml` says how each type maps) into
@@ -13,8 +16,15 @@ Moves ThreatConnect indicators into Microsoft Sentinel, one mapped task instance
   ThreatConnect retired, skip what is unchanged; the plan goes to the `plan` snapshot), refuses a mass retraction,
   then writes only the plan's changes to the target chosen by `tc_sentinel_sink` (Graph `tiIndicators` or
   Sentinel's STIX objects upload API), keyed on a deterministic external id, recording every write in `loaded`.
-  With the param `dry_run` it stops after the plan.
-* **verify** reads every write back and fails the run when anything is missing or different.
+  With the param `dry_run` it stops after the plan. Items the target refuses for their content are quarantined
+  (recorded with the target's message, not sent again until they change); only more than `rejection_threshold`
+  of a type's writes fails the run.
+* **verify** reads every write back (or, for Sentinel without management-plane coordinates, relies on the upload's
+  acknowledgements) and fails the run when anything is missing or different; what it finds missing is recorded as
+  not delivered, so the next run sends it again.
+
+Errors no retry can fix (credentials, permissions, configuration, the mass-retraction guard, a mapping the target
+refuses wholesale) fail the task at once; transient ones are retried.
 
 Each run covers its data interval; a live run also resumes from the last committed watermark of each type so a
 failed or skipped run leaves no gap, while a backfill reads exactly its interval and never moves the live watermark.
@@ -25,9 +35,11 @@ same name without the prefix). See the README.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from airflow.sdk import CronDataIntervalTimetable, Param, TriggerRule, Variable, dag, get_current_context, task
@@ -35,6 +47,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from include.pipeline import config, summary, watermarks
 from include.pipeline import stages as st
+from include.pipeline.errors import PermanentError
 from include.pipeline.mappings import SUPPORTED_TYPES
 from include.pipeline.snapshots import SnapshotStore
 
@@ -45,6 +58,32 @@ POOL = "tc_sentinel_load"
 WATERMARK_KEY = "watermarks"
 # Deployment knob read at parse time (no I/O): how long a failed task waits before its retry.
 RETRY_DELAY = dt.timedelta(seconds=int(os.environ.get("TC_SENTINEL_RETRY_DELAY_SECONDS", "120")))
+
+
+def _hours(name: str, default: float) -> dt.timedelta:
+    return dt.timedelta(hours=float(os.environ.get(name, default)))
+
+
+# Sized from the budgets: a type of 1,000,000 indicators is 10,000 writes, 105 minutes at Sentinel's 95 requests a
+# minute (Graph: 11 minutes at 950), plus the lookups; the whole run must end well inside its day.
+EXTRACT_TIMEOUT = _hours("TC_SENTINEL_EXTRACT_TIMEOUT_HOURS", 2)
+TRANSFORM_TIMEOUT = _hours("TC_SENTINEL_TRANSFORM_TIMEOUT_HOURS", 1)
+LOAD_TIMEOUT = _hours("TC_SENTINEL_LOAD_TIMEOUT_HOURS", 4)
+VERIFY_TIMEOUT = _hours("TC_SENTINEL_VERIFY_TIMEOUT_HOURS", 2)
+CHECK_TIMEOUT = dt.timedelta(minutes=15)
+DAGRUN_TIMEOUT = _hours("TC_SENTINEL_DAGRUN_TIMEOUT_HOURS", 20)
+
+
+@contextlib.contextmanager
+def _fail_fast() -> Iterator[None]:
+    """Turn an error no retry can fix into ``AirflowFailException``: the task fails now, with the message."""
+    from tc_sentinel import redaction
+
+    redaction.install()  # before any Variable or Connection is read (Airflow logs them at DEBUG)
+    try:
+        yield
+    except PermanentError as exc:
+        raise AirflowFailException(str(exc)) from exc
 
 
 def _label(job: dict[str, Any]) -> None:
@@ -72,13 +111,24 @@ def _previous_watermarks(context: Any) -> dict[str, str]:
     max_active_runs=1,
     doc_md=__doc__,
     tags=["threat-intel", "threatconnect", "sentinel"],
-    default_args={"retries": 2, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": True},
+    dagrun_timeout=DAGRUN_TIMEOUT,
+    default_args={"retries": 2, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": True,
+                  "execution_timeout": TRANSFORM_TIMEOUT},
     params={
         "data_root": Param(None, type=["null", "string"], description="snapshot root: a path or an fsspec URL"),
         "sink": Param(None, type=["null", "string"], enum=[None, *config.SINKS], description="graph or sentinel"),
         "indicator_types": Param(None, type=["null", "array"], description="ThreatConnect types to move"),
         "failure_threshold": Param(None, type=["null", "number"], minimum=0, maximum=1,
                                    description="share of indicators that may fail to load before the task fails"),
+        "rejection_threshold": Param(None, type=["null", "number"], minimum=0, maximum=1,
+                                     description="share of a type's writes the target may refuse for their content "
+                                                 "(quarantined) before the run fails; default 0.01"),
+        "retraction_guard": Param(None, type=["null", "number"], minimum=0, maximum=1,
+                                  description="largest share of the delivered live set one run may retract"),
+        "reconcile_every_days": Param(None, type=["null", "integer"], minimum=0,
+                                      description="list the full active set every N days (0: never)"),
+        "refresh_within_days": Param(None, type=["null", "integer"], minimum=0,
+                                     description="re-send live indicators expiring within N days"),
         "dry_run": Param(None, type=["null", "boolean"], description="plan only: write the plan, send nothing"),
         "allow_mass_retraction": Param(None, type=["null", "boolean"],
                                        description="let this run retract more than the guard allows"),
@@ -88,11 +138,27 @@ def _previous_watermarks(context: Any) -> dict[str, str]:
     render_template_as_native_obj=True,
 )
 def threatconnect_to_sentinel() -> None:
-    @task(multiple_outputs=False)
+    @task(multiple_outputs=False, execution_timeout=CHECK_TIMEOUT)
+    def preflight() -> dict[str, Any]:
+        """Check the configuration and every Connection the run needs before anything is extracted or sent."""
+        from tc_sentinel import preflight as checks
+
+        context = get_current_context()
+        with _fail_fast():
+            cfg = config.resolve(context["params"], lambda key: Variable.get(key, default=None), SUPPORTED_TYPES)
+            result = checks.report(checks.check_all(cfg.sink))
+        if result["error"]:
+            if result["transient"]:
+                raise RuntimeError(result["error"])  # an outage: Airflow's retry may pass
+            raise AirflowFailException(result["error"])
+        return result["checks"]
+
+    @task(multiple_outputs=False, execution_timeout=CHECK_TIMEOUT)
     def plan_run() -> list[dict[str, Any]]:
         """Resolve the configuration and each type's extraction window (one job per type)."""
         context = get_current_context()
-        cfg = config.resolve(context["params"], lambda key: Variable.get(key, default=None), SUPPORTED_TYPES)
+        with _fail_fast():
+            cfg = config.resolve(context["params"], lambda key: Variable.get(key, default=None), SUPPORTED_TYPES)
         live = context["dag_run"].run_type != "backfill"
         previous = _previous_watermarks(context) if live else {}
         start, end = context["data_interval_start"], context["data_interval_end"]
@@ -107,7 +173,7 @@ def threatconnect_to_sentinel() -> None:
         log.info("run plan: %s", [(j["indicator_type"], j["window"]) for j in jobs])
         return jobs
 
-    @task(map_index_template="{{ type_label }}", multiple_outputs=False)
+    @task(map_index_template="{{ type_label }}", multiple_outputs=False, execution_timeout=EXTRACT_TIMEOUT)
     def extract(job: dict[str, Any]) -> dict[str, Any]:
         from include.pipeline.mappings import load_mapping
         from include.pipeline.normalize import normalize as normalize_batch
@@ -116,11 +182,12 @@ def threatconnect_to_sentinel() -> None:
         _label(job)
         window = watermarks.Window(watermarks.parse_iso(job["window"]["start"]),
                                    watermarks.parse_iso(job["window"]["end"]), job["window"]["reason"])
-        client = ThreatConnectHook().get_conn()
-        mapping = load_mapping(job["indicator_type"])
-        job["owner"] = client.owner
-        job["extract"] = st.extract(client, _store(job), job["run_id"], job["indicator_type"], window,
-                                    lambda batch: normalize_batch(batch, mapping), reconcile=job["reconcile"])
+        with _fail_fast():
+            client = ThreatConnectHook().get_conn()
+            mapping = load_mapping(job["indicator_type"])
+            job["owner"] = client.owner
+            job["extract"] = st.extract(client, _store(job), job["run_id"], job["indicator_type"], window,
+                                        lambda batch: normalize_batch(batch, mapping), reconcile=job["reconcile"])
         return job
 
     @task(map_index_template="{{ type_label }}", multiple_outputs=False)
@@ -129,9 +196,10 @@ def threatconnect_to_sentinel() -> None:
         from include.pipeline.normalize import normalize as normalize_batch
 
         _label(job)
-        mapping = load_mapping(job["indicator_type"])
-        job["normalize"] = st.normalize(_store(job), job["run_id"], job["indicator_type"],
-                                        lambda batch: normalize_batch(batch, mapping))
+        with _fail_fast():
+            mapping = load_mapping(job["indicator_type"])
+            job["normalize"] = st.normalize(_store(job), job["run_id"], job["indicator_type"],
+                                            lambda batch: normalize_batch(batch, mapping))
         return job
 
     @task(map_index_template="{{ type_label }}", multiple_outputs=False)
@@ -142,7 +210,7 @@ def threatconnect_to_sentinel() -> None:
         job["dedupe"] = st.dedupe(_store(job), job["run_id"], job["indicator_type"], winners)
         return job
 
-    @task(map_index_template="{{ type_label }}", pool=POOL, multiple_outputs=False)
+    @task(map_index_template="{{ type_label }}", pool=POOL, multiple_outputs=False, execution_timeout=LOAD_TIMEOUT)
     def load(job: dict[str, Any]) -> dict[str, Any]:
         from include.pipeline.lifecycle import Policy
         from include.pipeline.mappings import load_mapping
@@ -159,28 +227,31 @@ def threatconnect_to_sentinel() -> None:
             retraction_guard=cfg["retraction_guard"],
             allow_mass_retraction=cfg["allow_mass_retraction"],
         )
-        target = sink(cfg["sink"], job["owner"])
-        job["load"] = st.load(target, _store(job), job["run_id"], job["indicator_type"], policy,
-                              failure_threshold=cfg["failure_threshold"], dry_run=cfg["dry_run"])
+        with _fail_fast():
+            target = sink(cfg["sink"], job["owner"])
+            job["load"] = st.load(target, _store(job), job["run_id"], job["indicator_type"], policy,
+                                  failure_threshold=cfg["failure_threshold"], dry_run=cfg["dry_run"],
+                                  rejection_threshold=cfg["rejection_threshold"])
         return job
 
-    @task(map_index_template="{{ type_label }}", multiple_outputs=False)
+    @task(map_index_template="{{ type_label }}", multiple_outputs=False, execution_timeout=VERIFY_TIMEOUT)
     def verify(job: dict[str, Any]) -> dict[str, Any]:
         from tc_sentinel.hooks import sink
 
         _label(job)
-        target = sink(job["config"]["sink"], job["owner"])
-        job["verify"] = st.verify(target, _store(job), job["run_id"], job["indicator_type"],
-                                  job["previous_watermark"], dry_run=job["config"]["dry_run"])
+        with _fail_fast():
+            target = sink(job["config"]["sink"], job["owner"])
+            job["verify"] = st.verify(target, _store(job), job["run_id"], job["indicator_type"],
+                                      job["previous_watermark"], dry_run=job["config"]["dry_run"])
         return job
 
     @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
-    def commit_watermarks(jobs: list[dict[str, Any]]) -> dict[str, str]:
-        """Advance each verified type's watermark; carry the others forward unchanged."""
+    def commit_watermarks(jobs: list[dict[str, Any]], planned: list[dict[str, Any]]) -> dict[str, str]:
+        """Advance each verified type's watermark; hold the others where this run started reading."""
         context = get_current_context()
         live = context["dag_run"].run_type != "backfill"
         previous = _previous_watermarks(context) if live else {}
-        marks = dict(previous)
+        marks = watermarks.hold(previous, {p["indicator_type"]: p["window"]["start"] for p in planned})
         for job in jobs:
             if job and job.get("verify", {}).get("watermark"):
                 marks[job["indicator_type"]] = job["verify"]["watermark"]
@@ -198,9 +269,11 @@ def threatconnect_to_sentinel() -> None:
             raise AirflowFailException(f"indicator types that did not complete: {result['failed_types']}")
         return result
 
+    checked = preflight()
     jobs = plan_run()
+    checked >> jobs
     verified = verify.expand(job=load.expand(job=dedupe.expand(job=normalize.expand(job=extract.expand(job=jobs)))))
-    marks = commit_watermarks(verified)
+    marks = commit_watermarks(verified, jobs)
     outcome = report(verified, jobs)
     marks >> outcome
 

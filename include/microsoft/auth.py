@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import msal
 import requests
+
+from include.pipeline.errors import PermanentError
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +24,16 @@ _MICROSOFT_LOGIN_HOSTS = {
 
 
 class TokenError(RuntimeError):
-    """The identity platform refused to issue a token (bad secret, unknown tenant, wrong scope...)."""
+    """The identity platform did not issue a token."""
+
+
+class TokenRefused(TokenError, PermanentError):
+    """The identity platform refused the request (bad secret, unknown client or tenant, wrong scope): no retry
+    fixes it; the message carries Entra's ``AADSTS`` code."""
+
+
+#: OAuth error codes that may pass on a later try; every other refusal is the caller's configuration.
+TRANSIENT_TOKEN_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
 
 
 def is_microsoft_authority(authority_host: str) -> bool:
@@ -44,7 +56,10 @@ class TokenProvider:
         scope: str,
         authority_host: str = MICROSOFT_AUTHORITY_HOST,
         http_client: requests.Session | None = None,
+        on_new_token: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_new_token`` is told every token the identity platform issues (the hooks register it with
+        Airflow's secrets masker, so no log line can show it)."""
         if not tenant_id or not client_id or not client_secret:
             raise ValueError("tenant_id, client_id and client_secret are all required")
         self._scope = scope
@@ -52,6 +67,7 @@ class TokenProvider:
         self._client_id = client_id
         self._client_secret = client_secret
         self._http_client = http_client
+        self._on_new_token = on_new_token
         self._app: msal.ConfidentialClientApplication | None = None
         self._lock = threading.Lock()
 
@@ -86,11 +102,14 @@ class TokenProvider:
         with self._lock:
             result = self._application().acquire_token_for_client(scopes=[self._scope])
         if "access_token" not in result:
-            raise TokenError(
-                f"token request for {self._scope} failed: {result.get('error')}: "
+            error = TokenError if result.get("error") in TRANSIENT_TOKEN_ERRORS else TokenRefused
+            raise error(
+                f"token request for {self._scope} (client {self._client_id}) failed: {result.get('error')}: "
                 f"{(result.get('error_description') or '').splitlines()[0] if result.get('error_description') else ''}"
             )
         if result.get("token_source") == "identity_provider":
+            if self._on_new_token is not None:
+                self._on_new_token(result["access_token"])
             log.info("acquired a new token for %s (client %s)", self._scope, self._client_id)
         return result["access_token"]
 

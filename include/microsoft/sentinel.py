@@ -602,6 +602,7 @@ def sink_from_settings(
     limiter_root: Path,
     scope: str,
     requests_per_minute: int = 95,
+    on_new_token: Callable[[str], None] | None = None,
 ) -> SentinelSink:
     """Build the Sentinel sink from connection settings (what the Airflow hook reads), with the shared limiter.
 
@@ -612,7 +613,7 @@ def sink_from_settings(
 
     tokens = TokenProvider(
         str(extra["tenant_id"]), client_id, client_secret, scope,
-        authority_host=str(extra.get("authority_host") or MICROSOFT_AUTHORITY_HOST),
+        authority_host=str(extra.get("authority_host") or MICROSOFT_AUTHORITY_HOST), on_new_token=on_new_token,
     )
     management = None
     if all(extra.get(k) for k in ("subscription_id", "resource_group", "workspace_name")):

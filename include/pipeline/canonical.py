@@ -200,6 +200,9 @@ _host_in_value = functools.lru_cache(maxsize=1 << 16)(canonical_host)
 # --- url --------------------------------------------------------------------------------------------------------
 
 _DEFAULT_PORTS = {"http": "80", "https": "443", "ftp": "21"}
+#: The longest URL Microsoft states it supports (KB 208427); Graph refuses longer ones per item ("must comply with
+#: RFC 1738"), so they are rejected here, with the reason, instead of being sent and refused.
+URL_MAX = 2083
 _URL_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)", re.DOTALL)  # scheme, authority, the rest
 _SPACE_OR_CONTROL = re.compile(r"[\x00-\x20\x7f-\x9f]|\s")
 # RFC 3986 unreserved + reserved + '%' may appear literally; anything else (non-ASCII, "<>\^`{|} ) is encoded.
@@ -285,7 +288,11 @@ def canonical_url(raw: str) -> Result:
 
     if not tail.startswith("/"):
         tail = "/" + tail  # "http://a.example?q" is "http://a.example/?q"
-    return f"{scheme}://{userinfo}{host}{port}{_encode_part(tail)}", "url"
+    url = f"{scheme}://{userinfo}{host}{port}{_encode_part(tail)}"
+    if len(url) > URL_MAX:
+        return None, (f"invalid url: {len(url):,} characters, more than the {URL_MAX:,} Microsoft's targets "
+                      "support (KB 208427)")
+    return url, "url"
 
 
 # --- email ------------------------------------------------------------------------------------------------------

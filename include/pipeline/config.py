@@ -7,13 +7,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from include.pipeline.errors import PermanentError
+
 DEFAULT_INDICATOR_TYPES = ("Address", "Host", "URL", "EmailAddress", "File")
 SINKS = ("graph", "sentinel")
 VARIABLE_PREFIX = "tc_sentinel_"
 DEFAULT_DATA_ROOT = "/opt/airflow/data/tc-sentinel"
 
 
-class ConfigError(ValueError):
+class ConfigError(ValueError, PermanentError):
     """A setting has a value the pipeline cannot run with."""
 
 
@@ -25,6 +27,7 @@ class RunConfig:
     sink: str
     indicator_types: tuple[str, ...]
     failure_threshold: float = 0.0
+    rejection_threshold: float = 0.01  # share of a type's writes the target may refuse before the run fails
     dry_run: bool = False
     allow_mass_retraction: bool = False
     retraction_guard: float = 0.2
@@ -71,6 +74,16 @@ def _as_fraction(name: str, value: Any) -> float:
     return number
 
 
+def _as_days(name: str, value: Any) -> int:
+    try:
+        days = int(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} must be a whole number of days, got {value!r}") from exc
+    if days < 0:
+        raise ConfigError(f"{name} must be >= 0, got {days} (0 switches it off)")
+    return days
+
+
 def reconcile_due(cfg: RunConfig, interval_end_ordinal: int, live: bool) -> bool:
     """Whether this run lists the full active set: on request, or every ``reconcile_every_days`` by the calendar.
 
@@ -108,18 +121,17 @@ def resolve(
     unknown = [t for t in types if t not in supported_types]
     if unknown:
         raise ConfigError(f"no mapping for indicator types {unknown}; supported: {list(supported_types)}")
-    reconcile = int(pick("reconcile_every_days", 7))
-    if reconcile < 0:
-        raise ConfigError("reconcile_every_days must be >= 0 (0 switches reconciliation off)")
+    reconcile = _as_days("reconcile_every_days", pick("reconcile_every_days", 7))
     return RunConfig(
         data_root=str(pick("data_root", DEFAULT_DATA_ROOT)),
         sink=sink,
         indicator_types=types,
         failure_threshold=_as_fraction("failure_threshold", pick("failure_threshold", 0.0)),
+        rejection_threshold=_as_fraction("rejection_threshold", pick("rejection_threshold", 0.01)),
         dry_run=_as_bool("dry_run", pick("dry_run", False)),
         allow_mass_retraction=_as_bool("allow_mass_retraction", pick("allow_mass_retraction", False)),
         retraction_guard=_as_fraction("retraction_guard", pick("retraction_guard", 0.2)),
         reconcile_every_days=reconcile,
         reconcile=_as_bool("reconcile", pick("reconcile", False)),
-        refresh_within_days=int(pick("refresh_within_days", 3)),
+        refresh_within_days=_as_days("refresh_within_days", pick("refresh_within_days", 3)),
     )

@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from include.pipeline.errors import PermanentError
+
 #: Where the shipped mapping files live: one ``<type in lowercase>.yaml`` per ThreatConnect type.
 DEFAULT_DIRECTORY = Path(__file__).resolve().parent.parent / "mappings"
 
@@ -76,7 +78,7 @@ DESCRIPTION_FIELDS = frozenset(
 DESCRIPTION_MAX = 100
 
 
-class MappingError(ValueError):
+class MappingError(ValueError, PermanentError):
     """A mapping file is missing, unreadable or breaks a rule; the message names the file and the key."""
 
 

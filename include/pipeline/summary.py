@@ -5,41 +5,64 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-COLUMNS = ("extracted", "rejected", "deduplicated", "created", "updated", "retracted", "unchanged", "failed",
-           "verified", "expiring_7d")
+#: (column, header) in table order. ``rejected`` counts values the pipeline refused (normalize, or the target's
+#: documented limits before sending); ``tgt_rejected`` the items the target refused this run (quarantined),
+#: ``quarantined`` the earlier refusals left unsent because their content did not change.
+COLUMNS = ("extracted", "rejected", "deduplicated", "created", "updated", "retracted", "unchanged", "tgt_rejected",
+           "quarantined", "healed", "failed", "verified", "expiring_7d")
+
+
+def _sum(*values: Any) -> int | None:
+    present = [v for v in values if v is not None]
+    return sum(present) if present else None
 
 
 def summarize(jobs: Sequence[dict[str, Any]], planned_types: Sequence[str]) -> dict[str, Any]:
     """Collect the counts each stage left in the job dicts; types without a verify result count as failed."""
     rows = {}
     for job in jobs:
+        load = job.get("load", {})
+        verify = job.get("verify", {})
         rows[job["indicator_type"]] = {
             "extracted": job.get("extract", {}).get("extracted"),
-            "rejected": job.get("normalize", {}).get("rejected"),
+            "rejected": _sum(job.get("normalize", {}).get("rejected"), load.get("rejected_before_sending")),
             "deduplicated": job.get("dedupe", {}).get("deduplicated"),
-            "created": job.get("load", {}).get("created"),
-            "updated": (job.get("load", {}).get("updated") or 0) + (job.get("load", {}).get("refreshed") or 0)
-            if "updated" in job.get("load", {}) else None,
-            "retracted": job.get("load", {}).get("retracted"),
-            "unchanged": job.get("load", {}).get("unchanged"),
-            "failed": job.get("load", {}).get("failed"),
-            "expiring_7d": job.get("load", {}).get("expiring_7d"),
-            "verified": job.get("verify", {}).get("verified"),
-            "watermark": job.get("verify", {}).get("watermark"),
+            "created": load.get("created"),
+            "updated": (load.get("updated") or 0) + (load.get("refreshed") or 0) if "updated" in load else None,
+            "retracted": load.get("retracted"),
+            "unchanged": load.get("unchanged"),
+            "tgt_rejected": load.get("rejected_by_target"),
+            "quarantined": load.get("quarantined"),
+            "healed": load.get("healed"),
+            "failed": load.get("failed"),
+            "expiring_7d": load.get("expiring_7d"),
+            "verified": verify.get("verified"),
+            "verified_by": verify.get("verified_by"),
+            "watermark": verify.get("watermark"),
         }
     failed = [t for t in planned_types if t not in rows or rows[t]["verified"] is None]
     for indicator_type in planned_types:
-        rows.setdefault(indicator_type, dict.fromkeys((*COLUMNS, "watermark")))
+        rows.setdefault(indicator_type, dict.fromkeys((*COLUMNS, "verified_by", "watermark")))
     return {"types": rows, "failed_types": failed}
 
 
 def render(result: dict[str, Any]) -> str:
-    """A fixed-width table of the summary."""
+    """A fixed-width table of the summary; ``verified`` says ``(ack)`` where only acknowledgements were checked."""
     header = f"{'type':<14}" + "".join(f"{c:>13}" for c in COLUMNS) + "  watermark"
     lines = [header, "-" * len(header)]
     for indicator_type, row in result["types"].items():
-        cells = "".join(f"{'-' if row[c] is None else row[c]:>13}" for c in COLUMNS)
-        lines.append(f"{indicator_type:<14}{cells}  {row.get('watermark') or '-'}")
+        cells = []
+        for column in COLUMNS:
+            value = "-" if row.get(column) is None else str(row[column])
+            if column == "verified" and row.get("verified_by") == "acknowledged" and row.get(column) is not None:
+                value += " (ack)"
+            cells.append(f"{value:>13}")
+        lines.append(f"{indicator_type:<14}{''.join(cells)}  {row.get('watermark') or '-'}")
+    if any(row.get("verified_by") == "acknowledged" for row in result["types"].values()):
+        lines.append("verified (ack): acknowledged by the target, not read back (no management-plane coordinates)")
+    if any(row.get("tgt_rejected") for row in result["types"].values()):
+        lines.append("tgt_rejected: refused by the target for their content; quarantined until they change in "
+                     "ThreatConnect (the loaded snapshot has the target's message, status 'rejected')")
     if result["failed_types"]:
         lines.append(f"FAILED: {', '.join(result['failed_types'])}")
     return "\n".join(lines)

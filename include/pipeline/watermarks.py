@@ -88,3 +88,16 @@ def advance(previous: str | None, loaded: pd.DataFrame) -> str | None:
     if previous is not None and parse_iso(previous) > latest:
         return previous
     return iso(latest)
+
+
+def hold(previous: Mapping[str, str], window_starts: Mapping[str, str]) -> dict[str, str]:
+    """The marks of a run before any type's verify counts: unverified types stay where this run began reading.
+
+    A type with a mark keeps it. A type without one (its first run failed) gets the start of the window this run
+    read, so the next run reads that window again instead of only its own interval: a failed first run must
+    not leave a gap either.
+    """
+    marks = dict(previous)
+    for indicator_type, start in window_starts.items():
+        marks.setdefault(indicator_type, start)
+    return marks

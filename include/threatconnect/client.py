@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import requests
 
+from include.pipeline.errors import PermanentError
 from include.threatconnect.auth import HmacAuth
 from include.threatconnect.parse import parse_page, parse_timestamp, summary_of
 from include.transport.retry_after import parse_retry_after
@@ -43,7 +44,7 @@ class ThreatConnectError(RuntimeError):
         self.status = status
 
 
-class ThreatConnectAuthError(ThreatConnectError):
+class ThreatConnectAuthError(ThreatConnectError, PermanentError):
     """401/403: bad access id or signature, clock skew, or no access to the owner."""
 
 
@@ -229,6 +230,21 @@ class ThreatConnectClient:
                 batch = batch.filter(keep)
             if batch.num_rows:
                 yield batch
+
+    def ping(self) -> None:
+        """One cheap signed request (a one-row listing of the owner's indicators): proves the host, the
+        credentials, the clock skew the signature tolerates and the access to the owner.
+
+        Raises:
+            ThreatConnectAuthError: the server refused the credentials or the owner.
+            ThreatConnectError: any other refusal, or the server stayed unreachable.
+        """
+        if self.api_version == "v2":
+            params = [("owner", self.owner), ("resultStart", "0"), ("resultLimit", "1")]
+            self._get(f"{self.base_url}/v2/indicators?{_query(params)}")
+        else:
+            params = [("owner", self.owner), ("resultStart", "0"), ("resultLimit", "1")]
+            self._get(f"{self.base_url}/v3/indicators?{_query(params)}")
 
     def _iter_v2(self, indicator_type: str, modified_from: dt.datetime) -> Iterator[pa.RecordBatch]:
         branch, entity = V2_BRANCHES[indicator_type]

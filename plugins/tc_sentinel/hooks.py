@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,16 @@ def _require(connection: Any, *names: str) -> dict[str, Any]:
     if not connection.login or not connection.password:
         raise ValueError(f"connection {connection.conn_id!r} needs login (id) and password (secret)")
     return extra
+
+
+def _mask(token: str) -> None:
+    """Register an issued bearer token with Airflow's secrets masker: no log line of this task can show it."""
+    from airflow.sdk.log import mask_secret
+
+    try:
+        mask_secret(token)
+    except Exception:  # outside a task process there is no masker to tell; never cost a load for it
+        logging.getLogger(__name__).debug("could not register a token with the secrets masker", exc_info=False)
 
 
 def limiter_dir() -> Path:
@@ -96,7 +107,7 @@ class MsGraphHook(BaseHook):
         extra = _require(connection, "tenant_id")
         tokens = TokenProvider(
             extra["tenant_id"], connection.login, connection.password, GRAPH_SCOPE,
-            authority_host=extra.get("authority_host") or MICROSOFT_AUTHORITY_HOST,
+            authority_host=extra.get("authority_host") or MICROSOFT_AUTHORITY_HOST, on_new_token=_mask,
         )
         limiter = SharedRateLimiter(
             limiter_path(limiter_dir(), f"{connection.login}|{extra['tenant_id']}|graph"),
@@ -138,6 +149,7 @@ class SentinelHook(BaseHook):
             owner=owner,
             limiter_root=limiter_dir(),
             scope=ARM_SCOPE,
+            on_new_token=_mask,
         )
 
 

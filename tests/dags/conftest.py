@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from simulators.stack import OWNER
+from tests.dags import never_stall as ns
 from tests.dags.dagrun import (
     FAILING_TYPE,
     FIRST_DATE,
@@ -224,12 +225,23 @@ SCENARIOS: dict[str, Callable[[Ground, Path, Callable[[Pipeline], None]], Any]] 
     "graph_chaos": build_graph_chaos,
     "graph_permanent_failure": build_graph_permanent_failure,
     "graph_tolerated_failure": build_graph_tolerated_failure,
+    # never stall, never lose (tests/dags/test_never_stall.py)
+    "quarantine": ns.build_quarantine,
+    "deletion_graph_v2": ns.build_deletion_graph_v2,
+    "deletion_sentinel_v3": ns.build_deletion_sentinel_v3,
+    "dropped_graph": ns.build_dropped_graph,
+    "dropped_sentinel": ns.build_dropped_sentinel,
+    "sentinel_acknowledged": ns.build_sentinel_acknowledged,
+    "mass_rejection": ns.build_mass_rejection,
+    "bad_credentials": ns.build_bad_credentials,
 }
 # The fixture that stands for each scenario; the safety tests name scenarios directly in their parameter.
 SCENARIO_FIXTURES = {
     "graph_story": "graph", "graph_chaos": "graph_chaos", "graph_permanent_failure": "graph_permanent_failure",
     "graph_tolerated_failure": "graph_tolerated_failure", "sentinel_story": "sentinel",
     "sentinel_chaos": "sentinel_chaos",
+    **{name: name for name in ("quarantine", "deletion_graph_v2", "deletion_sentinel_v3", "dropped_graph",
+                               "dropped_sentinel", "sentinel_acknowledged", "mass_rejection", "bad_credentials")},
 }
 
 
@@ -355,3 +367,43 @@ def sentinel_rerun(sentinel_story: SentinelStory) -> SentinelCaptured:
 @pytest.fixture(scope="session")
 def sentinel_chaos(scenarios: Scenarios) -> SentinelChaos:
     return scenarios.get("sentinel_chaos")
+
+
+@pytest.fixture(scope="session")
+def quarantine(scenarios: Scenarios) -> ns.Quarantine:
+    return scenarios.get("quarantine")
+
+
+@pytest.fixture(scope="session")
+def deletion_graph_v2(scenarios: Scenarios) -> ns.Deletion:
+    return scenarios.get("deletion_graph_v2")
+
+
+@pytest.fixture(scope="session")
+def deletion_sentinel_v3(scenarios: Scenarios) -> ns.Deletion:
+    return scenarios.get("deletion_sentinel_v3")
+
+
+@pytest.fixture(scope="session")
+def dropped_graph(scenarios: Scenarios) -> ns.Dropped:
+    return scenarios.get("dropped_graph")
+
+
+@pytest.fixture(scope="session")
+def dropped_sentinel(scenarios: Scenarios) -> ns.Dropped:
+    return scenarios.get("dropped_sentinel")
+
+
+@pytest.fixture(scope="session")
+def sentinel_acknowledged(scenarios: Scenarios) -> ns.Acknowledged:
+    return scenarios.get("sentinel_acknowledged")
+
+
+@pytest.fixture(scope="session")
+def mass_rejection(scenarios: Scenarios) -> ns.MassRejection:
+    return scenarios.get("mass_rejection")
+
+
+@pytest.fixture(scope="session")
+def bad_credentials(scenarios: Scenarios) -> ns.BadCredentials:
+    return scenarios.get("bad_credentials")

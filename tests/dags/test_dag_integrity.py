@@ -50,3 +50,27 @@ def test_load_tasks_share_the_rate_budget_pool_and_tasks_retry(dagbag) -> None:
 def test_run_params_can_override_every_documented_variable(dagbag) -> None:
     dag = dagbag.dags["threatconnect_to_sentinel"]
     assert {"data_root", "sink", "indicator_types", "dry_run"} <= set(dag.params.keys())
+
+
+def test_preflight_runs_before_anything_is_extracted(dagbag) -> None:
+    dag = dagbag.dags["threatconnect_to_sentinel"]
+    assert "plan_run" in dag.get_task("preflight").downstream_task_ids
+    assert dag.get_task("preflight").upstream_task_ids == set()
+
+
+def test_every_task_has_an_execution_timeout_and_the_run_a_dagrun_timeout(dagbag) -> None:
+    dag = dagbag.dags["threatconnect_to_sentinel"]
+    assert all(task.execution_timeout is not None for task in dag.tasks), [
+        t.task_id for t in dag.tasks if t.execution_timeout is None]
+    assert dag.dagrun_timeout is not None
+    longest = max(task.execution_timeout for task in dag.tasks)
+    assert dag.dagrun_timeout > longest
+
+
+def test_every_variable_the_readme_documents_is_a_run_param(dagbag) -> None:
+    import re
+
+    readme = (DAGS.parent / "README.md").read_text()
+    documented = set(re.findall(r"^\| `tc_sentinel_(\w+)` \|", readme, flags=re.MULTILINE))
+    assert documented
+    assert documented <= set(dagbag.dags["threatconnect_to_sentinel"].params.keys())

@@ -141,7 +141,8 @@ def test_one_object_that_makes_sentinel_refuse_a_whole_request_is_isolated_by_ha
     client = FakeClient(poison=lambda obj: obj["id"] == bad)
     results = _sink(client, sourcesystem="src").upsert(rows)
     assert [r.external_id for r in results if r.status != "ok"] == [rows["external_id"][37]]
-    assert results[37].status == "rejected" and "bad format" in (results[37].error or "")
+    assert results[37].status == "rejected"
+    assert "bad format" in (results[37].error or "")
     assert len(client.stored) == 63
     assert client.requests_sent == 1 + 2 * 6  # log2(64) halvings, two requests each
 

@@ -314,3 +314,24 @@ def test_any_digest_is_accepted_whatever_its_case(digest):
     if value is not None:  # all-zero and empty-file digests are refused
         assert (value, variant) == (h, {32: "md5", 40: "sha1", 64: "sha256"}[len(h)])
         assert canonical_hash(value) == (value, variant)
+
+
+def test_a_url_of_2083_characters_is_accepted_and_one_longer_is_rejected_with_the_limit_in_the_reason() -> None:
+    from include.pipeline.canonical import canonical_url
+
+    base = "https://example.com/"
+    longest = base + "a" * (2083 - len(base))
+    assert canonical_url(longest) == (longest, "url")
+    value, reason = canonical_url(longest + "b")
+    assert value is None
+    assert "2,084 characters" in reason
+    assert "2,083" in reason
+
+
+def test_the_url_limit_counts_the_percent_encoded_form_that_is_sent() -> None:
+    from include.pipeline.canonical import canonical_url
+
+    # 700 non-ASCII characters become 2,100 bytes of %XX escapes: what Graph would see.
+    value, reason = canonical_url("https://example.com/" + "é" * 700)
+    assert value is None
+    assert "2,083" in reason

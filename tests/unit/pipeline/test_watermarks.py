@@ -69,3 +69,10 @@ def test_timestamps_round_trip_through_iso_text() -> None:
     moment = dt.datetime(2026, 3, 1, 12, 30, 5, 250000, tzinfo=dt.UTC)
     assert parse_iso(iso(moment)) == moment
     assert iso(D1) == "2026-03-01T00:00:00Z"
+
+
+def test_a_type_whose_first_run_failed_is_held_at_the_start_of_the_window_it_read() -> None:
+    from include.pipeline.watermarks import hold
+
+    marks = hold({"Host": "2026-06-01T10:00:00Z"}, {"Host": "2026-06-01T00:00:00Z", "URL": "2026-06-01T00:00:00Z"})
+    assert marks == {"Host": "2026-06-01T10:00:00Z", "URL": "2026-06-01T00:00:00Z"}
