@@ -100,6 +100,35 @@ class Delivered:
     unverified: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass
+class TargetView:
+    """What the target holds for the delivered live ids that were read back, and how to compare.
+
+    Attributes:
+        read: the external ids that were looked for (ids outside it are not judged).
+        compare: ``compare(held row, stored object or None)`` -> None when the target holds what the row says,
+            else ``("missing", why)`` or ``("different", field, sent, held)`` (the verify stage's comparison).
+        found: the stored objects by external id.
+    """
+
+    read: set[str]
+    compare: Callable[[dict[str, Any], dict[str, Any] | None], tuple[Any, ...] | None]
+    found: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def drift(self, held: pd.Series | dict[str, Any]) -> tuple[str, str] | None:
+        """None when in sync (or not read); else ``("missing", why)`` or ``("different", why)``."""
+        external_id = held["external_id"]
+        if external_id not in self.read:
+            return None
+        row = dict(held)
+        finding = self.compare(row, self.found.get(external_id))
+        if finding is None:
+            return None
+        if finding[0] == "missing":
+            return ("missing", "missing in the target")
+        return ("different", f"different in the target ({finding[1]})")
+
+
 def _empty_state() -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="object") for c in [f.name for f in PLAN_SCHEMA]})
 
@@ -191,6 +220,7 @@ def plan(
     policy: Policy,
     volatile: Iterable[str] = (),
     inventory: set[str] | None = None,
+    target: TargetView | None = None,
 ) -> pd.DataFrame:
     """Decide, per indicator, what this run does; returns rows in ``PLAN_SCHEMA`` column order.
 
@@ -204,6 +234,9 @@ def plan(
         volatile: payload fields left out of the content hash (they change without a real change).
         inventory: when reconciling, the external ids ThreatConnect holds as live (active, not a false positive,
             not deleted); delivered live ids outside it are orphans and get retracted.
+        target: what the target really holds for the delivered live ids that were read back: an indicator the
+            log calls live but the target does not hold is created again, one it holds with other content is
+            updated. Ids it did not read are planned from the log alone.
     """
     history = state if isinstance(state, Delivered) else Delivered(state)
     state = history.state
@@ -237,7 +270,16 @@ def plan(
         except (ValueError, TypeError, KeyError) as exc:
             rows.append({**row, "action": "reject", "reason": f"refused before sending: {sink}: {exc}"[:500]})
             continue
+        drift = target.drift(held) if target is not None and held is not None and is_live(held) else None
+        if drift is not None and drift[0] == "missing":
+            rows.append({**row, "action": "create", "reason": f"heal: {drift[1]}", "content_hash": digest,
+                         "stix_modified": version})
+            continue
         if held is not None and is_live(held) and held["content_hash"] == digest:
+            if drift is not None:
+                rows.append({**row, "action": "update", "reason": f"heal: {drift[1]}", "content_hash": digest,
+                             "stix_modified": version, "target_id": held["target_id"]})
+                continue
             rows.append({**row, "action": "skip", "reason": "unchanged", "content_hash": digest,
                          "stix_modified": held["stix_modified"]})
             continue
@@ -254,7 +296,7 @@ def plan(
         else:
             rows.append({**row, "action": "update", "reason": f"heal: {heal}" if heal else "changed",
                          "content_hash": digest, "stix_modified": version, "target_id": held["target_id"]})
-    rows.extend(_held_rows(state, seen, payload, policy, volatile, inventory))
+    rows.extend(_held_rows(state, seen, payload, policy, volatile, inventory, target))
     frame = pd.DataFrame(rows, columns=[f.name for f in PLAN_SCHEMA])
     frame["sink"] = sink
     return frame
@@ -267,8 +309,10 @@ def _held_rows(
     policy: Policy,
     volatile: tuple[str, ...],
     inventory: set[str] | None,
+    target: TargetView | None = None,
 ) -> list[dict[str, Any]]:
-    """Plans for delivered indicators this run did not see: orphans (when reconciling) and refreshes."""
+    """Plans for delivered indicators this run did not see: orphans (when reconciling), drift the target shows
+    (when it was read back: reconciliation reads the whole delivered live set) and refreshes."""
     rows: list[dict[str, Any]] = []
     floor = pd.Timestamp(policy.interval_start)
     horizon = pd.Timestamp(policy.interval_end + policy.refresh_within)
@@ -277,9 +321,19 @@ def _held_rows(
             continue
         base = {**{k: held[k] for k in NORMALIZED_COLUMNS}, "target_id": held["target_id"]}
         version = max(pd.Timestamp(held["stix_modified"]) + ONE_MS, floor)
+        drift = target.drift(held) if target is not None else None
         if inventory is not None and held["external_id"] not in inventory:
             rows.append({**base, "active": False, "action": "retract", "stix_modified": version,
                          "reason": "orphan: no longer live in ThreatConnect (reconciliation)"})
+        elif drift is not None and pd.Timestamp(held["expiration"]) >= horizon:
+            resent = {**base, "stix_modified": version}
+            try:
+                digest = content_hash(payload(resent), volatile)
+            except (ValueError, TypeError, KeyError) as exc:
+                rows.append({**resent, "action": "reject", "reason": f"refused before sending: {exc}"[:500]})
+                continue
+            rows.append({**resent, "action": "create" if drift[0] == "missing" else "update",
+                         "reason": f"heal: {drift[1]}", "content_hash": digest})
         elif pd.Timestamp(held["expiration"]) < horizon:
             severity = None if pd.isna(held.get("severity")) else int(held["severity"])
             days = policy.expiry_days(severity)

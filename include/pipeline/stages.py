@@ -220,6 +220,25 @@ def _read_inventory(store: SnapshotStore, run_id: str, indicator_type: str) -> s
     return set(table.filter(table["live"])["external_id"].to_pylist())
 
 
+def _target_view(sink: Sink, state: pd.DataFrame, deduped: pd.DataFrame,
+                 reconcile: bool) -> lifecycle.TargetView | None:
+    """Read back what the target holds for the delivered live indicators this run plans (all of them when
+    reconciling), so the plan repairs drift instead of trusting the log: None when the sink cannot read back."""
+    if not sink.read_back or state.empty:
+        return None
+    live = state[state["action"] != "retract"]["external_id"]
+    if not reconcile:
+        live = live[live.isin(set(deduped["external_id"]))]
+    ids = list(live)
+    if not ids:
+        return None
+    found = sink.fetch(ids)
+    view = lifecycle.TargetView(set(ids), lambda row, stored: _compare(sink, row, stored), found)
+    log.info("read back %s delivered live %s indicators before planning; the target holds %s of them",
+             len(ids), state["indicator_type"].iloc[0] if "indicator_type" in state else "", len(found))
+    return view
+
+
 def _log_plan(indicator_type: str, planned: pd.DataFrame, samples: int = 3) -> dict[str, int]:
     counts = {a: int((planned["action"] == a).sum()) for a in lifecycle.PLAN_ACTIONS}
     counts["quarantined"] = int(planned["reason"].fillna("").str.startswith("quarantined").sum())
@@ -260,13 +279,15 @@ def load(
     history = lifecycle.delivered(store, indicator_type, sink.name, exclude_run=run_id)
     state = history.state
     inventory = _read_inventory(store, run_id, indicator_type)
+    target = _target_view(sink, state, deduped, reconcile=inventory is not None)
     planned = lifecycle.plan(deduped, history, sink.payload, sink.name, policy,
-                             getattr(sink, "volatile_fields", ()), inventory)
+                             getattr(sink, "volatile_fields", ()), inventory, target)
     plan_path = store.write_table("plan", indicator_type, run_id, lifecycle.plan_table(planned))
     counts = _log_plan(indicator_type, planned)
     summary: dict[str, Any] = {"indicator_type": indicator_type, "run_id": run_id, "sink": sink.name,
                                "dry_run": dry_run, "planned": counts, "plan_path": plan_path,
-                               "reconciled": inventory is not None}
+                               "reconciled": inventory is not None,
+                               "read_back_before_planning": 0 if target is None else len(target.read)}
     if dry_run:
         log.info("dry run: nothing sent; the plan is in %s", plan_path)
         return summary

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from simulators.stack import OWNER
+from tests.dags import drift as dr
 from tests.dags import never_stall as ns
 from tests.dags.dagrun import (
     FAILING_TYPE,
@@ -234,6 +235,9 @@ SCENARIOS: dict[str, Callable[[Ground, Path, Callable[[Pipeline], None]], Any]] 
     "sentinel_acknowledged": ns.build_sentinel_acknowledged,
     "mass_rejection": ns.build_mass_rejection,
     "bad_credentials": ns.build_bad_credentials,
+    # the target decides (tests/dags/test_target_drift.py)
+    "drift_graph": dr.build_drift_graph,
+    "drift_sentinel": dr.build_drift_sentinel,
 }
 # The fixture that stands for each scenario; the safety tests name scenarios directly in their parameter.
 SCENARIO_FIXTURES = {
@@ -241,7 +245,8 @@ SCENARIO_FIXTURES = {
     "graph_tolerated_failure": "graph_tolerated_failure", "sentinel_story": "sentinel",
     "sentinel_chaos": "sentinel_chaos",
     **{name: name for name in ("quarantine", "deletion_graph_v2", "deletion_sentinel_v3", "dropped_graph",
-                               "dropped_sentinel", "sentinel_acknowledged", "mass_rejection", "bad_credentials")},
+                               "dropped_sentinel", "sentinel_acknowledged", "mass_rejection", "bad_credentials",
+                               "drift_graph", "drift_sentinel")},
 }
 
 

@@ -259,3 +259,39 @@ def test_a_forbidden_answer_fails_at_once_as_a_permanent_error(stack: GraphStack
     with pytest.raises(PermanentError, match="403"):
         sink.upsert(ip_rows(2))
     assert len(stack.graph.requests) <= 2  # no retry loop on a refusal no retry can change
+
+
+def _gets(stack: GraphStack) -> int:
+    return sum(1 for r in stack.graph.requests if r.method == "GET")
+
+
+def test_reading_back_many_ids_lists_owned_pages_when_that_costs_fewer_requests(stack: GraphStack,
+                                                                                sink: GraphSink) -> None:
+    rows = ip_rows(450)
+    sink.upsert(rows)
+    before = _gets(stack)
+    found = sink.fetch(list(rows["external_id"]))
+    assert set(found) == set(rows["external_id"])
+    # 450 ids by look-up would be ~23 GETs (~20 ids a URL); one page of up to 1,000 holds all of them.
+    assert _gets(stack) - before == 1
+
+
+def test_an_empty_target_is_proven_by_one_listing_request(stack: GraphStack, sink: GraphSink) -> None:
+    before = _gets(stack)
+    assert sink.fetch(list(ip_rows(300)["external_id"])) == {}
+    assert _gets(stack) - before == 1
+
+
+def test_reading_back_a_few_ids_in_a_large_target_falls_back_to_look_ups(
+        stack: GraphStack, sink: GraphSink, client: GraphClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    import include.microsoft.graph as graph_module
+
+    monkeypatch.setattr(graph_module, "MAX_PAGE", 10)  # a large target, scaled down: 60 owned = 6 pages
+    rows = ip_rows(60)
+    sink.upsert(rows)
+    wanted = list(rows["external_id"][:45])
+    lookups = sum(1 for _ in client._filter_urls(wanted))
+    before = _gets(stack)
+    found = client.find_many(wanted)
+    assert set(found) == set(wanted)
+    assert _gets(stack) - before <= 2 * lookups  # never more than twice the cheaper way

@@ -172,3 +172,57 @@ def test_expiring_counts_live_indicators_expiring_within_the_horizon(tmp_path) -
     rows.loc[0, "expiration"] = BASE_TIME + dt.timedelta(days=30)
     state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
     assert lifecycle.expiring(state, state.iloc[:0], BASE_TIME, dt.timedelta(days=7)) == 3
+
+
+def _view(state: pd.DataFrame, found: dict, read: set | None = None, compare=None) -> lifecycle.TargetView:
+    def same(row, stored):
+        if stored is None:
+            return ("missing", "not held")
+        return None if stored.get("confidence") == row["confidence"] else ("different", "confidence", 0, 1)
+
+    return lifecycle.TargetView(set(state["external_id"]) if read is None else read, compare or same, found)
+
+
+def test_a_delivered_indicator_missing_in_the_target_is_created_again(tmp_path) -> None:
+    rows = ip_rows(3)
+    state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
+    held = {e: {"confidence": c} for e, c in zip(rows["external_id"], rows["confidence"], strict=True)}
+    gone = rows["external_id"][1]
+    del held[gone]
+    planned = lifecycle.plan(rows, state, GRAPH.payload, "graph", POLICY, GRAPH.volatile_fields,
+                             target=_view(state, held))
+    by_id = planned.set_index("external_id")
+    assert by_id.loc[gone, "action"] == "create"
+    assert by_id.loc[gone, "reason"] == "heal: missing in the target"
+    assert actions(planned) == {"skip": 2, "create": 1}
+
+
+def test_a_delivered_indicator_different_in_the_target_is_updated(tmp_path) -> None:
+    rows = ip_rows(2)
+    state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
+    held = {e: {"confidence": c} for e, c in zip(rows["external_id"], rows["confidence"], strict=True)}
+    altered = rows["external_id"][0]
+    held[altered] = {"confidence": 1}
+    planned = lifecycle.plan(rows, state, GRAPH.payload, "graph", POLICY, GRAPH.volatile_fields,
+                             target=_view(state, held)).set_index("external_id")
+    assert planned.loc[altered, "action"] == "update"
+    assert planned.loc[altered, "reason"].startswith("heal: different in the target")
+    assert planned.loc[rows["external_id"][1], "action"] == "skip"
+
+
+def test_ids_the_target_was_not_asked_about_are_planned_from_the_log_alone(tmp_path) -> None:
+    rows = ip_rows(2)
+    state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
+    planned = lifecycle.plan(rows, state, GRAPH.payload, "graph", POLICY, GRAPH.volatile_fields,
+                             target=_view(state, {}, read=set()))
+    assert actions(planned) == {"skip": 2}
+
+
+def test_reconciliation_heals_delivered_indicators_outside_the_window(tmp_path) -> None:
+    rows = ip_rows(3)
+    state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
+    held = {rows["external_id"][0]: {"confidence": int(rows["confidence"][0])}}
+    planned = lifecycle.plan(rows.iloc[:0], state, GRAPH.payload, "graph", POLICY, GRAPH.volatile_fields,
+                             inventory=set(rows["external_id"]), target=_view(state, held))
+    assert sorted(planned["action"]) == ["create", "create"]
+    assert set(planned["external_id"]) == set(rows["external_id"][1:])
