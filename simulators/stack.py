@@ -36,6 +36,7 @@ class Stack:
     tc_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     client_secret: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     api_version: str = "v3"
+    defender: Any = None  # simulators.defender.DefenderService
 
     @property
     def secrets(self) -> list[str]:
@@ -58,6 +59,10 @@ class Stack:
                 "extra": {"tenant_id": TENANT_ID, "workspace_id": WORKSPACE_ID, "authority_host": ms,
                           "subscription_id": SUBSCRIPTION_ID, "resource_group": RESOURCE_GROUP,
                           "workspace_name": WORKSPACE_NAME, "management_host": ms},
+            },
+            "defender_default": {
+                "conn_type": "http", "host": ms, "login": CLIENT_ID, "password": self.client_secret,
+                "extra": {"tenant_id": TENANT_ID, "authority_host": ms},
             },
         }
 
@@ -99,6 +104,7 @@ class Stack:
 def start_stack(workdir: Path, indicators: list[dict[str, Any]], api_version: str = "v3",
                 sentinel_rate_limit: int = 100) -> Stack:
     """Start the simulators on loopback ports with a fresh CA under ``workdir``."""
+    from simulators.defender import DefenderService
     from simulators.graph import GraphService
     from simulators.sentinel import SentinelService
     from simulators.threatconnect import ThreatConnectService
@@ -113,7 +119,8 @@ def start_stack(workdir: Path, indicators: list[dict[str, Any]], api_version: st
     graph = GraphService(login)
     sentinel = SentinelService(login, {WORKSPACE_ID}, rate_limit_per_minute=sentinel_rate_limit)
     sentinel.register_management(WORKSPACE_ID, SUBSCRIPTION_ID, RESOURCE_GROUP, WORKSPACE_NAME)
-    ms_server = HttpsServer([login, graph, sentinel], tls).start()
+    defender = DefenderService(login)
+    ms_server = HttpsServer([login, graph, sentinel, defender], tls).start()
     login.base_url = ms_server.base_url
     return Stack(tls, tc_server, tc, ms_server, login, graph, sentinel, tc_secret=tc_secret,
-                 client_secret=client_secret, api_version=api_version)
+                 client_secret=client_secret, api_version=api_version, defender=defender)

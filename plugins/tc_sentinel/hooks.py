@@ -160,3 +160,43 @@ def sink(name: str, owner: str) -> Sink:
     if name == "sentinel":
         return SentinelHook().get_sink(owner)
     raise ValueError(f"unknown sink {name!r}")
+
+
+class DefenderHook(BaseHook):
+    """``defender_default``: host = API base URL (``https://api.security.microsoft.com`` or a regional host),
+    login = client id, password = client secret, extra ``tenant_id``, ``authority_host`` and optionally
+    ``requests_per_minute``, ``action`` and ``rbac_group_names``."""
+
+    conn_name_attr = "defender_conn_id"
+    default_conn_name = "defender_default"
+    conn_type = "http"
+    hook_name = "Microsoft Defender for Endpoint (indicators)"
+
+    def __init__(self, defender_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.defender_conn_id = defender_conn_id
+
+    def _settings(self) -> dict[str, Any]:
+        from include.microsoft.defender import DEFAULT_HOST, DEFENDER_SCOPE
+
+        redaction.install()  # before the Connection's secrets reach the process (see redaction.py)
+        connection = self.get_connection(self.defender_conn_id)
+        return {
+            "endpoint": base_url(connection, DEFAULT_HOST),
+            "client_id": connection.login,
+            "client_secret": connection.password,
+            "extra": _require(connection, "tenant_id"),
+            "limiter_root": limiter_dir(),
+            "scope": DEFENDER_SCOPE,
+            "on_new_token": _mask,
+        }
+
+    def get_conn(self) -> Any:
+        from include.microsoft import defender
+
+        return defender.client_from_settings(**self._settings())
+
+    def get_sink(self) -> Sink:
+        from include.microsoft import defender
+
+        return defender.sink_from_settings(**self._settings())
