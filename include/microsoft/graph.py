@@ -567,9 +567,10 @@ class GraphSink:
             return []
         payloads, results = self._payloads(rows)
         known = _known_ids(rows, payloads)
-        # Indicators the pipeline delivered before carry their Graph id: they skip the lookup (a read request per
-        # ~20 ids). Everything else is looked up first, because Graph would happily create a duplicate.
-        existing = self.client.find_by_external_ids([e for e in payloads if e not in known])
+        # Indicators the pipeline delivered before carry their Graph id: they skip the lookup. Everything else is
+        # looked up first (by id, or by listing what this app owns when that is cheaper: an empty target costs one
+        # request), because Graph would happily create a duplicate.
+        existing = self.client.find_many([e for e in payloads if e not in known])
         creates = {e: p for e, p in payloads.items() if e not in existing and e not in known}
         updates = {e: _update_body(known[e], payloads[e]) for e in known}
         duplicates: dict[str, str] = {}
@@ -686,7 +687,7 @@ class GraphSink:
         if rows.empty:
             return []
         ids = list(dict.fromkeys(str(e) for e in rows["external_id"]))
-        owned = self.client.find_by_external_ids(ids)
+        owned = self.client.find_many(ids)
         results = {e: SinkResult(e, "retract", "ok", attempts=0) for e in ids if e not in owned}
 
         def send(batch: list[str]) -> list[tuple[str | None, str | None, bool]]:
