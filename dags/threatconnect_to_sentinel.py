@@ -14,8 +14,9 @@ printed.
 * **dedupe** keeps one row per (type, canonical value), the most recent.
 * **load** plans against what earlier runs delivered (create, update, refresh before expiry, retract what
   ThreatConnect retired, skip what is unchanged; the plan goes to the `plan` snapshot), refuses a mass retraction,
-  then writes only the plan's changes to the target chosen by `tc_sentinel_sink` (Graph `tiIndicators` or
-  Sentinel's STIX objects upload API), keyed on a deterministic external id, recording every write in `loaded`.
+  then writes only the plan's changes to the target chosen by `tc_sentinel_sink` (Graph `tiIndicators`,
+  Sentinel's STIX objects upload API, or Defender for Endpoint's indicators API), keyed on a deterministic
+  external id, recording every write in `loaded`.
   With the param `dry_run` it stops after the plan. Items the target refuses for their content are quarantined
   (recorded with the target's message, not sent again until they change); only more than `rejection_threshold`
   of a type's writes fails the run.
@@ -28,7 +29,7 @@ refuses wholesale) fail the task at once; transient ones are retried.
 
 Each run covers its data interval; a live run also resumes from the last committed watermark of each type so a
 failed or skipped run leaves no gap, while a backfill reads exactly its interval and never moves the live watermark.
-Configuration: Connections `threatconnect_default`, `msgraph_default`, `sentinel_default`; Variables
+Configuration: Connections `threatconnect_default`, `msgraph_default`, `sentinel_default`, `defender_default`; Variables
 `tc_sentinel_data_root`, `tc_sentinel_sink`, `tc_sentinel_indicator_types` (each overridable by the run param of the
 same name without the prefix). See the README.
 """
@@ -116,7 +117,8 @@ def _previous_watermarks(context: Any) -> dict[str, str]:
                   "execution_timeout": TRANSFORM_TIMEOUT},
     params={
         "data_root": Param(None, type=["null", "string"], description="snapshot root: a path or an fsspec URL"),
-        "sink": Param(None, type=["null", "string"], enum=[None, *config.SINKS], description="graph or sentinel"),
+        "sink": Param(None, type=["null", "string"], enum=[None, *config.SINKS],
+                      description="graph, sentinel or defender"),
         "indicator_types": Param(None, type=["null", "array"], description="ThreatConnect types to move"),
         "failure_threshold": Param(None, type=["null", "number"], minimum=0, maximum=1,
                                    description="share of indicators that may fail to load before the task fails"),

@@ -29,7 +29,7 @@ def _renumber(indicators: list[dict]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sink", choices=("graph", "sentinel"), default="graph")
+    parser.add_argument("--sink", choices=("graph", "sentinel", "defender"), default="graph")
     parser.add_argument("--count", type=int, default=4000, help="indicators in the seeded data set")
     parser.add_argument("--api-version", choices=("v2", "v3"), default="v3")
     parser.add_argument("--workdir", type=Path, default=REPO_ROOT / "build" / "demo")

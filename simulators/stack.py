@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,10 @@ class Stack:
         if sink == "graph":
             return {i.get("externalId") for i in self.graph.owned_by(CLIENT_ID)
                     if include_retracted or i.get("isActive", True) is not False}
+        if sink == "defender":  # Defender deletes on retraction; our id travels as the description's tag
+            found = (re.search(r"\[tc:([^\]\s]+)\]\s*$", str(i.get("description") or ""))
+                     for i in self.defender.created_by(CLIENT_ID))
+            return {m.group(1) for m in found if m}
         return {sid.removeprefix("indicator--") for sid, obj in self.sentinel_objects().items()
                 if include_retracted or not obj.get("revoked")}
 

@@ -465,6 +465,8 @@ class GraphSink:
 
     #: Graph reads every indicator back by its external id
     read_back: ClassVar[bool] = True
+    #: no documented cap on the indicators one source may hold
+    capacity: ClassVar[int | None] = None
 
     def __init__(self, client: GraphClient, batch_size: int = MAX_BATCH, max_item_attempts: int = 3) -> None:
         if not 0 < batch_size <= MAX_BATCH:

@@ -369,6 +369,8 @@ class SentinelSink:
     """
 
     name: ClassVar[str] = "sentinel"
+    #: no documented cap on the indicators one source may hold
+    capacity: ClassVar[int | None] = None
     #: payload fields that change without a real change: left out of the lifecycle's content hash
     volatile_fields: ClassVar[tuple[str, ...]] = ("modified",)
     #: what verify compares between the sent payload and what the query returns

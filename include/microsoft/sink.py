@@ -45,6 +45,9 @@ class Sink(Protocol):
     #: payload fields verify compares between what was sent and what the target holds
     verify_fields: ClassVar[tuple[str, ...]]
 
+    #: how many live indicators of ours the target may hold across every type (None: no limit)
+    capacity: int | None
+
     @property
     def read_back(self) -> bool:
         """Whether :meth:`fetch` can read objects back; when False, verify relies on the per-item acknowledgements."""

@@ -10,7 +10,7 @@ from typing import Any
 from include.pipeline.errors import PermanentError
 
 DEFAULT_INDICATOR_TYPES = ("Address", "Host", "URL", "EmailAddress", "File")
-SINKS = ("graph", "sentinel")
+SINKS = ("graph", "sentinel", "defender")
 VARIABLE_PREFIX = "tc_sentinel_"
 DEFAULT_DATA_ROOT = "/opt/airflow/data/tc-sentinel"
 

@@ -10,3 +10,8 @@ from __future__ import annotations
 
 class PermanentError(RuntimeError):
     """A failure that retrying the same task with the same settings and data cannot change."""
+
+
+class NotSupported(ValueError):
+    """A target has no indicator for this value (Defender has no email type and refuses internal addresses): the
+    row is planned ``skip`` with the message as its reason, never sent and never an error."""

@@ -38,7 +38,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from include.microsoft.sink import content_hash
-from include.pipeline.errors import PermanentError
+from include.pipeline.errors import NotSupported, PermanentError
 from include.pipeline.schema import NORMALIZED_SCHEMA, PLAN_SCHEMA
 from include.pipeline.snapshots import SnapshotStore
 
@@ -267,6 +267,14 @@ def plan(
         version = _version(last_modified, None if held is None else held["stix_modified"])
         try:
             digest = content_hash(payload({**row, "stix_modified": version}), volatile)
+        except NotSupported as exc:
+            # Never sent, never an error; something of ours already live there is withdrawn.
+            if held is not None and is_live(held):
+                rows.append({**{k: held[k] for k in NORMALIZED_COLUMNS}, "action": "retract", "reason": str(exc),
+                             "stix_modified": version, "target_id": held["target_id"], "last_modified": last_modified})
+            else:
+                rows.append({**row, "action": "skip", "reason": str(exc)})
+            continue
         except (ValueError, TypeError, KeyError) as exc:
             rows.append({**row, "action": "reject", "reason": f"refused before sending: {sink}: {exc}"[:500]})
             continue
@@ -349,6 +357,71 @@ def _held_rows(
     return rows
 
 
+def _priority(row: dict[str, Any]) -> tuple[int, int, int, str]:
+    """Sort key, best first: severity, then confidence, then the most recently modified (ids break ties)."""
+    def number(value: Any) -> int:
+        return -1 if value is None or pd.isna(value) else int(value)
+
+    modified = row.get("last_modified")
+    stamp = -1 if modified is None or pd.isna(modified) else int(pd.Timestamp(modified).value)
+    return (-number(row.get("severity")), -number(row.get("confidence")), -stamp, str(row["external_id"]))
+
+
+def apply_capacity(planned: pd.DataFrame, state: pd.DataFrame, capacity: int, others_live: int,
+                   sink: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Keep what the target holds of ours within ``capacity`` (every type together), by priority.
+
+    When this type's live set after the plan does not fit in what the other types leave (``capacity -
+    others_live``), the indicators are ranked by :func:`_priority` (severity, confidence, most recently modified):
+    the best ones stay or are loaded, planned creates below the cut become ``skip: over <sink> capacity``, and live
+    ones below the cut are retracted to make room (the retraction guard still applies to them).
+
+    Returns:
+        The adjusted plan and ``{"capacity", "used", "over_capacity"}`` (``used``: live after this run, all types).
+    """
+    retracting = set(planned.loc[planned["action"] == "retract", "external_id"])
+    held_live = [] if state.empty else [r for r in state.to_dict("records")
+                                        if is_live(r) and r["external_id"] not in retracting]
+    rows_by_id = {r["external_id"]: r for r in held_live}
+    for row in planned.to_dict("records"):
+        if row["action"] in ("create", "update", "refresh") or (
+                row["action"] == "skip" and row["external_id"] in rows_by_id):
+            rows_by_id[row["external_id"]] = row
+    room = max(capacity - others_live, 0)
+    info = {"capacity": capacity, "used": others_live + len(rows_by_id), "over_capacity": 0}
+    if len(rows_by_id) <= room:
+        return planned, info
+    ranked = sorted(rows_by_id.values(), key=_priority)
+    cut = {r["external_id"] for r in ranked[room:]}
+    reason = f"over {sink} capacity ({capacity:,} live, every type together): lower priority than those held"
+    frame = planned.copy()
+    held_ids = set(state.index) if not state.empty else set()
+    extra: list[dict[str, Any]] = []
+    for index, row in frame.iterrows():
+        external_id = row["external_id"]
+        if external_id not in cut:
+            continue
+        live_now = external_id in held_ids and is_live(state.loc[external_id])
+        if row["action"] == "create" and not live_now:
+            frame.at[index, "action"], frame.at[index, "reason"] = "skip", reason
+        elif row["action"] in ("create", "update", "refresh", "skip"):
+            held = state.loc[external_id]
+            frame.at[index, "action"], frame.at[index, "reason"] = "retract", f"making room: {reason}"
+            frame.at[index, "stix_modified"] = pd.Timestamp(held["stix_modified"]) + ONE_MS
+            frame.at[index, "target_id"] = held["target_id"]
+        cut.discard(external_id)
+    for external_id in cut:  # live, and not in this run's plan at all
+        held = state.loc[external_id]
+        extra.append({**{k: held[k] for k in NORMALIZED_COLUMNS}, "target_id": held["target_id"],
+                      "action": "retract", "reason": f"making room: {reason}", "content_hash": held["content_hash"],
+                      "stix_modified": pd.Timestamp(held["stix_modified"]) + ONE_MS, "sink": sink})
+    if extra:
+        frame = pd.concat([frame, pd.DataFrame(extra, columns=frame.columns)], ignore_index=True)
+    info["over_capacity"] = len(ranked) - room
+    info["used"] = others_live + room
+    return frame, info
+
+
 def check_retraction_guard(planned: pd.DataFrame, state: pd.DataFrame, policy: Policy, indicator_type: str) -> None:
     """Refuse a run that would retract more than the configured share of what is delivered and live.
 
@@ -382,4 +455,9 @@ def expiring(state: pd.DataFrame, written: pd.DataFrame, at: dt.datetime, within
 
 def plan_table(planned: pd.DataFrame) -> pa.Table:
     """The plan as an Arrow table with ``PLAN_SCHEMA`` types."""
-    return pa.Table.from_pandas(planned, schema=PLAN_SCHEMA, preserve_index=False)
+    frame = planned.copy()
+    for column in PLAN_SCHEMA:
+        # A column no row of this plan set (all skips: no version) is float NaN to pandas, not a timestamp.
+        if pa.types.is_timestamp(column.type) and not pd.api.types.is_datetime64_any_dtype(frame[column.name]):
+            frame[column.name] = pd.to_datetime(frame[column.name], utc=True)
+    return pa.Table.from_pandas(frame, schema=PLAN_SCHEMA, preserve_index=False)

@@ -16,6 +16,7 @@ from include.microsoft.sink import FAILED, OK, REJECTED, Sink, SinkResult
 from include.pipeline import lifecycle, watermarks
 from include.pipeline.dedupe import KEY_COLUMNS
 from include.pipeline.errors import PermanentError
+from include.pipeline.mappings import SUPPORTED_TYPES
 from include.pipeline.schema import LOADED_SCHEMA, NORMALIZED_SCHEMA, RAW_SCHEMA, REJECTED_SCHEMA
 from include.pipeline.snapshots import SnapshotStore
 
@@ -220,6 +221,11 @@ def _read_inventory(store: SnapshotStore, run_id: str, indicator_type: str) -> s
     return set(table.filter(table["live"])["external_id"].to_pylist())
 
 
+def _live_count(store: SnapshotStore, indicator_type: str, sink: str) -> int:
+    state = lifecycle.delivered_state(store, indicator_type, sink)
+    return 0 if state.empty else int((state["action"] != "retract").sum())
+
+
 def _target_view(sink: Sink, state: pd.DataFrame, deduped: pd.DataFrame,
                  reconcile: bool) -> lifecycle.TargetView | None:
     """Read back what the target holds for the delivered live indicators this run plans (all of them when
@@ -282,12 +288,21 @@ def load(
     target = _target_view(sink, state, deduped, reconcile=inventory is not None)
     planned = lifecycle.plan(deduped, history, sink.payload, sink.name, policy,
                              getattr(sink, "volatile_fields", ()), inventory, target)
+    capacity: dict[str, Any] | None = None
+    if sink.capacity is not None:
+        others = sum(_live_count(store, other, sink.name) for other in SUPPORTED_TYPES if other != indicator_type)
+        planned, capacity = lifecycle.apply_capacity(planned, state, sink.capacity, others, sink.name)
+        if capacity["over_capacity"]:
+            log.warning("%s holds at most %s of our indicators: %s %s indicators are left out or retracted by "
+                        "priority (plan reasons say which)", sink.name, f"{sink.capacity:,}",
+                        capacity["over_capacity"], indicator_type)
     plan_path = store.write_table("plan", indicator_type, run_id, lifecycle.plan_table(planned))
     counts = _log_plan(indicator_type, planned)
     summary: dict[str, Any] = {"indicator_type": indicator_type, "run_id": run_id, "sink": sink.name,
                                "dry_run": dry_run, "planned": counts, "plan_path": plan_path,
                                "reconciled": inventory is not None,
-                               "read_back_before_planning": 0 if target is None else len(target.read)}
+                               "read_back_before_planning": 0 if target is None else len(target.read),
+                               "capacity": capacity}
     if dry_run:
         log.info("dry run: nothing sent; the plan is in %s", plan_path)
         return summary
@@ -376,6 +391,7 @@ def verify(
         return {"indicator_type": indicator_type, "run_id": run_id, "dry_run": True, "expected": 0, "verified": 0,
                 "missing": 0, "different": 0, "watermark": previous_watermark, "verified_by": None}
     loaded = store.read("loaded", indicator_type, run_id).to_pandas()
+    loaded["indicator_type"] = indicator_type  # a partition column: only in the path, but payloads use it
     ok = loaded[loaded["status"] == OK]
     records = ok.to_dict("records")
     findings: list[tuple[str, str, str, str | None]] = []

@@ -38,11 +38,12 @@ def summarize(jobs: Sequence[dict[str, Any]], planned_types: Sequence[str]) -> d
             "expiring_7d": load.get("expiring_7d"),
             "verified": verify.get("verified"),
             "verified_by": verify.get("verified_by"),
+            "capacity": load.get("capacity"),
             "watermark": verify.get("watermark"),
         }
     failed = [t for t in planned_types if t not in rows or rows[t]["verified"] is None]
     for indicator_type in planned_types:
-        rows.setdefault(indicator_type, dict.fromkeys((*COLUMNS, "verified_by", "watermark")))
+        rows.setdefault(indicator_type, dict.fromkeys((*COLUMNS, "verified_by", "capacity", "watermark")))
     return {"types": rows, "failed_types": failed}
 
 
@@ -63,6 +64,12 @@ def render(result: dict[str, Any]) -> str:
     if any(row.get("tgt_rejected") for row in result["types"].values()):
         lines.append("tgt_rejected: refused by the target for their content; quarantined until they change in "
                      "ThreatConnect (the loaded snapshot has the target's message, status 'rejected')")
+    for indicator_type, row in result["types"].items():
+        capacity = row.get("capacity")
+        if capacity:
+            lines.append(f"capacity after {indicator_type}: {capacity['used']:,} / {capacity['capacity']:,} live "
+                         f"indicators of ours in the target; {capacity['over_capacity']:,} left out or retracted by "
+                         "priority")
     if result["failed_types"]:
         lines.append(f"FAILED: {', '.join(result['failed_types'])}")
     return "\n".join(lines)

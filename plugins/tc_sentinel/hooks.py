@@ -159,6 +159,8 @@ def sink(name: str, owner: str) -> Sink:
         return MsGraphHook().get_sink()
     if name == "sentinel":
         return SentinelHook().get_sink(owner)
+    if name == "defender":
+        return DefenderHook().get_sink()
     raise ValueError(f"unknown sink {name!r}")
 
 

@@ -104,8 +104,23 @@ def _sentinel(conn_id: str, owner: str) -> Check:
     return _run(conn_id, probe)
 
 
+def _defender(conn_id: str) -> Check:
+    from tc_sentinel.hooks import DefenderHook
+
+    def probe() -> str:
+        client = DefenderHook(conn_id).get_conn()
+        problem = well_formed(client.base_url)
+        if problem:
+            raise ValueError(f"host: {problem}")
+        client.token_provider.token()
+        return "token issued for Microsoft Defender for Endpoint"
+
+    return _run(conn_id, probe)
+
+
 def check_all(sink: str, threatconnect_conn_id: str = "threatconnect_default",
-              graph_conn_id: str = "msgraph_default", sentinel_conn_id: str = "sentinel_default") -> list[Check]:
+              graph_conn_id: str = "msgraph_default", sentinel_conn_id: str = "sentinel_default",
+              defender_conn_id: str = "defender_default") -> list[Check]:
     """Check ThreatConnect and the configured target's Connection; never raises, returns one result each."""
     source, owner = _threatconnect(threatconnect_conn_id)
     checks = [source]
@@ -114,6 +129,8 @@ def check_all(sink: str, threatconnect_conn_id: str = "threatconnect_default",
     elif sink == "sentinel":
         # The sourcesystem needs the owner; a broken ThreatConnect Connection still lets the target be checked.
         checks.append(_sentinel(sentinel_conn_id, owner or "preflight"))
+    elif sink == "defender":
+        checks.append(_defender(defender_conn_id))
     else:
         checks.append(Check(sink, False, f"unknown sink {sink!r}"))
     return checks

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from simulators.stack import OWNER
+from tests.dags import defender_story as ds
 from tests.dags import drift as dr
 from tests.dags import never_stall as ns
 from tests.dags.dagrun import (
@@ -238,6 +239,9 @@ SCENARIOS: dict[str, Callable[[Ground, Path, Callable[[Pipeline], None]], Any]] 
     # the target decides (tests/dags/test_target_drift.py)
     "drift_graph": dr.build_drift_graph,
     "drift_sentinel": dr.build_drift_sentinel,
+    # Defender for Endpoint (tests/dags/test_pipeline_defender.py)
+    "defender_story": ds.build_defender,
+    "defender_capacity": ds.build_defender_capacity,
 }
 # The fixture that stands for each scenario; the safety tests name scenarios directly in their parameter.
 SCENARIO_FIXTURES = {
@@ -246,7 +250,7 @@ SCENARIO_FIXTURES = {
     "sentinel_chaos": "sentinel_chaos",
     **{name: name for name in ("quarantine", "deletion_graph_v2", "deletion_sentinel_v3", "dropped_graph",
                                "dropped_sentinel", "sentinel_acknowledged", "mass_rejection", "bad_credentials",
-                               "drift_graph", "drift_sentinel")},
+                               "drift_graph", "drift_sentinel", "defender_story", "defender_capacity")},
 }
 
 
@@ -412,3 +416,13 @@ def mass_rejection(scenarios: Scenarios) -> ns.MassRejection:
 @pytest.fixture(scope="session")
 def bad_credentials(scenarios: Scenarios) -> ns.BadCredentials:
     return scenarios.get("bad_credentials")
+
+
+@pytest.fixture(scope="session")
+def defender_story(scenarios: Scenarios) -> ds.DefenderStory:
+    return scenarios.get("defender_story")
+
+
+@pytest.fixture(scope="session")
+def defender_capacity(scenarios: Scenarios) -> ds.DefenderCapacity:
+    return scenarios.get("defender_capacity")

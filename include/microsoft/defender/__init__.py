@@ -78,11 +78,12 @@ def sink_from_settings(
     requests_per_minute: int = REQUESTS_PER_MINUTE,
     on_new_token: Callable[[str], None] | None = None,
 ) -> DefenderSink:
-    """Build the Defender sink from connection settings; ``extra`` may set ``action`` (default ``Alert``) and
-    ``rbac_group_names`` (a list, or one comma-separated string)."""
+    """Build the Defender sink from connection settings; ``extra`` may set ``action`` (default ``Alert``),
+    ``rbac_group_names`` (a list, or one comma-separated string) and ``capacity`` (default 15,000)."""
     client = client_from_settings(endpoint, client_id, client_secret, extra, limiter_root, scope,
                                   requests_per_minute, on_new_token)
     groups = extra.get("rbac_group_names") or []
     if isinstance(groups, str):
         groups = [g.strip() for g in groups.split(",") if g.strip()]
-    return DefenderSink(client, action=str(extra.get("action") or "Alert"), rbac_group_names=groups)
+    return DefenderSink(client, action=str(extra.get("action") or "Alert"), rbac_group_names=groups,
+                        capacity=int(extra.get("capacity") or 15_000))

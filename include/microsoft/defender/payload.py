@@ -14,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from include.pipeline.errors import NotSupported
+
 INDICATOR_TYPES = ("FileSha1", "FileMd5", "CertificateThumbprint", "FileSha256", "IpAddress", "DomainName", "Url")
 ACTIONS = ("Alert", "Warn", "Block", "Audit", "BlockAndRemediate", "AlertAndBlock", "Allowed")
 SEVERITIES = ("Informational", "Low", "Medium", "High")
@@ -74,23 +76,23 @@ def indicator_key(row: Mapping[str, Any]) -> tuple[str, str]:
         raise ValueError("the row has no value")
     value = str(value).strip()
     if kind == "email":
-        raise ValueError("not supported by defender: EmailAddress")
+        raise NotSupported("not supported by defender: EmailAddress")
     if kind == "hash":
         hash_type = HASH_TYPES.get(str(_field(row, "hash_type") or "").lower())
         if hash_type is None:
-            raise ValueError(f"not supported by defender: hash type {_field(row, 'hash_type')!r}")
+            raise NotSupported(f"not supported by defender: hash type {_field(row, 'hash_type')!r}")
         return hash_type, value.lower()
     if kind not in KIND_TYPES:
-        raise ValueError(f"not supported by defender: kind {kind!r}")
+        raise NotSupported(f"not supported by defender: kind {kind!r}")
     if kind == "ip":
         if "/" in value:
-            raise ValueError("not supported by defender: CIDR")
+            raise NotSupported("not supported by defender: CIDR")
         address = ipaddress.ip_address(value)  # ValueError for anything else
         if is_internal(address):
-            raise ValueError("not supported by defender: internal address")
+            raise NotSupported("not supported by defender: internal address")
         return "IpAddress", expand_ipv6(address) if address.version == 6 else str(address)
     if kind == "url" and len(value) > MAX_URL:
-        raise ValueError(f"not supported by defender: URL longer than {MAX_URL} characters")
+        raise NotSupported(f"not supported by defender: URL longer than {MAX_URL} characters")
     return KIND_TYPES[kind], value
 
 
@@ -127,7 +129,7 @@ def build_payload(
         raise ValueError(f"unknown Defender action {action!r}; one of {', '.join(ACTIONS)}")
     indicator_type, value = indicator_key(row)
     if action == "BlockAndRemediate" and indicator_type not in FILE_TYPES:
-        raise ValueError(f"not supported by defender: action BlockAndRemediate for {indicator_type}")
+        raise NotSupported(f"not supported by defender: action BlockAndRemediate for {indicator_type}")
     external_id = str(row["external_id"])
     label = str(_field(row, "indicator_type") or indicator_type)
     suffix = " " + tag(external_id)

@@ -44,6 +44,8 @@ class DefenderSink:
         rbac_group_names: device groups the indicators apply to (all devices when None).
         batch_size: indicators per import call (at most 500).
         max_item_attempts: how many requests may carry an item that fails for a transient reason.
+        capacity: the most live indicators of ours Defender may hold, every type together (default 15,000, the
+            documented per-tenant cap).
     """
 
     name: ClassVar[str] = "defender"
@@ -63,6 +65,7 @@ class DefenderSink:
         rbac_group_names: Sequence[str] | None = None,
         batch_size: int = MAX_IMPORT,
         max_item_attempts: int = 3,
+        capacity: int = 15_000,
     ) -> None:
         if not client.client_id:
             raise ValueError("the Defender client needs the app's client id (fetch and retract list our own)")
@@ -79,6 +82,11 @@ class DefenderSink:
         self.batch_size = batch_size
         self.max_item_attempts = max(1, max_item_attempts)
         self.keys: dict[str, tuple[str, str]] = {}  # external id -> (indicatorType, lower-cased indicatorValue)
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        #: the most live indicators of ours the plan lets Defender hold (the tenant cap is 15,000 for every source
+        #: together: an operator sets it lower to leave room for others)
+        self.capacity: int | None = capacity
 
     @property
     def read_back(self) -> bool:

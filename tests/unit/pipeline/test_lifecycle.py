@@ -226,3 +226,63 @@ def test_reconciliation_heals_delivered_indicators_outside_the_window(tmp_path) 
                              inventory=set(rows["external_id"]), target=_view(state, held))
     assert sorted(planned["action"]) == ["create", "create"]
     assert set(planned["external_id"]) == set(rows["external_id"][1:])
+
+
+def _ranked_rows(severities: list[int]) -> pd.DataFrame:
+    return rows_frame([normalized_row("ipv4", i + 1, severity=s) for i, s in enumerate(severities)])
+
+
+def test_capacity_loads_the_highest_priority_and_reports_the_rest_over_capacity(tmp_path) -> None:
+    rows = _ranked_rows([1, 5, 3, 4])
+    planned = plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph"))
+    adjusted, info = lifecycle.apply_capacity(planned, lifecycle.delivered_state(
+        SnapshotStore(str(tmp_path)), "Address", "graph"), capacity=3, others_live=1, sink="defender")
+    by_id = adjusted.set_index("external_id")
+    kept = set(by_id.index[by_id["action"] == "create"])
+    assert kept == set(rows["external_id"][[1, 3]])  # severity 5 and 4: two fit beside the other types' one
+    assert by_id.loc[rows["external_id"][0], "reason"].startswith("over defender capacity")
+    assert info == {"capacity": 3, "used": 3, "over_capacity": 2}
+
+
+def test_a_higher_priority_arrival_retracts_the_lowest_priority_live_indicator_to_make_room(tmp_path) -> None:
+    held = _ranked_rows([2, 4])
+    state = deliver(tmp_path, plan(held, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
+    arrival = rows_frame([normalized_row("ipv4", 9, severity=5)])
+    adjusted, info = lifecycle.apply_capacity(plan(arrival, state), state, capacity=2, others_live=0, sink="defender")
+    actions_by_id = dict(zip(adjusted["external_id"], adjusted["action"], strict=True))
+    assert actions_by_id == {arrival["external_id"][0]: "create", held["external_id"][0]: "retract"}
+    assert info["used"] == 2
+
+
+def test_within_capacity_the_plan_is_unchanged(tmp_path) -> None:
+    rows = _ranked_rows([1, 2])
+    state = lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")
+    planned = plan(rows, state)
+    adjusted, info = lifecycle.apply_capacity(planned, state, capacity=10, others_live=3, sink="defender")
+    assert adjusted.equals(planned)
+    assert info == {"capacity": 10, "used": 5, "over_capacity": 0}
+
+
+def test_a_value_the_target_cannot_hold_is_skipped_never_rejected(tmp_path) -> None:
+    from include.pipeline.errors import NotSupported
+
+    def payload(row):
+        raise NotSupported("not supported by defender: internal address")
+
+    planned = lifecycle.plan(ip_rows(1), lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "x"),
+                             payload, "defender", POLICY)
+    assert list(zip(planned["action"], planned["reason"], strict=True)) == [
+        ("skip", "not supported by defender: internal address")]
+
+
+def test_a_plan_of_nothing_but_skips_still_writes_with_its_schema(tmp_path) -> None:
+    from include.pipeline.errors import NotSupported
+
+    def payload(row):
+        raise NotSupported("not supported by defender: EmailAddress")
+
+    planned = lifecycle.plan(ip_rows(3), lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "x"),
+                             payload, "defender", POLICY)
+    table = lifecycle.plan_table(planned)
+    assert table.num_rows == 3
+    assert table.column("stix_modified").null_count == 3

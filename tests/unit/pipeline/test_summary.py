@@ -20,7 +20,8 @@ def test_every_stage_count_lands_in_the_summary_row() -> None:
     row = summarize([job("Host")], ["Host"])["types"]["Host"]
     assert row == {"extracted": 5, "rejected": 2, "deduplicated": 4, "created": 2, "updated": 2, "retracted": 1,
                    "unchanged": 0, "tgt_rejected": 2, "quarantined": 1, "healed": 1, "failed": 0, "verified": 3,
-                   "verified_by": "read back", "expiring_7d": 2, "watermark": "2026-03-01T00:00:00Z"}
+                   "verified_by": "read back", "capacity": None, "expiring_7d": 2,
+                   "watermark": "2026-03-01T00:00:00Z"}
 
 
 def test_a_type_that_never_verified_is_reported_as_failed() -> None:
@@ -42,3 +43,9 @@ def test_a_type_verified_only_by_acknowledgements_is_marked_so_in_the_table() ->
     text = render(summarize([acknowledged], ["Host"]))
     assert "3 (ack)" in text
     assert "not read back" in text
+
+
+def test_a_target_with_a_capacity_shows_used_and_capacity() -> None:
+    capped = job("Host")
+    capped["load"]["capacity"] = {"capacity": 15000, "used": 14990, "over_capacity": 12}
+    assert "14,990 / 15,000" in render(summarize([capped], ["Host"]))
