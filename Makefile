@@ -12,7 +12,7 @@ BUILD := build
 .PHONY: help venv demo test lint unit integration dags bench bench-smoke scheduler-test compose-check lock clean
 
 help:
-	@echo "make demo       run the DAG once against the bundled simulators (SINK=graph|sentinel|defender)"
+	@echo "make demo       run the DAG once against the bundled simulators (SINK=graph|sentinel|defender, or several: SINK=sentinel,defender)"
 	@echo "make test       ruff + the whole pytest suite (what CI runs)"
 	@echo "make bench      benchmark suite (table + $(BUILD)/bench/results.json)"
 	@echo "make scheduler-test  real scheduler + backfill on a private PostgreSQL (2-4 min; part of make test)"

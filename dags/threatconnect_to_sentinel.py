@@ -88,8 +88,8 @@ def _fail_fast() -> Iterator[None]:
 
 
 def _label(job: dict[str, Any]) -> None:
-    """Name the mapped instance after its indicator type in the UI and logs."""
-    get_current_context()["type_label"] = job["indicator_type"]
+    """Name the mapped instance after its indicator type (and target, with several) in the UI and logs."""
+    get_current_context()["type_label"] = summary.label(job)
 
 
 def _store(job: dict[str, Any]) -> SnapshotStore:
@@ -117,8 +117,9 @@ def _previous_watermarks(context: Any) -> dict[str, str]:
                   "execution_timeout": TRANSFORM_TIMEOUT},
     params={
         "data_root": Param(None, type=["null", "string"], description="snapshot root: a path or an fsspec URL"),
-        "sink": Param(None, type=["null", "string"], enum=[None, *config.SINKS],
-                      description="graph, sentinel or defender"),
+        "sink": Param(None, type=["null", "string", "array"],
+                      description="the target(s): graph, sentinel or defender, kind@conn_id for another "
+                                  "Connection, or a list of them, e.g. [\"sentinel\", \"defender\"]"),
         "indicator_types": Param(None, type=["null", "array"], description="ThreatConnect types to move"),
         "failure_threshold": Param(None, type=["null", "number"], minimum=0, maximum=1,
                                    description="share of indicators that may fail to load before the task fails"),
@@ -148,7 +149,7 @@ def threatconnect_to_sentinel() -> None:
         context = get_current_context()
         with _fail_fast():
             cfg = config.resolve(context["params"], lambda key: Variable.get(key, default=None), SUPPORTED_TYPES)
-            result = checks.report(checks.check_all(cfg.sink))
+            result = checks.report(checks.check_all(cfg.targets))
         if result["error"]:
             if result["transient"]:
                 raise RuntimeError(result["error"])  # an outage: Airflow's retry may pass
@@ -167,11 +168,15 @@ def threatconnect_to_sentinel() -> None:
         jobs = []
         reconcile = config.reconcile_due(cfg, end.toordinal(), live)
         for indicator_type in cfg.indicator_types:
-            window = watermarks.extraction_window(indicator_type, start, end, previous, live)
+            # One extraction serves every target: it starts at the earliest of their marks (a new target: all).
+            marks = watermarks.target_marks(previous, indicator_type, cfg.targets)
+            joint = watermarks.joint_mark(marks)
+            window = watermarks.extraction_window(indicator_type, start, end, {indicator_type: joint} if joint else {},
+                                                  live)
             jobs.append({"indicator_type": indicator_type, "run_id": context["run_id"], "live": live,
                          "config": cfg.as_dict(), "window": window.as_dict(), "reconcile": reconcile,
                          "interval": {"start": watermarks.iso(start), "end": watermarks.iso(end)},
-                         "previous_watermark": previous.get(indicator_type)})
+                         "previous_watermark": joint, "target_marks": marks})
         log.info("run plan: %s", [(j["indicator_type"], j["window"]) for j in jobs])
         return jobs
 
@@ -212,6 +217,17 @@ def threatconnect_to_sentinel() -> None:
         job["dedupe"] = st.dedupe(_store(job), job["run_id"], job["indicator_type"], winners)
         return job
 
+    @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False, execution_timeout=CHECK_TIMEOUT)
+    def fan_out(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """One load per (type, target): each target keeps its own delivered state, watermark and quarantine."""
+        pairs = []
+        for job in jobs:
+            if not job:
+                continue  # this type failed before load; the report names it
+            for target in job["config"]["targets"]:
+                pairs.append({**job, "target": target, "previous_watermark": job["target_marks"][target]})
+        return pairs
+
     @task(map_index_template="{{ type_label }}", pool=POOL, multiple_outputs=False, execution_timeout=LOAD_TIMEOUT)
     def load(job: dict[str, Any]) -> dict[str, Any]:
         from include.pipeline.lifecycle import Policy
@@ -230,10 +246,10 @@ def threatconnect_to_sentinel() -> None:
             allow_mass_retraction=cfg["allow_mass_retraction"],
         )
         with _fail_fast():
-            target = sink(cfg["sink"], job["owner"])
+            target = sink(job["target"], job["owner"])
             job["load"] = st.load(target, _store(job), job["run_id"], job["indicator_type"], policy,
                                   failure_threshold=cfg["failure_threshold"], dry_run=cfg["dry_run"],
-                                  rejection_threshold=cfg["rejection_threshold"])
+                                  rejection_threshold=cfg["rejection_threshold"], target=job["target"])
         return job
 
     @task(map_index_template="{{ type_label }}", multiple_outputs=False, execution_timeout=VERIFY_TIMEOUT)
@@ -242,9 +258,10 @@ def threatconnect_to_sentinel() -> None:
 
         _label(job)
         with _fail_fast():
-            target = sink(job["config"]["sink"], job["owner"])
+            target = sink(job["target"], job["owner"])
             job["verify"] = st.verify(target, _store(job), job["run_id"], job["indicator_type"],
-                                      job["previous_watermark"], dry_run=job["config"]["dry_run"])
+                                      job["previous_watermark"], dry_run=job["config"]["dry_run"],
+                                      target=job["target"])
         return job
 
     @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
@@ -253,10 +270,18 @@ def threatconnect_to_sentinel() -> None:
         context = get_current_context()
         live = context["dag_run"].run_type != "backfill"
         previous = _previous_watermarks(context) if live else {}
-        marks = watermarks.hold(previous, {p["indicator_type"]: p["window"]["start"] for p in planned})
+        held = {}
+        for p in planned:
+            targets = p["config"]["targets"]
+            for target in targets:
+                name = watermarks.key(p["indicator_type"], target, targets)
+                # A target that had a mark keeps it until verified; a new one holds where this run began reading.
+                held[name] = p["target_marks"].get(target) or p["window"]["start"]
+        marks = watermarks.hold(previous, held)
         for job in jobs:
             if job and job.get("verify", {}).get("watermark"):
-                marks[job["indicator_type"]] = job["verify"]["watermark"]
+                name = watermarks.key(job["indicator_type"], job["target"], job["config"]["targets"])
+                marks[name] = job["verify"]["watermark"]
         # Backfills keep their marks under another key: the live chain is never moved by replaying the past.
         context["ti"].xcom_push(key=WATERMARK_KEY if live else "backfill_watermarks", value=marks)
         log.info("watermarks (%s): %s", "live" if live else "backfill", marks)
@@ -265,7 +290,7 @@ def threatconnect_to_sentinel() -> None:
     @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
     def report(jobs: list[dict[str, Any]], planned: list[dict[str, Any]]) -> dict[str, Any]:
         """Print the per-type summary; fail the run when any type did not make it through verify."""
-        result = summary.summarize([j for j in jobs if j], [p["indicator_type"] for p in planned])
+        result = summary.summarize([j for j in jobs if j], summary.planned_labels(planned))
         log.info("\n%s", summary.render(result))
         if result["failed_types"]:
             raise AirflowFailException(f"indicator types that did not complete: {result['failed_types']}")
@@ -274,7 +299,8 @@ def threatconnect_to_sentinel() -> None:
     checked = preflight()
     jobs = plan_run()
     checked >> jobs
-    verified = verify.expand(job=load.expand(job=dedupe.expand(job=normalize.expand(job=extract.expand(job=jobs)))))
+    deduped = dedupe.expand(job=normalize.expand(job=extract.expand(job=jobs)))
+    verified = verify.expand(job=load.expand(job=fan_out(deduped)))
     marks = commit_watermarks(verified, jobs)
     outcome = report(verified, jobs)
     marks >> outcome

@@ -29,11 +29,15 @@ def _renumber(indicators: list[dict]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sink", choices=("graph", "sentinel", "defender"), default="graph")
+    parser.add_argument("--sink", default="graph",
+                        help="graph, sentinel or defender, or several separated by commas (sentinel,defender)")
     parser.add_argument("--count", type=int, default=4000, help="indicators in the seeded data set")
     parser.add_argument("--api-version", choices=("v2", "v3"), default="v3")
     parser.add_argument("--workdir", type=Path, default=REPO_ROOT / "build" / "demo")
     args = parser.parse_args(argv)
+    sinks = [s.strip() for s in args.sink.split(",") if s.strip()]
+    if not sinks or any(s not in ("graph", "sentinel", "defender") for s in sinks):
+        parser.error(f"--sink must name graph, sentinel or defender (comma-separated for several), got {args.sink!r}")
 
     today = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     interval_start = today - dt.timedelta(days=1)
@@ -56,33 +60,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"airflow dags test {DAG_ID} {today:%Y-%m-%d} (sink: {args.sink}) ...")
         result = airflow.dags_test(DAG_ID, today.strftime("%Y-%m-%d"))
         (args.workdir / "dags-test.log").write_text(result.stdout + result.stderr)
-        held = stack.target_external_ids(args.sink)
+        held = {sink: stack.target_external_ids(sink, include_retracted=False) for sink in sinks}
     finally:
         stack.stop()
 
     store = SnapshotStore(str(data_root))
     ok = result.returncode == 0
-    print(f"\n{'type':<14}{'extracted':>10}{'rejected':>10}{'deduped':>10}{'not sent':>10}{'loaded':>10}"
-          f"{'failed':>8}{'verified':>10}")
+    print(f"\n{'type → target':<24}{'extracted':>10}{'rejected':>10}{'deduped':>10}{'not sent':>10}{'loaded':>10}"
+          f"{'failed':>8}{'in target':>10}")
     for indicator_type in DEFAULT_INDICATOR_TYPES:
         runs = store.runs("loaded", indicator_type)
         if not runs:
-            print(f"{indicator_type:<14}{'(did not reach load)':>30}")
+            print(f"{indicator_type:<24}{'(did not reach load)':>30}")
             ok = False
             continue
         run_id = runs[-1]
-        loaded = store.read("loaded", indicator_type, run_id)
-        good = loaded.filter(pc.equal(loaded["status"], "ok"))
-        ids = set(good["external_id"].to_pylist())
-        verified = len(ids & held)
-        failed = loaded.num_rows - good.num_rows
-        ok = ok and verified == len(ids)
+        everything = store.read("loaded", indicator_type, run_id)
         counts = [store.count(stage, indicator_type, run_id) for stage in ("raw", "rejected", "deduped")]
-        # not sent: the plan's skips (inactive or false positive and never delivered, or unchanged)
-        print(f"{indicator_type:<14}{counts[0]:>10}{counts[1]:>10}{counts[2]:>10}{counts[2] - loaded.num_rows:>10}"
-              f"{good.num_rows:>10}{failed:>8}{verified:>10}")
+        for sink in sinks:
+            loaded = everything.filter(pc.equal(everything["sink"], sink))
+            good = loaded.filter(pc.equal(loaded["status"], "ok"))
+            live = good.filter(pc.invert(pc.equal(good["action"], "retract")))
+            ids = set(live["external_id"].to_pylist())
+            verified = len(ids & held[sink])
+            failed = loaded.num_rows - good.num_rows
+            ok = ok and verified == len(ids)
+            # not sent: the plan's skips (inactive or false positive and never delivered, unchanged, not supported)
+            print(f"{indicator_type + ' → ' + sink:<24}{counts[0]:>10}{counts[1]:>10}{counts[2]:>10}"
+                  f"{counts[2] - loaded.num_rows:>10}{good.num_rows:>10}{failed:>8}{verified:>10}")
     print(f"\nParquet snapshots: {data_root}/<stage>/indicator_type=<type>/run_id=<run>/  "
-          "(stages: raw, normalized, rejected, deduped, plan, loaded)")
+          "(stages: raw, normalized, rejected, deduped, plan, loaded, verified)")
     print(f"Airflow output: {args.workdir / 'dags-test.log'}")
     if not ok:
         print("\nDEMO FAILED: the DAG run did not succeed or the target does not hold every loaded indicator.")

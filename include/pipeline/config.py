@@ -21,11 +21,17 @@ class ConfigError(ValueError, PermanentError):
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything a run needs to know besides connections; small enough for XCom."""
+    """Everything a run needs to know besides connections; small enough for XCom.
+
+    ``targets`` are the load targets, each ``kind`` (its default Connection, e.g. ``defender_default``) or
+    ``kind@conn_id`` (another Connection of that kind: a second Sentinel workspace); ``sink`` is the first, kept
+    for code that speaks of one target.
+    """
 
     data_root: str
     sink: str
     indicator_types: tuple[str, ...]
+    targets: tuple[str, ...] = ()
     failure_threshold: float = 0.0
     rejection_threshold: float = 0.01  # share of a type's writes the target may refuse before the run fails
     dry_run: bool = False
@@ -38,7 +44,47 @@ class RunConfig:
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["indicator_types"] = list(self.indicator_types)
+        data["targets"] = list(self.targets or (self.sink,))
         return data
+
+
+def target_kind(target: str) -> str:
+    """``sentinel`` for ``sentinel@sentinel_emea``."""
+    return target.split("@", 1)[0]
+
+
+def target_connection(target: str) -> str | None:
+    """``sentinel_emea`` for ``sentinel@sentinel_emea``; None for the kind's default Connection."""
+    return target.split("@", 1)[1] if "@" in target else None
+
+
+def _as_targets(value: Any) -> tuple[str, ...]:
+    """``graph``, ``["sentinel", "defender"]`` (a list or its JSON), or ``sentinel,defender``: validated names."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"sink must be a target or a JSON list of targets, got {value!r}") from exc
+        else:
+            value = [part for part in text.split(",")]
+    if not isinstance(value, list | tuple) or not value:
+        raise ConfigError(f"sink must name at least one target, got {value!r}")
+    targets: list[str] = []
+    for item in value:
+        name = str(item).strip()
+        kind, _, conn = name.partition("@")
+        kind = kind.lower()
+        if kind not in SINKS:
+            raise ConfigError(f"unknown target {name!r}: the kind must be one of {SINKS} (optionally kind@conn_id)")
+        if "@" in name and not conn.strip():
+            raise ConfigError(f"target {name!r} names no Connection after '@'")
+        name = f"{kind}@{conn.strip()}" if conn.strip() else kind
+        if name in targets:
+            raise ConfigError(f"target {name!r} is listed twice")
+        targets.append(name)
+    return tuple(targets)
 
 
 def _as_types(value: Any) -> tuple[str, ...]:
@@ -114,9 +160,8 @@ def resolve(
             value = variable(VARIABLE_PREFIX + name)
         return default if value is None or value == "" else value
 
-    sink = str(pick("sink", "graph")).strip().lower()
-    if sink not in SINKS:
-        raise ConfigError(f"sink must be one of {SINKS}, got {sink!r}")
+    targets = _as_targets(pick("sink", "graph"))
+    sink = targets[0]
     types = _as_types(pick("indicator_types", list(DEFAULT_INDICATOR_TYPES)))
     unknown = [t for t in types if t not in supported_types]
     if unknown:
@@ -126,6 +171,7 @@ def resolve(
         data_root=str(pick("data_root", DEFAULT_DATA_ROOT)),
         sink=sink,
         indicator_types=types,
+        targets=targets,
         failure_threshold=_as_fraction("failure_threshold", pick("failure_threshold", 0.0)),
         rejection_threshold=_as_fraction("rejection_threshold", pick("rejection_threshold", 0.01)),
         dry_run=_as_bool("dry_run", pick("dry_run", False)),

@@ -52,6 +52,7 @@ VERIFIED_SCHEMA = pa.schema([
     pa.field("action", pa.string()),
     pa.field("status", pa.string()),  # read back, acknowledged, missing, different
     pa.field("detail", pa.string()),  # what differed, or why the write counts as delivered
+    pa.field("sink", pa.string()),  # the target
 ])
 NORMALIZED_COLUMNS = [f.name for f in NORMALIZED_SCHEMA]
 
@@ -154,7 +155,7 @@ def delivered(store: SnapshotStore, indicator_type: str, sink: str, exclude_run:
             if digest:
                 quarantine[(external_id, digest)] = error or "rejected by the target"
         table = table.filter(pc.equal(table["status"], "ok"))
-        bad = _undelivered(store, indicator_type, run_id)
+        bad = _undelivered(store, indicator_type, run_id, sink)
         if bad:
             keep = pc.invert(pc.is_in(table["external_id"], value_set=pa.array(list(bad), pa.string())))
             table = table.filter(keep)
@@ -171,11 +172,13 @@ def delivered(store: SnapshotStore, indicator_type: str, sink: str, exclude_run:
     return Delivered(state, quarantine, unverified)
 
 
-def _undelivered(store: SnapshotStore, indicator_type: str, run_id: str) -> dict[str, str]:
-    """External ids whose write in ``run_id`` verify found missing or different, with that finding."""
+def _undelivered(store: SnapshotStore, indicator_type: str, run_id: str, sink: str) -> dict[str, str]:
+    """External ids whose write to ``sink`` in ``run_id`` verify found missing or different, with that finding."""
     if not store.exists("verified", indicator_type, run_id):
         return {}
-    table = store.read("verified", indicator_type, run_id, columns=["external_id", "status"])
+    table = store.read("verified", indicator_type, run_id)
+    if "sink" in table.column_names:
+        table = table.filter(pc.equal(table["sink"], sink))
     bad = table.filter(pc.is_in(table["status"], value_set=pa.array(UNDELIVERED)))
     return dict(zip(bad["external_id"].to_pylist(), bad["status"].to_pylist(), strict=True))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from urllib.parse import quote
@@ -25,6 +26,10 @@ log = logging.getLogger(__name__)
 
 STAGES = ("raw", "normalized", "rejected", "deduped", "plan", "loaded", "verified", "inventory")
 PARTITION_COLUMNS = ("indicator_type", "run_id")
+
+
+def _safe_part(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.@-]", "_", name)
 
 
 def quote_partition_value(value: str) -> str:
@@ -82,22 +87,34 @@ class SnapshotStore:
         return path if self._local else self.fs.unstrip_protocol(path)
 
     @contextlib.contextmanager
-    def writer(self, stage: str, indicator_type: str, run_id: str, schema: pa.Schema) -> Iterator[PartitionWriter]:
+    def writer(self, stage: str, indicator_type: str, run_id: str, schema: pa.Schema,
+               part: str | None = None) -> Iterator[PartitionWriter]:
         """Write one partition atomically: readers see the old partition or the new one, never half of one.
 
         The data goes to a hidden ``_tmp-*`` directory (pyarrow's dataset discovery skips ``_``-prefixed names) and
         is renamed into place only when the block exits without an exception. A rewrite of the same (type, run)
         replaces the earlier partition, which is what makes re-running a task idempotent.
+
+        With ``part`` (a load target's name), only that target's file of the partition is written and replaced
+        (``part-<target>.parquet``): the targets of one run share a partition, each row says its target in the
+        ``sink`` column, and a rerun of one target's task leaves the others' files alone.
         """
         schema = pa.schema([f for f in schema if f.name not in PARTITION_COLUMNS])
         type_dir = self._type_dir(stage, indicator_type)
         tmp_dir = f"{type_dir}/_tmp-{uuid.uuid4().hex}"
         self.fs.makedirs(tmp_dir, exist_ok=True)
-        writer = PartitionWriter(self.fs, f"{tmp_dir}/part-00000.parquet", schema)
+        name = "part-00000.parquet" if part is None else f"part-{_safe_part(part)}.parquet"
+        writer = PartitionWriter(self.fs, f"{tmp_dir}/{name}", schema)
         try:
             yield writer
             writer.close()
-            self._replace(tmp_dir, self.partition_dir(stage, indicator_type, run_id))
+            final_dir = self.partition_dir(stage, indicator_type, run_id)
+            if part is None:
+                self._replace(tmp_dir, final_dir)
+            else:
+                self.fs.makedirs(final_dir, exist_ok=True)
+                self.fs.mv(f"{tmp_dir}/{name}", f"{final_dir}/{name}")  # a rename: replaces that file at once
+                self.fs.rm(tmp_dir, recursive=True)
         except BaseException:
             with contextlib.suppress(Exception):
                 writer.close()
@@ -114,9 +131,10 @@ class SnapshotStore:
         if old_dir is not None:
             self.fs.rm(old_dir, recursive=True)
 
-    def write_table(self, stage: str, indicator_type: str, run_id: str, table: pa.Table) -> str:
-        """Write a whole table as one partition; returns the partition's location."""
-        with self.writer(stage, indicator_type, run_id, table.schema) as writer:
+    def write_table(self, stage: str, indicator_type: str, run_id: str, table: pa.Table,
+                    part: str | None = None) -> str:
+        """Write a whole table as one partition (or one target's part of it); returns the partition's location."""
+        with self.writer(stage, indicator_type, run_id, table.schema, part) as writer:
             writer.write(table)
         return self.partition_url(stage, indicator_type, run_id)
 

@@ -267,6 +267,7 @@ def load(
     dry_run: bool = False,
     chunk_rows: int = 10_000,
     rejection_threshold: float = 0.01,
+    target: str | None = None,
 ) -> dict[str, Any]:
     """Plan against the delivered state, then send only what the plan says, and record every write in ``loaded``.
 
@@ -280,25 +281,26 @@ def load(
     and :data:`MIN_REJECTIONS_TO_FAIL` (a mapping bug: fails at once, and the rejections are recorded as failed so
     that they are sent again once the mapping is fixed, instead of being quarantined).
     """
+    name = target or sink.name  # a target is a sink through one Connection: "sentinel@sentinel_emea"
     deduped = store.read("deduped", indicator_type, run_id).to_pandas()
     deduped["indicator_type"] = indicator_type
-    history = lifecycle.delivered(store, indicator_type, sink.name, exclude_run=run_id)
+    history = lifecycle.delivered(store, indicator_type, name, exclude_run=run_id)
     state = history.state
     inventory = _read_inventory(store, run_id, indicator_type)
     target = _target_view(sink, state, deduped, reconcile=inventory is not None)
-    planned = lifecycle.plan(deduped, history, sink.payload, sink.name, policy,
+    planned = lifecycle.plan(deduped, history, sink.payload, name, policy,
                              getattr(sink, "volatile_fields", ()), inventory, target)
     capacity: dict[str, Any] | None = None
     if sink.capacity is not None:
-        others = sum(_live_count(store, other, sink.name) for other in SUPPORTED_TYPES if other != indicator_type)
-        planned, capacity = lifecycle.apply_capacity(planned, state, sink.capacity, others, sink.name)
+        others = sum(_live_count(store, other, name) for other in SUPPORTED_TYPES if other != indicator_type)
+        planned, capacity = lifecycle.apply_capacity(planned, state, sink.capacity, others, name)
         if capacity["over_capacity"]:
             log.warning("%s holds at most %s of our indicators: %s %s indicators are left out or retracted by "
-                        "priority (plan reasons say which)", sink.name, f"{sink.capacity:,}",
+                        "priority (plan reasons say which)", name, f"{sink.capacity:,}",
                         capacity["over_capacity"], indicator_type)
-    plan_path = store.write_table("plan", indicator_type, run_id, lifecycle.plan_table(planned))
+    plan_path = store.write_table("plan", indicator_type, run_id, lifecycle.plan_table(planned), part=name)
     counts = _log_plan(indicator_type, planned)
-    summary: dict[str, Any] = {"indicator_type": indicator_type, "run_id": run_id, "sink": sink.name,
+    summary: dict[str, Any] = {"indicator_type": indicator_type, "run_id": run_id, "sink": name,
                                "dry_run": dry_run, "planned": counts, "plan_path": plan_path,
                                "reconciled": inventory is not None,
                                "read_back_before_planning": 0 if target is None else len(target.read),
@@ -311,7 +313,7 @@ def load(
     writes = planned[planned["action"].isin(lifecycle.WRITE_ACTIONS)].reset_index(drop=True)
     outcomes = []
     columns = ["external_id", "action", "status", "expiration", "last_modified", "reason", "value", "error"]
-    with store.writer("loaded", indicator_type, run_id, LOADED_SCHEMA) as writer:
+    with store.writer("loaded", indicator_type, run_id, LOADED_SCHEMA, part=name) as writer:
         for offset in range(0, len(writes), chunk_rows):
             chunk = writes.iloc[offset:offset + chunk_rows]
             upserts, retracts = chunk[chunk["action"] != "retract"], chunk[chunk["action"] == "retract"]
@@ -328,9 +330,10 @@ def load(
         # Not quarantined: the next run (after the mapping is fixed, or not) must send them again.
         done.loc[done["status"] == REJECTED, "status"] = FAILED
         loaded = store.read("loaded", indicator_type, run_id)
+        loaded = loaded.filter(pc.equal(loaded["sink"], name))
         status = pc.if_else(pc.equal(loaded["status"], REJECTED), FAILED, loaded["status"])
         store.write_table("loaded", indicator_type, run_id,
-                          loaded.set_column(loaded.schema.get_field_index("status"), "status", status))
+                          loaded.set_column(loaded.schema.get_field_index("status"), "status", status), part=name)
     ok = done[done["status"] == OK]
     failed = int((done["status"] == FAILED).sum())
     summary.update({
@@ -352,10 +355,10 @@ def load(
     if rejected:
         sample = done[done["error"].notna() & (done["action"] != "retract")].head(3)
         log.warning("%s rejected %s %s indicators for their content (quarantined until they change), e.g. %s",
-                    sink.name, rejected, indicator_type, list(zip(sample["value"], sample["error"], strict=True)))
+                    name, rejected, indicator_type, list(zip(sample["value"], sample["error"], strict=True)))
     if too_many_rejections:
         raise TooManyRejections(
-            f"{sink.name} rejected {rejected} of {len(done)} {indicator_type} writes for their content, more than "
+            f"{name} rejected {rejected} of {len(done)} {indicator_type} writes for their content, more than "
             f"the rejection threshold allows ({rejection_threshold:.2%}, at least {MIN_REJECTIONS_TO_FAIL + 1} to "
             f"fail): this looks like a mapping bug or a changed contract, not bad data. The target's messages are "
             f"in {summary['loaded_path']} (column error); fix the mapping, or raise rejection_threshold."
@@ -363,7 +366,7 @@ def load(
     allowed = math.floor(failure_threshold * len(done))
     if failed > allowed:
         raise LoadFailed(
-            f"{failed} of {len(done)} {indicator_type} writes failed in {sink.name} "
+            f"{failed} of {len(done)} {indicator_type} writes failed in {name} "
             f"(threshold {failure_threshold:.2%}); details in {summary['loaded_path']}"
         )
     return summary
@@ -376,6 +379,7 @@ def verify(
     indicator_type: str,
     previous_watermark: str | None,
     dry_run: bool = False,
+    target: str | None = None,
 ) -> dict[str, Any]:
     """Read back every successful write and compare it with what was sent; fail when anything is missing.
 
@@ -390,7 +394,9 @@ def verify(
     if dry_run:
         return {"indicator_type": indicator_type, "run_id": run_id, "dry_run": True, "expected": 0, "verified": 0,
                 "missing": 0, "different": 0, "watermark": previous_watermark, "verified_by": None}
+    name = target or sink.name
     loaded = store.read("loaded", indicator_type, run_id).to_pandas()
+    loaded = loaded[loaded["sink"] == name].reset_index(drop=True)
     loaded["indicator_type"] = indicator_type  # a partition column: only in the path, but payloads use it
     ok = loaded[loaded["status"] == OK]
     records = ok.to_dict("records")
@@ -417,10 +423,12 @@ def verify(
                         "acknowledgements of the %s %s writes (see the README for the coordinates that turn on "
                         "read-back)", sink.name, len(records), indicator_type)
         findings = [(r["external_id"], r["action"], "acknowledged", None) for r in records]
-    store.write_table("verified", indicator_type, run_id, pa.table(
-        {name: [f[i] for f in findings] for i, name in enumerate(lifecycle.VERIFIED_SCHEMA.names)},
-        schema=lifecycle.VERIFIED_SCHEMA))
-    window_rows = _window_outcomes(store, run_id, indicator_type, loaded)
+    columns = {column: [f[i] for f in findings] for i, column in enumerate(("external_id", "action", "status",
+                                                                             "detail"))}
+    store.write_table("verified", indicator_type, run_id,
+                      pa.table({**columns, "sink": [name] * len(findings)}, schema=lifecycle.VERIFIED_SCHEMA),
+                      part=name)
+    window_rows = _window_outcomes(store, run_id, indicator_type, loaded, name)
     new_mark = watermarks.advance(previous_watermark, window_rows)
     summary = {"indicator_type": indicator_type, "run_id": run_id, "expected": len(records),
                "verified": len(records) - len(missing) - len(different), "missing": len(missing),
@@ -455,13 +463,16 @@ def _retracted(stored: dict[str, Any]) -> bool:
     return stored.get("isActive") is False or stored.get("revoked") is True
 
 
-def _window_outcomes(store: SnapshotStore, run_id: str, indicator_type: str, loaded: pd.DataFrame) -> pd.DataFrame:
+def _window_outcomes(store: SnapshotStore, run_id: str, indicator_type: str, loaded: pd.DataFrame,
+                     target: str) -> pd.DataFrame:
     """(last_modified, status) of the run's own window rows: written ones with their status, the rest ok.
 
     Refreshes and orphan retractions concern indicators outside the window, so they never move the watermark.
     """
     window_ids = set(store.read("deduped", indicator_type, run_id, columns=["external_id"])["external_id"].to_pylist())
-    planned = store.read("plan", indicator_type, run_id, columns=["external_id", "action", "last_modified"]).to_pandas()
+    planned = store.read("plan", indicator_type, run_id,
+                         columns=["external_id", "action", "last_modified", "sink"]).to_pandas()
+    planned = planned[planned["sink"] == target]
     planned = planned[planned["external_id"].isin(window_ids)]
     # A rejection by the target is done with (quarantined, not retried): only failures hold the mark back.
     status = {e: FAILED if s == FAILED else OK

@@ -17,13 +17,31 @@ def _sum(*values: Any) -> int | None:
     return sum(present) if present else None
 
 
+def label(job: dict[str, Any]) -> str:
+    """How a job is named in the UI and the summary: its type, and its target when the run has several."""
+    targets = (job.get("config") or {}).get("targets") or []
+    if len(targets) > 1 and job.get("target"):
+        return f"{job['indicator_type']} → {job['target']}"
+    return str(job["indicator_type"])
+
+
+def planned_labels(planned: Sequence[dict[str, Any]]) -> list[str]:
+    """Every (type, target) a run's plan promised, as labels: what the summary must account for."""
+    labels = []
+    for job in planned:
+        for target in (job.get("config") or {}).get("targets") or [None]:
+            labels.append(label({**job, "target": target}))
+    return labels
+
+
 def summarize(jobs: Sequence[dict[str, Any]], planned_types: Sequence[str]) -> dict[str, Any]:
-    """Collect the counts each stage left in the job dicts; types without a verify result count as failed."""
+    """Collect the counts each stage left in the job dicts, one row per label (type, or type → target); labels
+    without a verify result count as failed."""
     rows = {}
     for job in jobs:
         load = job.get("load", {})
         verify = job.get("verify", {})
-        rows[job["indicator_type"]] = {
+        rows[label(job)] = {
             "extracted": job.get("extract", {}).get("extracted"),
             "rejected": _sum(job.get("normalize", {}).get("rejected"), load.get("rejected_before_sending")),
             "deduplicated": job.get("dedupe", {}).get("deduplicated"),
@@ -49,7 +67,8 @@ def summarize(jobs: Sequence[dict[str, Any]], planned_types: Sequence[str]) -> d
 
 def render(result: dict[str, Any]) -> str:
     """A fixed-width table of the summary; ``verified`` says ``(ack)`` where only acknowledgements were checked."""
-    header = f"{'type':<14}" + "".join(f"{c:>13}" for c in COLUMNS) + "  watermark"
+    width = max([14, *(len(name) + 2 for name in result["types"])])
+    header = f"{'type':<{width}}" + "".join(f"{c:>13}" for c in COLUMNS) + "  watermark"
     lines = [header, "-" * len(header)]
     for indicator_type, row in result["types"].items():
         cells = []
@@ -58,7 +77,7 @@ def render(result: dict[str, Any]) -> str:
             if column == "verified" and row.get("verified_by") == "acknowledged" and row.get(column) is not None:
                 value += " (ack)"
             cells.append(f"{value:>13}")
-        lines.append(f"{indicator_type:<14}{''.join(cells)}  {row.get('watermark') or '-'}")
+        lines.append(f"{indicator_type:<{width}}{''.join(cells)}  {row.get('watermark') or '-'}")
     if any(row.get("verified_by") == "acknowledged" for row in result["types"].values()):
         lines.append("verified (ack): acknowledged by the target, not read back (no management-plane coordinates)")
     if any(row.get("tgt_rejected") for row in result["types"].values()):

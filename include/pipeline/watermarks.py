@@ -101,3 +101,37 @@ def hold(previous: Mapping[str, str], window_starts: Mapping[str, str]) -> dict[
     for indicator_type, start in window_starts.items():
         marks.setdefault(indicator_type, start)
     return marks
+
+
+def key(indicator_type: str, target: str, targets: tuple[str, ...] | list[str]) -> str:
+    """The watermark's name for one (type, target): the type alone while a run has one target (as before
+    several targets existed), ``"<type> → <target>"`` once it has several."""
+    return indicator_type if len(targets) == 1 else f"{indicator_type} → {target}"
+
+
+def target_marks(previous: Mapping[str, str], indicator_type: str, targets: tuple[str, ...] | list[str],
+                 ) -> dict[str, str | None]:
+    """Each target's last committed mark for one type. The first target of a list inherits the type's mark from
+    the time the run had only that one (adding a target never resets the others)."""
+    marks: dict[str, str | None] = {}
+    for position, target in enumerate(targets):
+        mark = previous.get(key(indicator_type, target, targets))
+        if mark is None and position == 0:
+            mark = previous.get(indicator_type)
+        marks[target] = mark
+    return marks
+
+
+#: Where a target that joins later starts reading: everything ThreatConnect holds, so it is back-filled.
+BEGINNING = "1970-01-01T00:00:00Z"
+
+
+def joint_mark(marks: Mapping[str, str | None]) -> str | None:
+    """The mark one extraction for several targets starts from: the earliest of theirs. A target without a mark
+    beside targets with one is new: it needs everything (``BEGINNING``), the others re-plan what they hold."""
+    known = [m for m in marks.values() if m is not None]
+    if not known:
+        return None
+    if len(known) < len(marks):
+        return BEGINNING
+    return min(known, key=parse_iso)

@@ -154,13 +154,14 @@ class SentinelHook(BaseHook):
 
 
 def sink(name: str, owner: str) -> Sink:
-    """The configured load target."""
-    if name == "graph":
-        return MsGraphHook().get_sink()
-    if name == "sentinel":
-        return SentinelHook().get_sink(owner)
-    if name == "defender":
-        return DefenderHook().get_sink()
+    """The load target ``name``: a kind (its default Connection) or ``kind@conn_id`` (another Connection)."""
+    kind, _, conn_id = name.partition("@")
+    if kind == "graph":
+        return MsGraphHook(conn_id or MsGraphHook.default_conn_name).get_sink()
+    if kind == "sentinel":
+        return SentinelHook(conn_id or SentinelHook.default_conn_name).get_sink(owner)
+    if kind == "defender":
+        return DefenderHook(conn_id or DefenderHook.default_conn_name).get_sink()
     raise ValueError(f"unknown sink {name!r}")
 
 

@@ -118,21 +118,23 @@ def _defender(conn_id: str) -> Check:
     return _run(conn_id, probe)
 
 
-def check_all(sink: str, threatconnect_conn_id: str = "threatconnect_default",
-              graph_conn_id: str = "msgraph_default", sentinel_conn_id: str = "sentinel_default",
-              defender_conn_id: str = "defender_default") -> list[Check]:
-    """Check ThreatConnect and the configured target's Connection; never raises, returns one result each."""
+def check_all(targets: str | list[str] | tuple[str, ...],
+              threatconnect_conn_id: str = "threatconnect_default") -> list[Check]:
+    """Check ThreatConnect and every target's Connection (``kind`` or ``kind@conn_id``); never raises, returns
+    one result each."""
     source, owner = _threatconnect(threatconnect_conn_id)
     checks = [source]
-    if sink == "graph":
-        checks.append(_graph(graph_conn_id))
-    elif sink == "sentinel":
-        # The sourcesystem needs the owner; a broken ThreatConnect Connection still lets the target be checked.
-        checks.append(_sentinel(sentinel_conn_id, owner or "preflight"))
-    elif sink == "defender":
-        checks.append(_defender(defender_conn_id))
-    else:
-        checks.append(Check(sink, False, f"unknown sink {sink!r}"))
+    for target in [targets] if isinstance(targets, str) else targets:
+        kind, _, conn_id = target.partition("@")
+        if kind == "graph":
+            checks.append(_graph(conn_id or "msgraph_default"))
+        elif kind == "sentinel":
+            # The sourcesystem needs the owner; a broken ThreatConnect Connection still lets the target be checked.
+            checks.append(_sentinel(conn_id or "sentinel_default", owner or "preflight"))
+        elif kind == "defender":
+            checks.append(_defender(conn_id or "defender_default"))
+        else:
+            checks.append(Check(target, False, f"unknown target {target!r}", permanent=True))
     return checks
 
 

@@ -21,6 +21,7 @@ import pytest
 from simulators.stack import OWNER
 from tests.dags import defender_story as ds
 from tests.dags import drift as dr
+from tests.dags import fanout as fo
 from tests.dags import never_stall as ns
 from tests.dags.dagrun import (
     FAILING_TYPE,
@@ -242,6 +243,8 @@ SCENARIOS: dict[str, Callable[[Ground, Path, Callable[[Pipeline], None]], Any]] 
     # Defender for Endpoint (tests/dags/test_pipeline_defender.py)
     "defender_story": ds.build_defender,
     "defender_capacity": ds.build_defender_capacity,
+    # several targets (tests/dags/test_fan_out.py)
+    "fanout": fo.build_fanout,
 }
 # The fixture that stands for each scenario; the safety tests name scenarios directly in their parameter.
 SCENARIO_FIXTURES = {
@@ -250,7 +253,8 @@ SCENARIO_FIXTURES = {
     "sentinel_chaos": "sentinel_chaos",
     **{name: name for name in ("quarantine", "deletion_graph_v2", "deletion_sentinel_v3", "dropped_graph",
                                "dropped_sentinel", "sentinel_acknowledged", "mass_rejection", "bad_credentials",
-                               "drift_graph", "drift_sentinel", "defender_story", "defender_capacity")},
+                               "drift_graph", "drift_sentinel", "defender_story", "defender_capacity",
+                               "fanout")},
 }
 
 
@@ -426,3 +430,8 @@ def defender_story(scenarios: Scenarios) -> ds.DefenderStory:
 @pytest.fixture(scope="session")
 def defender_capacity(scenarios: Scenarios) -> ds.DefenderCapacity:
     return scenarios.get("defender_capacity")
+
+
+@pytest.fixture(scope="session")
+def fanout(scenarios: Scenarios) -> fo.FanOut:
+    return scenarios.get("fanout")

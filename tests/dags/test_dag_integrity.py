@@ -26,10 +26,10 @@ def test_the_dag_file_imports_without_errors(dagbag, dag_file: Path) -> None:
 
 def test_the_pipeline_maps_each_stage_over_indicator_types_in_order(dagbag) -> None:
     dag = dagbag.dags["threatconnect_to_sentinel"]
-    chain = ["plan_run", "extract", "normalize", "dedupe", "load", "verify"]
+    chain = ["plan_run", "extract", "normalize", "dedupe", "fan_out", "load", "verify"]
     for upstream, downstream in itertools.pairwise(chain):
         assert downstream in dag.get_task(upstream).downstream_task_ids
-    for mapped in chain[1:]:
+    for mapped in ("extract", "normalize", "dedupe", "load", "verify"):
         assert dag.get_task(mapped).is_mapped
     assert {"commit_watermarks", "report"} <= set(dag.task_ids)
 

@@ -35,7 +35,7 @@ def test_a_run_param_overrides_the_variable_of_the_same_name() -> None:
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"sink": "splunk"}, "sink must be one of"),
+        ({"sink": "splunk"}, "unknown target"),
         ({"indicator_types": ["Mutex"]}, "no mapping for indicator types"),
         ({"indicator_types": []}, "non-empty list"),
         ({"indicator_types": "Host"}, "JSON list"),
@@ -51,3 +51,26 @@ def test_bad_settings_fail_with_a_clear_message(params, message) -> None:
 def test_duplicate_types_are_listed_once() -> None:
     assert resolve({"indicator_types": ["Host", "Host", "URL"]}, variables(), SUPPORTED).indicator_types == (
         "Host", "URL")
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("graph", ("graph",)),
+    ('["sentinel", "defender"]', ("sentinel", "defender")),
+    (["sentinel", "Sentinel@sentinel_emea"], ("sentinel", "sentinel@sentinel_emea")),
+    ("sentinel, defender", ("sentinel", "defender")),
+])
+def test_the_sink_setting_names_one_or_several_targets(value, expected) -> None:
+    cfg = resolve({"sink": value}, variables(), SUPPORTED)
+    assert cfg.targets == expected
+    assert cfg.sink == expected[0]
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ('["graph", "graph"]', "listed twice"),
+    ("sentinel@", "names no Connection"),
+    ("[", "JSON list"),
+    ("[]", "at least one"),
+])
+def test_a_target_list_that_cannot_work_is_refused_with_the_reason(value, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        resolve({"sink": value}, variables(), SUPPORTED)
