@@ -240,6 +240,7 @@ SCENARIOS: dict[str, Callable[[Ground, Path, Callable[[Pipeline], None]], Any]] 
     # the target decides (tests/dags/test_target_drift.py)
     "drift_graph": dr.build_drift_graph,
     "drift_sentinel": dr.build_drift_sentinel,
+    "drift_defender": dr.build_drift_defender,
     # Defender for Endpoint (tests/dags/test_pipeline_defender.py)
     "defender_story": ds.build_defender,
     "defender_capacity": ds.build_defender_capacity,
@@ -253,7 +254,7 @@ SCENARIO_FIXTURES = {
     "sentinel_chaos": "sentinel_chaos",
     **{name: name for name in ("quarantine", "deletion_graph_v2", "deletion_sentinel_v3", "dropped_graph",
                                "dropped_sentinel", "sentinel_acknowledged", "mass_rejection", "bad_credentials",
-                               "drift_graph", "drift_sentinel", "defender_story", "defender_capacity",
+                               "drift_graph", "drift_sentinel", "drift_defender", "defender_story", "defender_capacity",
                                "fanout")},
 }
 

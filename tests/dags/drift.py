@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simulators.stack import WORKSPACE_ID
-from tests.dags.dagrun import FIRST_DATE, Expected, Pipeline, Run
+from simulators.stack import TENANT_ID, WORKSPACE_ID
+from tests.dags.dagrun import FIRST_DATE, FIRST_INTERVAL_END, Expected, Pipeline, Run
 
 OTHER_APP = "0d9e8f7a-6b5c-4d3e-9f1a-2b3c4d5e6f70"  # another TIP's app registration in the same tenant
 OTHER_SOURCE = "Another TIP"
@@ -42,11 +42,24 @@ def _sentinel_others(pipeline: Pipeline) -> dict[tuple[str, str, str], dict[str,
     return {k: dict(v) for k, v in pipeline.stack.sentinel.objects.items() if k[1] == OTHER_SOURCE}
 
 
+def _defender_others(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
+    defender = pipeline.stack.defender
+    return {k: dict(v) for k, v in defender.indicators.items() if v.get("createdBy") == OTHER_APP}
+
+
+def _defender_ours(pipeline: Pipeline, external_id: str) -> list[str]:
+    defender = pipeline.stack.defender
+    return [k for k, v in defender.indicators.items() if v.get("createdBy") != OTHER_APP
+            and str(v.get("description") or "").endswith(f"[tc:{external_id}]")]
+
+
 def _build(sink: str) -> Callable[[Any, Path, Callable[[Pipeline], None]], Drift]:
     def build(ground: Any, workdir: Path, keep: Callable[[Pipeline], None]) -> Drift:
         hosts = [r for r in ground.records if r["type"] == "Host"]
         pipeline = Pipeline.start(workdir, sink, hosts, ground.database, types=["Host"])
         keep(pipeline)
+        if sink == "defender":  # Defender drops what has expired: its clock stands at the interval's end
+            pipeline.stack.defender.clock = lambda: FIRST_INTERVAL_END.timestamp()
         ours = _active_hosts(ground.expected)
         removed, changed, shared = set(ours[:5]), ours[5], ours[6]
         stack = pipeline.stack
@@ -60,6 +73,15 @@ def _build(sink: str) -> Callable[[Any, Path, Callable[[Pipeline], None]], Drift
                                                "description": "not ours", "confidence": 5}
                 stack.graph.owners[key] = OTHER_APP
             others_before = copy.deepcopy(_graph_others(pipeline))
+        elif sink == "defender":
+            for n in range(2):  # another app's indicators in the same tenant
+                key = str(900_000 + n)
+                stack.defender.indicators[key] = {
+                    "id": key, "indicatorValue": f"o{n}.example", "indicatorType": "DomainName", "action": "Alert",
+                    "application": "Another TIP", "createdBy": OTHER_APP, "title": "not ours",
+                    "description": "not ours", "severity": "Low", "expirationTime": None, "_expires": None}
+                stack.defender.tenants[key] = TENANT_ID
+            others_before = copy.deepcopy(_defender_others(pipeline))
         else:
             for n, stix in enumerate([f"indicator--{shared}", "indicator--" + "1" * 8 + "-1111-4111-8111-" + "1" * 12]):
                 stack.sentinel.objects[(WORKSPACE_ID, OTHER_SOURCE, stix)] = {
@@ -77,6 +99,14 @@ def _build(sink: str) -> Callable[[Any, Path, Callable[[Pipeline], None]], Drift
                 if stack.graph.indicators.get(key, {}).get("externalId") == changed:
                     stack.graph.indicators[key]["confidence"] = 1
             before = len(stack.graph.writes())
+        elif sink == "defender":
+            for external_id in removed:
+                for key in _defender_ours(pipeline, external_id):
+                    del stack.defender.indicators[key]
+            for key in _defender_ours(pipeline, changed):
+                held = stack.defender.indicators[key]
+                held["severity"] = "Low" if held.get("severity") != "Low" else "High"
+            before = len(stack.defender.writes("import"))
         else:
             ids = {f"indicator--{e}" for e in removed}
             ours_source = {k for k in stack.sentinel.objects if k[1] != OTHER_SOURCE}
@@ -90,6 +120,9 @@ def _build(sink: str) -> Callable[[Any, Path, Callable[[Pipeline], None]], Drift
         if sink == "graph":
             writes = len(stack.graph.writes()) - before
             after = _graph_others(pipeline)
+        elif sink == "defender":
+            writes = len(stack.defender.writes("import")) - before
+            after = _defender_others(pipeline)
         else:
             writes = len(stack.sentinel.upload_requests) - before
             after = _sentinel_others(pipeline)
@@ -100,3 +133,4 @@ def _build(sink: str) -> Callable[[Any, Path, Callable[[Pipeline], None]], Drift
 
 build_drift_graph = _build("graph")
 build_drift_sentinel = _build("sentinel")
+build_drift_defender = _build("defender")

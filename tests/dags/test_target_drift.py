@@ -12,15 +12,15 @@ from tests.dags.dagrun import SOURCE_SYSTEM
 pytestmark = [pytest.mark.integration, pytest.mark.dag]
 
 
-@pytest.fixture(params=["drift_graph", "drift_sentinel"])
+@pytest.fixture(params=["drift_graph", "drift_sentinel", "drift_defender"])
 def drift(request: pytest.FixtureRequest, scenarios) -> dr.Drift:
     return scenarios.get(request.param)
 
 
 def _our_live(drift: dr.Drift) -> set[str]:
     stack = drift.pipeline.stack
-    if drift.pipeline.sink == "graph":  # owned by our app only
-        return stack.target_external_ids("graph", include_retracted=False)
+    if drift.pipeline.sink in ("graph", "defender"):  # owned by our app only
+        return stack.target_external_ids(drift.pipeline.sink, include_retracted=False)
     return {key[2].removeprefix("indicator--") for key, obj in stack.sentinel.objects.items()
             if key[1] == SOURCE_SYSTEM and not obj.get("revoked")}
 
@@ -45,7 +45,7 @@ def test_a_rerun_recreates_what_was_removed_from_the_target_and_updates_what_was
 
 
 def test_the_rerun_costs_at_most_one_write_request_per_kind_of_repair(drift) -> None:
-    # Graph: one submit for the five creates and one update; Sentinel: one upload for all six.
+    # Graph: one submit for the five creates and one update; Sentinel and Defender: one upload/import for all six.
     assert drift.rerun_writes <= 2
 
 
