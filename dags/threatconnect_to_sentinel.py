@@ -25,7 +25,9 @@ printed.
   not delivered, so the next run sends it again.
 
 Errors no retry can fix (credentials, permissions, configuration, the mass-retraction guard, a mapping the target
-refuses wholesale) fail the task at once; transient ones are retried.
+refuses wholesale) fail the task at once; transient ones are retried. The mapped stages run for every upstream
+instance that succeeded (trigger rule `all_done`): one failing type or target fails the run and holds its own
+watermark, but never stops the others from loading, verifying and advancing theirs.
 
 Each run covers its data interval; a live run also resumes from the last committed watermark of each type so a
 failed or skipped run leaves no gap, while a backfill reads exactly its interval and never moves the live watermark.
@@ -197,7 +199,7 @@ def threatconnect_to_sentinel() -> None:
                                         lambda batch: normalize_batch(batch, mapping), reconcile=job["reconcile"])
         return job
 
-    @task(map_index_template="{{ type_label }}", multiple_outputs=False)
+    @task(map_index_template="{{ type_label }}", trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
     def normalize(job: dict[str, Any]) -> dict[str, Any]:
         from include.pipeline.mappings import load_mapping
         from include.pipeline.normalize import normalize as normalize_batch
@@ -209,7 +211,7 @@ def threatconnect_to_sentinel() -> None:
                                             lambda batch: normalize_batch(batch, mapping))
         return job
 
-    @task(map_index_template="{{ type_label }}", multiple_outputs=False)
+    @task(map_index_template="{{ type_label }}", trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
     def dedupe(job: dict[str, Any]) -> dict[str, Any]:
         from include.pipeline.dedupe import winners
 
@@ -228,7 +230,8 @@ def threatconnect_to_sentinel() -> None:
                 pairs.append({**job, "target": target, "previous_watermark": job["target_marks"][target]})
         return pairs
 
-    @task(map_index_template="{{ type_label }}", pool=POOL, multiple_outputs=False, execution_timeout=LOAD_TIMEOUT)
+    @task(map_index_template="{{ type_label }}", trigger_rule=TriggerRule.ALL_DONE, pool=POOL, multiple_outputs=False,
+          execution_timeout=LOAD_TIMEOUT)
     def load(job: dict[str, Any]) -> dict[str, Any]:
         from include.pipeline.lifecycle import Policy
         from include.pipeline.mappings import load_mapping
@@ -252,7 +255,8 @@ def threatconnect_to_sentinel() -> None:
                                   rejection_threshold=cfg["rejection_threshold"], target=job["target"])
         return job
 
-    @task(map_index_template="{{ type_label }}", multiple_outputs=False, execution_timeout=VERIFY_TIMEOUT)
+    @task(map_index_template="{{ type_label }}", trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False,
+          execution_timeout=VERIFY_TIMEOUT)
     def verify(job: dict[str, Any]) -> dict[str, Any]:
         from tc_sentinel.hooks import sink
 

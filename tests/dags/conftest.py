@@ -246,6 +246,7 @@ SCENARIOS: dict[str, Callable[[Ground, Path, Callable[[Pipeline], None]], Any]] 
     "defender_capacity": ds.build_defender_capacity,
     # several targets (tests/dags/test_fan_out.py)
     "fanout": fo.build_fanout,
+    "partial_failure": fo.build_partial_failure,
 }
 # The fixture that stands for each scenario; the safety tests name scenarios directly in their parameter.
 SCENARIO_FIXTURES = {
@@ -255,7 +256,7 @@ SCENARIO_FIXTURES = {
     **{name: name for name in ("quarantine", "deletion_graph_v2", "deletion_sentinel_v3", "dropped_graph",
                                "dropped_sentinel", "sentinel_acknowledged", "mass_rejection", "bad_credentials",
                                "drift_graph", "drift_sentinel", "drift_defender", "defender_story", "defender_capacity",
-                               "fanout")},
+                               "fanout", "partial_failure")},
 }
 
 
@@ -436,3 +437,8 @@ def defender_capacity(scenarios: Scenarios) -> ds.DefenderCapacity:
 @pytest.fixture(scope="session")
 def fanout(scenarios: Scenarios) -> fo.FanOut:
     return scenarios.get("fanout")
+
+
+@pytest.fixture(scope="session")
+def partial_failure(scenarios: Scenarios) -> fo.PartialFailure:
+    return scenarios.get("partial_failure")

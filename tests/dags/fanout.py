@@ -44,3 +44,20 @@ def build_fanout(ground: Any, workdir: Path, keep: Callable[[Pipeline], None]) -
     names = ("first", "rerun", "added")
     writes = {name: {t: counts[i + 1][t] - counts[i][t] for t in counts[0]} for i, name in enumerate(names)}
     return FanOut(pipeline, first, rerun, added, writes)
+
+
+@dataclass
+class PartialFailure:
+    pipeline: Pipeline
+    run: Run
+
+
+def build_partial_failure(ground: Any, workdir: Path, keep: Callable[[Pipeline], None]) -> PartialFailure:
+    """Two types into two targets; Graph keeps failing every URL (a server error, so retries cannot help in time):
+    the three healthy (type, target) pairs must still load, verify and advance, and the run fail."""
+    records = [r for r in ground.records if r["type"] in ("Host", "URL")]
+    pipeline = Pipeline.start(workdir, "sentinel", records, ground.database, types=["Host", "URL"])
+    keep(pipeline)
+    pipeline.airflow.extra["AIRFLOW_VAR_TC_SENTINEL_SINK"] = json.dumps(["sentinel", "graph"])
+    pipeline.stack.graph.fail_items(lambda item: item.get("url") is not None, count=None)
+    return PartialFailure(pipeline, pipeline.run(FIRST_DATE))

@@ -7,7 +7,8 @@ import ipaddress
 
 import pytest
 
-from tests.dags.dagrun import SOURCE_SYSTEM
+from include.pipeline.watermarks import iso
+from tests.dags.dagrun import FIRST_INTERVAL_START, SOURCE_SYSTEM
 from tests.dags.fanout import TYPES
 
 pytestmark = [pytest.mark.integration, pytest.mark.dag]
@@ -55,3 +56,19 @@ def test_a_target_added_later_is_back_filled_without_resending_to_the_others(fan
     assert fanout.writes["added"]["sentinel"] == 0
     assert fanout.writes["added"]["defender"] == 0
     assert fanout.pipeline.stack.target_external_ids("graph", include_retracted=False) == _active(expected)
+
+
+def test_one_failing_type_and_target_fails_the_run_and_names_only_itself(partial_failure) -> None:
+    run = partial_failure.run
+    assert not run.succeeded
+    assert "did not complete: ['URL → graph']" in run.output
+
+
+def test_the_healthy_types_and_targets_still_load_verify_and_advance_their_watermarks(partial_failure,
+                                                                                        expected) -> None:
+    marks = partial_failure.run.xcom("commit_watermarks", "watermarks")
+    latest = {t: iso(max(x.last_modified for x in expected.values() if x.indicator_type == t)) for t in ("Host", "URL")}
+    assert marks["Host → graph"] == latest["Host"]
+    assert marks["Host → sentinel"] == latest["Host"]
+    assert marks["URL → sentinel"] == latest["URL"]
+    assert marks["URL → graph"] == iso(FIRST_INTERVAL_START)  # held where the run began reading
