@@ -17,7 +17,9 @@ FULL: dict[str, Any] = {
     "page_size": 10_000,
     # Load: the simulators enforce `limit` requests per `window` seconds; the client limiter gets `client_limit`.
     "load": {"window": 10.0, "limit": 60, "client_limit": 57, "sentinel_rows": 16_000, "graph_rows": 2_600,
-             "deadline": 120.0},
+             "deadline": 120.0,
+             # Defender's import budget (30 a minute) scaled like the others: a shorter window, smaller batches.
+             "defender": {"window": 2.0, "limit": 20, "client_limit": 19, "rows": 7_000, "batch": 20}},
     "delta": 20_000,
 }
 SMOKE: dict[str, Any] = {
@@ -28,7 +30,7 @@ SMOKE: dict[str, Any] = {
     "client": 2_000,
     "page_size": 500,
     "load": {"window": 0.5, "limit": 10, "client_limit": 9, "sentinel_rows": 1_000, "graph_rows": 200,
-             "deadline": 30.0},
+             "deadline": 30.0, "defender": {"window": 0.5, "limit": 10, "client_limit": 9, "rows": 250, "batch": 10}},
     "delta": 1_000,
 }
 

@@ -1,5 +1,9 @@
 """Load efficiency: two loader processes of one identity against a rate-limited simulator, per sink.
 
+Defender is measured against its import budget (the calls its 30-a-minute limit counts), with its window and batch
+size scaled down like the other simulators' windows; indicators Defender has no type for (email addresses,
+internal addresses) are not expected there.
+
 The simulators enforce a scaled-down budget (``limit`` requests per ``window`` seconds) so a run spans several
 windows in about a minute; the loaders' shared client-side limiter gets slightly less (``client_limit``). Figures:
 admitted requests in the run's whole windows over what the server permits in them, the share of requests answered
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import requests
 
@@ -29,6 +34,7 @@ from bench.data import SyntheticPages, extract_all, load_stage, transform_all
 from include.microsoft.ratelimit import SharedRateLimiter
 from include.pipeline.mappings import SUPPORTED_TYPES
 from include.pipeline.snapshots import SnapshotStore
+from simulators.defender import DefenderService
 from simulators.graph import GraphService
 from simulators.mslogin import LoginService
 from simulators.sentinel import SentinelService
@@ -89,7 +95,24 @@ def whole_window_efficiency(admitted: list[float], limit: int, window: float) ->
     return inside / (whole * limit), inside, whole
 
 
-def prepare(ctx: Context, rows: int, tag: str) -> tuple[Path, list[str], set[str]]:
+def _defender_can_hold(table: Any) -> Any:
+    import ipaddress
+
+    def holdable(kind: str | None, value: str | None) -> bool:
+        if kind == "email":
+            return False
+        if kind == "ip":
+            try:
+                return ipaddress.ip_address(str(value)).is_global
+            except ValueError:
+                return False
+        return True
+
+    return pa.array([holdable(k, v) for k, v in zip(table["kind"].to_pylist(), table["value"].to_pylist(),
+                                                     strict=True)])
+
+
+def prepare(ctx: Context, rows: int, tag: str, sink: str = "") -> tuple[Path, list[str], set[str]]:
     """Deduplicated snapshots for each loader (one run id each) and the live external ids they hold."""
     root = ctx.workdir / f"load-{tag}-{rows}"
     store = SnapshotStore(str(root))
@@ -106,6 +129,13 @@ def prepare(ctx: Context, rows: int, tag: str) -> tuple[Path, list[str], set[str
             live = pc.and_(table["active"], pc.invert(table["false_positive"]))
             if "deleted" in table.column_names:
                 live = pc.and_(live, pc.invert(pc.fill_null(table["deleted"], False)))
+            if sink == "defender":
+                # Defender refuses (rejects) what has already expired, and has no type for some values.
+                from bench.data import END
+
+                unexpired = pc.fill_null(pc.greater(table["expiration"], pa.scalar(END, table["expiration"].type)),
+                                         True)
+                live = pc.and_(pc.and_(live, _defender_can_hold(table)), unexpired)
             expected.update(table.filter(live).column("external_id").to_pylist())
     return root, run_ids, expected
 
@@ -113,24 +143,37 @@ def prepare(ctx: Context, rows: int, tag: str) -> tuple[Path, list[str], set[str
 def load(ctx: Context) -> list[Figure]:
     """Each sink with its shared client-side limiter, two loader processes of one identity."""
     figures: list[Figure] = []
-    for variant in ("sentinel", "graph"):
+    for variant in ("sentinel", "graph", "defender"):
         figures.extend(_variant(ctx, variant))
     return figures
 
 
 def _variant(ctx: Context, variant: str) -> list[Figure]:
-    settings = ctx.sizes["load"]
+    settings = dict(ctx.sizes["load"])
+    if variant == "defender":
+        scaled = settings.pop("defender")
+        settings.update(scaled)
+        settings["defender_rows"] = scaled["rows"]
     window, limit = settings["window"], settings["limit"]
     sink = variant
     limited = True
     # A store per variant: with the lifecycle feature, a second load into the same store plans nothing to send.
-    root, run_ids, expected = prepare(ctx, settings[f"{sink}_rows"], f"{sink}-{'limited' if limited else 'plain'}")
+    root, run_ids, expected = prepare(ctx, settings[f"{sink}_rows"], f"{sink}-{'limited' if limited else 'plain'}",
+                                      sink)
     tls = make_tls_material(ctx.workdir / "tls-ms")
     secret = secrets.token_urlsafe(24)
     login = LoginService()
     login.register(TENANT, CLIENT, secret)
     if sink == "sentinel":
         service: Any = SentinelService(login, {WORKSPACE}, rate_limit_per_minute=limit, rate_window_seconds=window)
+        logged = RequestLog(service)
+    elif sink == "defender":
+        # Its clock stands in the generated data's month, so nothing has expired; only imports are budgeted.
+        from bench.data import END
+
+        offset = time.time() - END.timestamp()
+        service = DefenderService(login, clock=lambda: time.time() - offset, capacity=10**7,
+                                  rate_limits={"import": ((limit, 1.0),)}, minute_seconds=window)
         logged = RequestLog(service)
     else:
         speed = 60.0 / window
@@ -146,7 +189,7 @@ def _variant(ctx: Context, variant: str) -> list[Figure]:
                 "sink": sink, "base_url": server.base_url, "ca_file": str(tls.ca_file), "tenant": TENANT,
                 "client_id": CLIENT, "secret": secret, "workspace": WORKSPACE, "root": str(root), "run_id": run_id,
                 "limiter_path": str(limiter_path) if limited else None, "client_limit": settings["client_limit"],
-                "window": window,
+                "window": window, "batch": settings.get("batch"),
             }, ctx.workdir, timeout=settings["deadline"] * 3)
             for run_id in run_ids
         ]
@@ -156,10 +199,17 @@ def _variant(ctx: Context, variant: str) -> list[Figure]:
     if sink == "sentinel":
         stored = {key[2].removeprefix("indicator--") for key in service.objects if key[0] == WORKSPACE}
         duplicates = 0
+    elif sink == "defender":
+        from include.microsoft.defender.payload import tagged_id
+
+        tags = [tagged_id(item.get("description")) for item in service.created_by(CLIENT)]
+        stored, duplicates = {t for t in tags if t}, len(tags) - len({t for t in tags if t})
     else:
         ids = [item.get("externalId") for item in service.owned_by(CLIENT)]
         stored, duplicates = set(ids), len(ids) - len(set(ids))
     entries = logged.entries
+    if sink == "defender":  # the budget counts import calls; listings have a budget of their own
+        entries = [e for e in entries if e[3].endswith("/import")]
     total = len(entries)
     throttled = sum(1 for e in entries if e[1] == 429)
     admitted = [e[0] for e in entries if e[1] != 429]
@@ -197,6 +247,7 @@ def _variant(ctx: Context, variant: str) -> list[Figure]:
 def make_sink(args: dict[str, Any]) -> tuple[Any, Any, SharedRateLimiter | None]:
     """``(sink, client, limiter)`` for the simulator described by ``args`` (as the Airflow hooks would build them)."""
     from include.microsoft.auth import ARM_SCOPE, GRAPH_SCOPE, TokenProvider
+    from include.microsoft.defender import DEFENDER_SCOPE, DefenderClient, DefenderSink
     from include.microsoft.graph import GraphClient, GraphSink
     from include.microsoft.sentinel import SentinelClient, SentinelSink
 
@@ -211,6 +262,13 @@ def make_sink(args: dict[str, Any]) -> tuple[Any, Any, SharedRateLimiter | None]
         return session
 
     session = trusting(requests.Session())
+    if args["sink"] == "defender":
+        provider = TokenProvider(args["tenant"], args["client_id"], args["secret"], DEFENDER_SCOPE,
+                                 authority_host=args["base_url"], http_client=session)
+        api = trusting(requests.Session())
+        client = DefenderClient(args["base_url"], provider, client_id=args["client_id"], session=api,
+                                limiter=limiter)
+        return DefenderSink(client, batch_size=int(args.get("batch") or 500), capacity=10**7), client, limiter
     if args["sink"] == "sentinel":
         provider = TokenProvider(args["tenant"], args["client_id"], args["secret"], ARM_SCOPE,
                                  authority_host=args["base_url"], http_client=session)
