@@ -130,7 +130,7 @@ def prepare(ctx: Context, rows: int, tag: str, sink: str = "") -> tuple[Path, li
             if "deleted" in table.column_names:
                 live = pc.and_(live, pc.invert(pc.fill_null(table["deleted"], False)))
             if sink == "defender":
-                # Defender refuses (rejects) what has already expired, and has no type for some values.
+                # What has already expired is not sent to Defender (it would refuse it); some values have no type.
                 from bench.data import END
 
                 unexpired = pc.fill_null(pc.greater(table["expiration"], pa.scalar(END, table["expiration"].type)),

@@ -467,6 +467,7 @@ class GraphSink:
     read_back: ClassVar[bool] = True
     #: no documented cap on the indicators one source may hold
     capacity: ClassVar[int | None] = None
+    refuses_expired: ClassVar[bool] = False
 
     def __init__(self, client: GraphClient, batch_size: int = MAX_BATCH, max_item_attempts: int = 3) -> None:
         if not 0 < batch_size <= MAX_BATCH:

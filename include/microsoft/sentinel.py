@@ -371,6 +371,7 @@ class SentinelSink:
     name: ClassVar[str] = "sentinel"
     #: no documented cap on the indicators one source may hold
     capacity: ClassVar[int | None] = None
+    refuses_expired: ClassVar[bool] = False
     #: payload fields that change without a real change: left out of the lifecycle's content hash
     volatile_fields: ClassVar[tuple[str, ...]] = ("modified",)
     #: what verify compares between the sent payload and what the query returns

@@ -47,6 +47,8 @@ class Sink(Protocol):
 
     #: how many live indicators of ours the target may hold across every type (None: no limit)
     capacity: int | None
+    #: whether the target refuses an indicator whose expiration has already passed (Defender does)
+    refuses_expired: bool
 
     @property
     def read_back(self) -> bool:

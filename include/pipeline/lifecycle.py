@@ -224,6 +224,7 @@ def plan(
     volatile: Iterable[str] = (),
     inventory: set[str] | None = None,
     target: TargetView | None = None,
+    expired_before: dt.datetime | None = None,
 ) -> pd.DataFrame:
     """Decide, per indicator, what this run does; returns rows in ``PLAN_SCHEMA`` column order.
 
@@ -240,6 +241,8 @@ def plan(
         target: what the target really holds for the delivered live ids that were read back: an indicator the
             log calls live but the target does not hold is created again, one it holds with other content is
             updated. Ids it did not read are planned from the log alone.
+        expired_before: for a target that refuses past expirations (Defender), the run's notion of now: a row
+            that expires before it is planned ``skip`` (the target would reject it, and removes it by itself).
     """
     history = state if isinstance(state, Delivered) else Delivered(state)
     state = history.state
@@ -268,6 +271,12 @@ def plan(
                 rows.append({**row, "action": "skip", "reason": f"{why_retract}; nothing live to retract"})
             continue
         version = _version(last_modified, None if held is None else held["stix_modified"])
+        expiration = row.get("expiration")
+        if expired_before is not None and expiration is not None and not pd.isna(expiration) and (
+                pd.Timestamp(expiration) <= pd.Timestamp(expired_before)):
+            rows.append({**row, "action": "skip",
+                         "reason": f"expired: {sink} refuses an expiration in the past (it removes expired ones)"})
+            continue
         try:
             digest = content_hash(payload({**row, "stix_modified": version}), volatile)
         except NotSupported as exc:

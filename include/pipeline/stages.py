@@ -289,7 +289,8 @@ def load(
     inventory = _read_inventory(store, run_id, indicator_type)
     target = _target_view(sink, state, deduped, reconcile=inventory is not None)
     planned = lifecycle.plan(deduped, history, sink.payload, name, policy,
-                             getattr(sink, "volatile_fields", ()), inventory, target)
+                             getattr(sink, "volatile_fields", ()), inventory, target,
+                             expired_before=policy.interval_end if sink.refuses_expired else None)
     capacity: dict[str, Any] | None = None
     if sink.capacity is not None:
         others = sum(_live_count(store, other, name) for other in SUPPORTED_TYPES if other != indicator_type)

@@ -49,6 +49,8 @@ class DefenderSink:
     """
 
     name: ClassVar[str] = "defender"
+    #: Defender refuses an expirationTime in the past (and deletes an indicator when its time passes)
+    refuses_expired: ClassVar[bool] = True
     #: payload fields that change without a real change (none: the payload holds no clock-derived value)
     volatile_fields: ClassVar[tuple[str, ...]] = ()
     #: what verify compares between the sent payload and what Defender holds (``application`` is left out: Defender

@@ -286,3 +286,12 @@ def test_a_plan_of_nothing_but_skips_still_writes_with_its_schema(tmp_path) -> N
     table = lifecycle.plan_table(planned)
     assert table.num_rows == 3
     assert table.column("stix_modified").null_count == 3
+
+
+def test_a_target_that_refuses_past_expirations_is_not_sent_what_has_already_expired(tmp_path) -> None:
+    rows = ip_rows(2)
+    rows.loc[0, "expiration"] = POLICY.interval_end - dt.timedelta(days=1)
+    planned = lifecycle.plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "x"),
+                             GRAPH.payload, "defender", POLICY, expired_before=POLICY.interval_end)
+    assert list(planned["action"]) == ["skip", "create"]
+    assert planned["reason"][0].startswith("expired: defender refuses")
