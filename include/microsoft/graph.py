@@ -17,7 +17,7 @@ from include.microsoft.auth import BearerAuth, TokenProvider
 from include.microsoft.ratelimit import SharedRateLimiter
 from include.microsoft.sink import FAILED, OK, REJECTED, SinkResult
 from include.pipeline.errors import PermanentError
-from include.transport.retry_after import parse_retry_after
+from include.transport.retry_after import retry_after
 
 log = logging.getLogger(__name__)
 
@@ -214,10 +214,10 @@ class GraphClient:
 
     # ----------------------------------------------------------------- transport
     def _delay(self, attempt: int, response: requests.Response | None) -> float:
-        retry_after = parse_retry_after(response.headers.get("Retry-After")) if response is not None else None
-        if retry_after is None:
-            retry_after = self.backoff * (2**attempt)
-        return min(retry_after, MAX_RETRY_DELAY)
+        hinted = retry_after(response) if response is not None else None
+        if hinted is None:
+            hinted = self.backoff * (2**attempt)
+        return min(hinted, MAX_RETRY_DELAY)
 
     def _send(self, method: str, url: str, body: Any = None, idempotent: bool = True) -> requests.Response:
         """Send one logical request through the retry layer; returns the final response (any status)."""

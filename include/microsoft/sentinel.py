@@ -33,7 +33,7 @@ from include.microsoft.stix import (
     stix_id,
 )
 from include.pipeline.errors import PermanentError
-from include.transport.retry_after import parse_retry_after
+from include.transport.retry_after import retry_after
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +117,9 @@ def retry_after_seconds(response: requests.Response) -> float | None:
     Sentinel documents only the body text; whether it also sends ``Retry-After`` is UNCONFIRMED, so both count.
     """
     candidates: list[float] = []
-    header = response.headers.get("Retry-After")
-    if header:
-        seconds = parse_retry_after(header)
-        if seconds is None:
-            log.warning("ignoring an unreadable Retry-After header %r", header[:40])
-        else:
-            candidates.append(seconds)
+    seconds = retry_after(response)  # None when absent or unreadable: the body hint or back-off decide
+    if seconds is not None:
+        candidates.append(seconds)
     match = _TRY_AGAIN.search(response.text or "")
     if match:
         candidates.append(float(match.group(1)))

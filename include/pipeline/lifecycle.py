@@ -37,8 +37,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from include.microsoft.sink import content_hash
 from include.pipeline.errors import NotSupported, PermanentError
+from include.pipeline.ports import content_hash
 from include.pipeline.schema import NORMALIZED_SCHEMA, PLAN_SCHEMA
 from include.pipeline.snapshots import SnapshotStore
 

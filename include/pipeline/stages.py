@@ -12,11 +12,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from include.microsoft.sink import FAILED, OK, REJECTED, Sink, SinkResult
 from include.pipeline import lifecycle, watermarks
 from include.pipeline.dedupe import KEY_COLUMNS
 from include.pipeline.errors import PermanentError
 from include.pipeline.mappings import SUPPORTED_TYPES
+from include.pipeline.ports import FAILED, OK, REJECTED, Sink, SinkResult
 from include.pipeline.schema import LOADED_SCHEMA, NORMALIZED_SCHEMA, RAW_SCHEMA, REJECTED_SCHEMA
 from include.pipeline.snapshots import SnapshotStore
 
@@ -94,33 +94,17 @@ def extract(
 
 
 def _deleted_batches(client: PageSource, indicator_type: str, window: watermarks.Window) -> Iterable[pa.RecordBatch]:
-    """ThreatConnect's deleted-indicators listing as raw rows (inactive, ``deleted``), in pages of 10,000.
+    """ThreatConnect's deleted-indicators listing as raw rows (inactive, ``deleted``).
 
     A deletion is versioned by the window whose listing (``deletedSince`` = the window's start) reported it, never
     by a date inside the record: the listing's ``dateAdded`` is when the indicator was first added, which predates
     its last change, so taking it as the deletion's version made the plan skip real deletions as stale. Every
     entry the listing returns is a deletion that exists now, even one made after the window's end.
     """
-    from include.threatconnect.parse import parse_page
-
-    iter_deleted = getattr(client, "iter_deleted", None)
+    iter_deleted = getattr(client, "iter_deleted_batches", None)
     if iter_deleted is None:
         return
-    stamp = watermarks.iso(window.start)
-    items: list[dict[str, Any]] = []
-    for entry in iter_deleted(indicator_type, window.start):
-        items.append({"type": indicator_type, "summary": entry["summary"], "ownerName": entry.get("owner"),
-                      "dateAdded": stamp, "lastModified": stamp, "active": False})
-        if len(items) == 10_000:
-            yield _flag_deleted(parse_page(items, indicator_type))
-            items = []
-    if items:
-        yield _flag_deleted(parse_page(items, indicator_type))
-
-
-def _flag_deleted(batch: pa.RecordBatch) -> pa.RecordBatch:
-    index = batch.schema.get_field_index("deleted")
-    return batch.set_column(index, "deleted", pa.array([True] * batch.num_rows, pa.bool_()))
+    yield from iter_deleted(indicator_type, window.start, window.start)
 
 
 INVENTORY_SCHEMA = pa.schema([pa.field("external_id", pa.string()), pa.field("live", pa.bool_())])

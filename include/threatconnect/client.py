@@ -16,7 +16,7 @@ import requests
 from include.pipeline.errors import PermanentError
 from include.threatconnect.auth import HmacAuth
 from include.threatconnect.parse import parse_page, parse_timestamp, summary_of
-from include.transport.retry_after import parse_retry_after
+from include.transport.retry_after import retry_after
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,9 @@ def _query(params: list[tuple[str, str]]) -> str:
     return "&".join(f"{quote(key, safe=_QUERY_SAFE)}={quote(value, safe=_QUERY_SAFE)}" for key, value in params)
 
 
-def _retry_after(response: requests.Response) -> float | None:
-    return parse_retry_after(response.headers.get("Retry-After"))
+def _flag_deleted(batch: pa.RecordBatch) -> pa.RecordBatch:
+    index = batch.schema.get_field_index("deleted")
+    return batch.set_column(index, "deleted", pa.array([True] * batch.num_rows, pa.bool_()))
 
 
 def _lenient_timestamp(value: Any) -> dt.datetime | None:
@@ -170,7 +171,7 @@ class ThreatConnectClient:
                             f"after {attempt + 1} attempts",
                             status,
                         )
-                    delay = _retry_after(response)
+                    delay = retry_after(response)
                     log.warning("ThreatConnect %s answered %s, retrying", where, status)
                 elif status >= 400:
                     raise ThreatConnectError(f"ThreatConnect {status}: {_error_message(response)}", status)
@@ -353,6 +354,24 @@ class ThreatConnectClient:
                 "owner": item.get("ownerName") or self.owner,
                 "date_added": _lenient_timestamp(item.get("dateAdded")),
             }
+
+    def iter_deleted_batches(self, indicator_type: str, deleted_since: dt.datetime, stamp: dt.datetime,
+                             batch_rows: int = 10_000) -> Iterator[pa.RecordBatch]:
+        """The deleted listing as ``RAW_SCHEMA`` rows (inactive, ``deleted``), every one versioned ``stamp``.
+
+        The caller chooses the version (the window that reported the deletion): the listing's ``dateAdded`` is when
+        the indicator was first added, which says nothing about the deletion.
+        """
+        when = stamp.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+        items: list[dict[str, Any]] = []
+        for entry in self.iter_deleted(indicator_type, deleted_since):
+            items.append({"type": indicator_type, "summary": entry["summary"], "ownerName": entry.get("owner"),
+                          "dateAdded": when, "lastModified": when, "active": False})
+            if len(items) == batch_rows:
+                yield _flag_deleted(parse_page(items, indicator_type))
+                items = []
+        if items:
+            yield _flag_deleted(parse_page(items, indicator_type))
 
     def _deleted_v2(self, indicator_type: str, deleted_since: dt.datetime) -> Iterator[dict[str, Any]]:
         branch, entity = V2_BRANCHES[indicator_type]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import email.utils
 import math
+from typing import Any
 
 
 def parse_retry_after(value: str | None, now: dt.datetime | None = None) -> float | None:
@@ -39,3 +40,9 @@ def parse_retry_after(value: str | None, now: dt.datetime | None = None) -> floa
     if math.isnan(seconds) or math.isinf(seconds):
         return None
     return max(0.0, seconds)
+
+
+def retry_after(response: Any) -> float | None:
+    """Seconds a response's ``Retry-After`` header asks to wait (see :func:`parse_retry_after`), or None."""
+    headers = getattr(response, "headers", None)
+    return parse_retry_after(headers.get("Retry-After") if headers is not None else None)

@@ -12,7 +12,7 @@ import requests
 
 from include.microsoft.ratelimit import SharedRateLimiter
 from include.pipeline.errors import PermanentError
-from include.transport.retry_after import parse_retry_after
+from include.transport.retry_after import retry_after
 
 log = logging.getLogger(__name__)
 
@@ -271,7 +271,7 @@ class DefenderClient:
             attempt += 1
             if attempt > self.max_retries:
                 return response
-            hinted = parse_retry_after(response.headers.get("Retry-After"))
+            hinted = retry_after(response)
             if status == 429:
                 delay = min(hinted, MAX_SERVER_WAIT_SECONDS) if hinted is not None else self._backoff(attempt)
                 if self.limiter is not None:

@@ -17,9 +17,9 @@ from include.microsoft.graph import (
     GraphError,
     is_graph_id,
     item_error,
-    parse_retry_after,
     result_info_error,
 )
+from include.transport.retry_after import parse_retry_after
 from tests.unit.microsoft.conftest import FakeTokenProvider
 
 GUID = "e58c072b-c9bb-a5c4-34ce-eb69af44fb1e"

@@ -7,8 +7,7 @@ import datetime as dt
 import pytest
 import requests
 
-from include.threatconnect.client import _retry_after
-from include.transport.retry_after import parse_retry_after
+from include.transport.retry_after import parse_retry_after, retry_after
 
 NOW = dt.datetime(2026, 12, 6, 12, 0, 0, tzinfo=dt.UTC)
 
@@ -42,9 +41,9 @@ def test_a_naive_reference_clock_is_taken_as_utc() -> None:
 
 
 @pytest.mark.parametrize("value", ["Sun, 06 Dec 2099 12:00:45 -0000", "later, please"])
-def test_the_threatconnect_client_reads_retry_after_dates_in_any_zone_and_survives_garbage(value: str) -> None:
+def test_a_responses_retry_after_header_is_read_in_any_zone_and_survives_garbage(value: str) -> None:
     response = requests.Response()
     response.status_code = 503
     response.headers["Retry-After"] = value
-    waited = _retry_after(response)
+    waited = retry_after(response)
     assert waited is None or waited > 0

@@ -1,0 +1,83 @@
+"""What the core needs from its adapters: the load-target interface every sink implements (so a new target is
+one new module, not a new DAG), its result type and statuses. Adapters import this; the core imports no adapter."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import pandas as pd
+
+# Statuses of one write (SinkResult.status, the ``loaded`` snapshot's ``status`` column).
+OK, REJECTED, FAILED = "ok", "rejected", "failed"
+
+
+@dataclass(frozen=True)
+class SinkResult:
+    """What happened to one indicator in the target.
+
+    Attributes:
+        external_id: the deterministic id of the indicator (the normalized ``external_id``).
+        action: ``create``, ``update`` or ``retract``.
+        status: ``ok``; ``rejected`` when the target refused the item for its content (a per-item 4xx, a record
+            error, a payload the target's documented limits do not allow): no retry can change that, so the item
+            is quarantined until its content changes; or ``failed`` when it still failed after the retries for a
+            reason that may pass (throttling, an outage, a timeout), which holds the watermark back.
+        target_id: the target's id for the indicator (Graph id, STIX id), when known.
+        attempts: how many requests carried this indicator.
+        error: the target's error message when ``status`` is not ``ok``.
+    """
+
+    external_id: str
+    action: str
+    status: str
+    target_id: str | None = None
+    attempts: int = 1
+    error: str | None = None
+
+
+class Sink(Protocol):
+    """A load target. Rows are normalized-snapshot rows (``include.pipeline.schema.NORMALIZED_SCHEMA``)."""
+
+    name: ClassVar[str]
+    #: payload fields verify compares between what was sent and what the target holds
+    verify_fields: ClassVar[tuple[str, ...]]
+
+    #: how many live indicators of ours the target may hold across every type (None: no limit)
+    capacity: int | None
+    #: whether the target refuses an indicator whose expiration has already passed (Defender does)
+    refuses_expired: bool
+
+    @property
+    def read_back(self) -> bool:
+        """Whether :meth:`fetch` can read objects back; when False, verify relies on the per-item acknowledgements."""
+        ...
+
+    def payload(self, row: Mapping[str, Any]) -> dict[str, Any]:
+        """The exact object this sink sends for one normalized row (deterministic: no clock reads)."""
+        ...
+
+    def upsert(self, rows: pd.DataFrame) -> list[SinkResult]:
+        """Create or update every row (keyed on ``external_id``), batching and retrying inside; one result per row."""
+        ...
+
+    def retract(self, rows: pd.DataFrame) -> list[SinkResult]:
+        """Withdraw every row from the target (only indicators this pipeline created); one result per row."""
+        ...
+
+    def fetch(self, external_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """What the target holds now for these ids, as payload-shaped dicts keyed by ``external_id``.
+
+        Ids the target does not hold are absent from the answer.
+        """
+        ...
+
+
+def content_hash(payload: Mapping[str, Any], volatile: Sequence[str] = ()) -> str:
+    """SHA-256 over the canonical JSON of a payload, leaving out fields that change without a real change."""
+    stable = {k: v for k, v in payload.items() if k not in volatile}
+    encoded = json.dumps(stable, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
+    return hashlib.sha256(encoded.encode()).hexdigest()
