@@ -1,11 +1,15 @@
-"""The one reader of ``Retry-After``: delta-seconds or an HTTP date in any zone; unreadable means "no hint"."""
+"""The one reader of a server's "wait this long": ``Retry-After`` (seconds or an HTTP date) and the body's hint."""
 
 from __future__ import annotations
 
 import datetime as dt
 import email.utils
 import math
+import re
 from typing import Any
+
+# Sentinel documents its throttle in the body only ("Rate limit is exceeded. Try again in 45 seconds.").
+_TRY_AGAIN = re.compile(r"try again in (\d+(?:\.\d+)?) second", re.IGNORECASE)
 
 
 def parse_retry_after(value: str | None, now: dt.datetime | None = None) -> float | None:
@@ -42,7 +46,22 @@ def parse_retry_after(value: str | None, now: dt.datetime | None = None) -> floa
     return max(0.0, seconds)
 
 
-def retry_after(response: Any) -> float | None:
-    """Seconds a response's ``Retry-After`` header asks to wait (see :func:`parse_retry_after`), or None."""
+def retry_after(response: Any, now: dt.datetime | None = None) -> float | None:
+    """Seconds a response asks to wait, or None when it gives no readable hint.
+
+    The larger of the ``Retry-After`` header (see :func:`parse_retry_after`) and a "Try again in N seconds" hint in
+    the body (Sentinel documents only the body text; both count when both are there).
+    """
     headers = getattr(response, "headers", None)
-    return parse_retry_after(headers.get("Retry-After") if headers is not None else None)
+    candidates: list[float] = []
+    header = parse_retry_after(headers.get("Retry-After") if headers is not None else None, now)
+    if header is not None:
+        candidates.append(header)
+    try:
+        text = response.text or ""
+    except (AttributeError, UnicodeDecodeError, TypeError):
+        text = ""
+    match = _TRY_AGAIN.search(text[:2000]) if isinstance(text, str) else None
+    if match:
+        candidates.append(float(match.group(1)))
+    return max(candidates) if candidates else None

@@ -69,7 +69,7 @@ def test_submit_update_find_and_delete_round_trip(stack: GraphStack, client: Gra
 def test_single_entity_create_get_patch_and_delete_answer_the_documented_codes(stack: GraphStack,
                                                                                client: GraphClient) -> None:
     session, url = client.session, client.collection_url
-    auth = client._auth
+    auth = client.transport.auth
     created = session.post(url, json=_indicator("single"), auth=auth)
     assert created.status_code == 201
     assert created.json()["@odata.context"].endswith("#Security/tiIndicators/$entity")
@@ -91,7 +91,7 @@ def test_the_simulator_rejects_a_description_over_100_characters(stack: GraphSta
     assert item_error(results[1]) is None
     assert stack.graph.requests[-1].status == 206
     single = client.session.post(client.collection_url, json=_indicator("long", description="d" * 101),
-                                 auth=client._auth)
+                                 auth=client.transport.auth)
     assert single.status_code == 400
     assert "100 characters" in single.json()["error"]["message"]
 
@@ -109,7 +109,7 @@ def test_resubmitting_an_external_id_creates_a_second_row_like_the_real_service(
 
 
 def test_a_batch_over_100_is_a_bad_request_at_the_service(client: GraphClient) -> None:
-    response = client.session.post(f"{client.collection_url}/submitTiIndicators", auth=client._auth,
+    response = client.session.post(f"{client.collection_url}/submitTiIndicators", auth=client.transport.auth,
                                    json={"value": [_indicator(str(i)) for i in range(101)]})
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "BadRequest"
@@ -125,16 +125,16 @@ def test_listing_follows_next_links_across_pages(stack: GraphStack, client: Grap
 
 def test_a_filter_with_top_pages_with_next_links(client: GraphClient) -> None:
     client.submit([_indicator(f"t{i}") for i in range(5)])
-    page = client.session.get(client.collection_url, auth=client._auth,
+    page = client.session.get(client.collection_url, auth=client.transport.auth,
                               params={"$filter": "threatType eq 'C2' and tlpLevel eq 'green'", "$top": "2"}).json()
     assert len(page["value"]) == 2
-    rest = client.session.get(page["@odata.nextLink"], auth=client._auth).json()
+    rest = client.session.get(page["@odata.nextLink"], auth=client.transport.auth).json()
     assert len(rest["value"]) == 2
     assert "@odata.nextLink" in rest
 
 
 def test_a_top_over_1000_is_a_bad_request(client: GraphClient) -> None:
-    response = client.session.get(client.collection_url, auth=client._auth, params={"$top": "1001"})
+    response = client.session.get(client.collection_url, auth=client.transport.auth, params={"$top": "1001"})
     assert response.status_code == 400
 
 
@@ -146,7 +146,7 @@ def test_another_app_can_neither_see_nor_change_our_indicators(stack: GraphStack
     assert other.delete_by_external_ids(["mine"])[0]["code"] == 404
     assert "not found" in (item_error(other.update([{"id": ours["id"], "confidence": 1}])[0]) or "")
     item_url = f"{other.collection_url}/{ours['id']}"
-    assert other.session.delete(item_url, auth=other._auth).status_code == 404
+    assert other.session.delete(item_url, auth=other.transport.auth).status_code == 404
     assert client.find_by_external_ids(["mine"])["mine"][0]["confidence"] == 60
 
 
@@ -161,7 +161,7 @@ def test_injected_429s_are_waited_out_with_retry_after(stack: GraphStack, client
 
 def test_the_429_body_is_the_documented_too_many_requests_error(stack: GraphStack, client: GraphClient) -> None:
     stack.graph.inject(429, count=1, retry_after=5)
-    response = client.session.get(client.collection_url, auth=client._auth)
+    response = client.session.get(client.collection_url, auth=client.transport.auth)
     assert response.status_code == 429
     assert response.headers["Retry-After"] == "5"
     assert response.json()["error"]["code"] == "TooManyRequests"
@@ -184,7 +184,7 @@ def test_persistent_503s_end_in_a_transient_error_after_bounded_retries(stack: G
         client.find_by_external_ids(["a"])
     assert raised.value.status == 503
     assert raised.value.transient
-    assert len(stack.graph.requests) == client.max_retries + 1
+    assert len(stack.graph.requests) == client.transport.policy.max_retries + 1
 
 
 def test_an_unreachable_service_is_a_transient_error(stack: GraphStack, client: GraphClient) -> None:

@@ -284,7 +284,7 @@ def test_an_empty_target_is_proven_by_one_listing_request(stack: GraphStack, sin
 
 def test_reading_back_a_few_ids_in_a_large_target_falls_back_to_look_ups(
         stack: GraphStack, sink: GraphSink, client: GraphClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    import include.microsoft.graph as graph_module
+    import include.microsoft.graph.client as graph_module
 
     monkeypatch.setattr(graph_module, "MAX_PAGE", 10)  # a large target, scaled down: 60 owned = 6 pages
     rows = ip_rows(60)

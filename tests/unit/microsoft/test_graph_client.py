@@ -12,13 +12,13 @@ import requests
 from requests.structures import CaseInsensitiveDict
 
 from include.microsoft.graph import (
-    MAX_RETRY_DELAY,
     GraphClient,
     GraphError,
     is_graph_id,
     item_error,
     result_info_error,
 )
+from include.transport.http import RetryPolicy
 from include.transport.retry_after import parse_retry_after
 from tests.unit.microsoft.conftest import FakeTokenProvider
 
@@ -137,7 +137,7 @@ def test_a_huge_retry_after_is_capped() -> None:
     session = ScriptedSession(_response(429, None, {"Retry-After": "86400"}), _ok_items(1))
     client, sleeps = _client(session)
     client.update([{"id": GUID}])
-    assert sleeps == [MAX_RETRY_DELAY]
+    assert sleeps == [RetryPolicy().max_server_wait]
 
 
 def test_5xx_backs_off_exponentially_and_gives_up_after_max_retries() -> None:
