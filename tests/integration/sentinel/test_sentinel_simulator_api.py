@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from include.microsoft.auth import GRAPH_SCOPE
-from include.microsoft.stix import build_indicator
+from include.microsoft.sentinel.stix import build_indicator
 from tests.integration.sentinel.sentinel_stack import SOURCE, WORKSPACE, SentinelStack, make_row
 
 pytestmark = pytest.mark.integration

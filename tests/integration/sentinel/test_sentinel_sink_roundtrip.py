@@ -11,7 +11,7 @@ import stix2
 
 from include.microsoft.ratelimit import SharedRateLimiter
 from include.microsoft.sentinel import SentinelClient, SentinelError, SentinelSink
-from include.microsoft.stix import stix_id
+from include.microsoft.sentinel.stix import stix_id
 from tests.integration.sentinel.sentinel_stack import (
     CLIENT,
     OTHER_CLIENT,

@@ -15,8 +15,8 @@ from include.microsoft.sentinel import (
     ManagementTarget,
     SentinelClient,
     SentinelError,
-    retry_after_seconds,
 )
+from include.transport.retry_after import retry_after
 
 WORKSPACE = "11111111-2222-3333-4444-555555555555"
 THROTTLED = {"statusCode": 429, "message": "Rate limit is exceeded. Try again in 7 seconds."}
@@ -39,7 +39,11 @@ class FakeSession:
     calls: list[dict[str, Any]] = field(default_factory=list)
 
     def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        self.calls.append({"method": method, "url": url, **kwargs})
+        # The auth class writes its header when the request is prepared, as requests does.
+        prepared = requests.Request(method, url, headers=kwargs.get("headers")).prepare()
+        if kwargs.get("auth") is not None:
+            kwargs["auth"](prepared)
+        self.calls.append({"method": method, "url": url, **kwargs, "headers": dict(prepared.headers)})
         answer = self.script.pop(0)
         if isinstance(answer, Exception):
             raise answer
@@ -197,7 +201,7 @@ def test_client_errors_are_not_retried(status: int) -> None:
 )
 def test_retry_after_reads_the_header_and_the_body(headers: dict[str, str], body: object,
                                                    expected: float | None) -> None:
-    assert retry_after_seconds(_response(429, body, headers)) == expected
+    assert retry_after(_response(429, body, headers)) == expected
 
 
 MANAGEMENT = ManagementTarget("sub-1", "rg-1", "ws-name", host="https://management.azure.com")

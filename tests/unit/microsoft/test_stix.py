@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from stix2patterns.pattern import Pattern
 from stix2patterns.validator import run_validator
 
-from include.microsoft.stix import (
+from include.microsoft.sentinel.stix import (
     EXPIRED_AT_BIRTH_STEP,
     TLP_MARKINGS,
     build_indicator,
