@@ -1,4 +1,4 @@
-"""Client-credentials tokens from Microsoft Entra ID through MSAL, as a ``requests`` auth class."""
+"""Client-credentials tokens from Microsoft Entra ID through MSAL (the transport's ``BearerAuth`` sends them)."""
 
 from __future__ import annotations
 
@@ -112,14 +112,3 @@ class TokenProvider:
                 self._on_new_token(result["access_token"])
             log.info("acquired a new token for %s (client %s)", self._scope, self._client_id)
         return result["access_token"]
-
-
-class BearerAuth(requests.auth.AuthBase):
-    """Put the provider's current token in ``Authorization: Bearer``."""
-
-    def __init__(self, provider: TokenProvider) -> None:
-        self.provider = provider
-
-    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        request.headers["Authorization"] = f"Bearer {self.provider.token()}"
-        return request

@@ -16,7 +16,7 @@ import requests
 from include.pipeline.errors import PermanentError
 from include.threatconnect.auth import HmacAuth
 from include.threatconnect.parse import parse_page, parse_timestamp, summary_of
-from include.transport.retry_after import retry_after
+from include.transport.http import RetryPolicy, TlsError, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,6 @@ V2_BRANCHES: dict[str, tuple[str, str]] = {
     "URL": ("urls", "url"),
 }
 V3_FIELDS = ("tags", "securityLabels", "threatAssess", "falsePositives", "externalDates")
-_RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-_MAX_SLEEP = 120.0  # cap on one wait, even when Retry-After asks for more: the task's own retry is the next layer
 # Kept literal in query values we build by hand: the docs send filters as ``active%3Dtrue,active%3Dfalse``.
 _QUERY_SAFE = ","
 
@@ -121,15 +119,22 @@ class ThreatConnectClient:
         self.owner = owner
         self.api_version = api_version
         self.page_size = max(1, min(int(page_size), MAX_PAGE_SIZE))
-        self.session = session or requests.Session()
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.timeout = timeout
-        self.requests_sent = 0
-        self._auth = HmacAuth(access_id, secret_key, clock=clock)
-        self._sleep = sleep
+        # 401/403 are final here: an HMAC signature has nothing to refresh.
+        self.transport = Transport(session, HmacAuth(access_id, secret_key, clock=clock), None,
+                                   RetryPolicy(max_retries=max_retries, backoff=backoff), timeout, sleep,
+                                   "ThreatConnect")
         base = urlsplit(self.base_url)
         self._origin = (base.scheme, base.netloc)
+
+    @property
+    def requests_sent(self) -> int:
+        """Every HTTP request so far, retries included."""
+        return self.transport.requests_sent
+
+    @property
+    def session(self) -> requests.Session:
+        """The transport's ``requests`` session."""
+        return self.transport.session
 
     def __repr__(self) -> str:
         return f"ThreatConnectClient({self.base_url!r}, owner={self.owner!r}, api_version={self.api_version!r})"
@@ -137,50 +142,22 @@ class ThreatConnectClient:
     # --- HTTP -------------------------------------------------------------------------------------------
 
     def _get(self, url: str) -> dict[str, Any]:
-        """GET a signed URL with bounded retries; return the JSON body of a successful envelope."""
+        """GET a signed URL through the transport; return the JSON body of a successful envelope."""
         shown = urlsplit(url)
-        # The URL carries no credential (the signature travels in a header); warnings show the path only.
-        where = shown.path
-        attempt = 0
-        while True:
-            self.requests_sent += 1
-            log.debug("ThreatConnect GET %s?%s (attempt %s)", shown.path, shown.query, attempt + 1)
-            delay: float | None = None
-            try:
-                # verify= passed explicitly: requests lets REQUESTS_CA_BUNDLE override a session's own CA file.
-                response = self.session.get(
-                    url, auth=self._auth, timeout=self.timeout, verify=self.session.verify
-                )
-            except requests.exceptions.SSLError:
-                # A certificate problem does not heal by retrying.
-                raise ThreatConnectError(f"TLS verification failed for {shown.netloc}") from None
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                if attempt >= self.max_retries:
-                    raise ThreatConnectError(
-                        f"ThreatConnect unreachable after {attempt + 1} attempts: {type(exc).__name__}"
-                    ) from None
-                log.warning("ThreatConnect %s: %s, retrying", where, type(exc).__name__)
-            else:
-                status = response.status_code
-                if status in (401, 403):
-                    raise ThreatConnectAuthError(f"ThreatConnect {status}: {_error_message(response)}", status)
-                if status in _RETRY_STATUSES:
-                    if attempt >= self.max_retries:
-                        raise ThreatConnectError(
-                            f"ThreatConnect answered {status} {_error_message(response)} "
-                            f"after {attempt + 1} attempts",
-                            status,
-                        )
-                    delay = retry_after(response)
-                    log.warning("ThreatConnect %s answered %s, retrying", where, status)
-                elif status >= 400:
-                    raise ThreatConnectError(f"ThreatConnect {status}: {_error_message(response)}", status)
-                else:
-                    return self._envelope(response)
-            if delay is None:
-                delay = self.backoff * (2**attempt)
-            self._sleep(min(delay, _MAX_SLEEP))
-            attempt += 1
+        log.debug("ThreatConnect GET %s", shown.path)
+        try:
+            response = self.transport.send("GET", url)
+        except TlsError as exc:
+            raise ThreatConnectAuthError(f"{exc}: check the CA bundle (REQUESTS_CA_BUNDLE)") from None
+        except TransportError as exc:
+            raise ThreatConnectError(f"ThreatConnect unreachable: {exc}") from None
+        status = response.status_code
+        if status in (401, 403):
+            raise ThreatConnectAuthError(f"ThreatConnect {status}: {_error_message(response)}", status)
+        if status >= 400:
+            retried = " after retries" if status in self.transport.policy.transient_statuses else ""
+            raise ThreatConnectError(f"ThreatConnect answered {status} {_error_message(response)}{retried}", status)
+        return self._envelope(response)
 
     @staticmethod
     def _envelope(response: requests.Response) -> dict[str, Any]:

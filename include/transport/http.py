@@ -252,9 +252,12 @@ class Transport:
             if response.status_code == 429:
                 delay = hinted if hinted is not None else policy.backoff_for(state.attempt_number)
                 if limiter is not None:
-                    limiter.penalise(delay)  # every process of this identity waits, not just this one
+                    # The pause is shared: every process of this identity waits in acquire(), this one included.
+                    limiter.penalise(delay)
+                    return 0.0
                 return delay
-            return max(hinted or 0.0, policy.backoff_for(state.attempt_number))
+            # The server knows best how long it will be busy; without a hint, back off.
+            return hinted if hinted is not None else policy.backoff_for(state.attempt_number)
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             outcome = state.outcome
@@ -270,7 +273,7 @@ class Transport:
             stop=tenacity.stop_after_attempt(policy.max_retries + 1),
             retry=tenacity.retry_if_result(retry_result) | tenacity.retry_if_exception(retry_exception),
             wait=wait,
-            sleep=self.sleep,
+            sleep=self._sleep,
             before_sleep=before_sleep,
             # Out of retries: the last answer goes back to the caller, the last connection failure is raised.
             retry_error_callback=lambda state: state.outcome.result() if state.outcome is not None else None,
@@ -281,6 +284,10 @@ class Transport:
             ambiguous = failure.sent and not idempotent
             tried = "once (not idempotent: not resent)" if ambiguous else "after retries"
             raise TransportError(f"{where} failed {tried}: {failure}", ambiguous=ambiguous) from failure.exc
+
+    def _sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self.sleep(seconds)
 
     def _once(
         self,

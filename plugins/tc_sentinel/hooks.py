@@ -11,7 +11,7 @@ from airflow.sdk import BaseHook
 
 from include.microsoft.auth import ARM_SCOPE, GRAPH_SCOPE, MICROSOFT_AUTHORITY_HOST, TokenProvider
 from include.microsoft.ratelimit import SharedRateLimiter, limiter_path
-from include.microsoft.sink import Sink
+from include.pipeline.ports import Sink
 from include.threatconnect.client import ThreatConnectClient
 from tc_sentinel import redaction
 

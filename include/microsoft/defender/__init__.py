@@ -16,6 +16,7 @@ from typing import Any
 
 from include.microsoft.defender.client import (
     DEFAULT_HOST,
+    DEFAULT_REQUESTS_PER_MINUTE,
     DEFENDER_HOSTS,
     DEFENDER_SCOPE,
     DefenderClient,
@@ -26,9 +27,8 @@ from include.microsoft.defender.payload import build_payload, indicator_key, sev
 from include.microsoft.defender.sink import DefenderSink
 from include.microsoft.ratelimit import SharedRateLimiter, limiter_path
 
-#: Import allows 30 calls a minute per app (list and delete 100); one budget for every call keeps the tightest one,
-#: with a margin for the gap between admission here and arrival at Microsoft.
-REQUESTS_PER_MINUTE = 28
+#: One budget for every call keeps the tightest one (import: 30 a minute per app).
+REQUESTS_PER_MINUTE = DEFAULT_REQUESTS_PER_MINUTE
 
 __all__ = [
     "DEFAULT_HOST", "DEFENDER_HOSTS", "DEFENDER_SCOPE", "REQUESTS_PER_MINUTE", "DefenderClient", "DefenderError",

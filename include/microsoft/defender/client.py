@@ -1,18 +1,17 @@
-"""Defender for Endpoint ``/api/indicators`` over ``requests``: import, list, delete, BatchDelete, one retry layer."""
+"""Defender for Endpoint ``/api/indicators``: import, list, delete, BatchDelete, over the shared transport."""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
-from include.microsoft.ratelimit import SharedRateLimiter
 from include.pipeline.errors import PermanentError
-from include.transport.retry_after import retry_after
+from include.transport.http import BearerAuth, RequestBudget, RetryPolicy, TokenSource, Transport, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +29,11 @@ MAX_IMPORT = 500  # "Maximum batch size for one API call is 500"
 MAX_BATCH_DELETE = 500
 MAX_TOP = 10_000
 MAX_PAGES = 100  # 15,000 indicators per tenant fit in two pages of 10,000; anything near 100 is a paging loop
-MAX_BACKOFF_SECONDS = 120.0  # our own exponential back-off never waits longer
-MAX_SERVER_WAIT_SECONDS = 600.0  # a longer server-requested pause is a task retry's job, not a sleep
-TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
+#: Defender's import allows 30 calls a minute per app (and 100 a minute for the other indicator calls); the margin
+#: absorbs the gap between admission here and arrival. A Connection's ``requests_per_minute`` overrides it.
+DEFAULT_REQUESTS_PER_MINUTE = 28
 #: Answers about the caller or the address; no retry fixes them (404 only where it does not mean "already gone").
 PERMANENT_STATUSES = frozenset({401, 403, 404, 405})
-
-
-class TokenSource(Protocol):
-    """Anything that hands out a bearer token (``include.microsoft.auth.TokenProvider``)."""
-
-    def token(self) -> str: ...
 
 
 class DefenderError(RuntimeError):
@@ -96,19 +89,28 @@ class DefenderClient:
         backoff: float = 1.0,
         timeout: float = 60,
         sleep: Callable[[float], None] = time.sleep,
-        limiter: SharedRateLimiter | None = None,
+        limiter: RequestBudget | None = None,
     ) -> None:
         self.base_url = (base_url or DEFAULT_HOST).rstrip("/")
         self.token_provider = token_provider
         self.client_id = client_id
-        self.session = session or requests.Session()
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.timeout = timeout
-        self.sleep = sleep
-        self.limiter = limiter
-        self.requests_sent = 0  # every HTTP attempt, retries included
-        self.throttled = 0  # 429 answers seen
+        self.transport = Transport(session, BearerAuth(token_provider), limiter,
+                                   RetryPolicy(max_retries=max_retries, backoff=backoff), timeout, sleep, "Defender")
+
+    @property
+    def requests_sent(self) -> int:
+        """Every HTTP attempt, retries included."""
+        return self.transport.requests_sent
+
+    @property
+    def throttled(self) -> int:
+        """429 answers seen."""
+        return self.transport.throttled
+
+    @property
+    def limiter(self) -> RequestBudget | None:
+        """The shared request budget, if any."""
+        return self.transport.limiter
 
     @property
     def indicators_url(self) -> str:
@@ -234,56 +236,11 @@ class DefenderClient:
 
     def _send(self, method: str, url: str, body: Any = None,
               params: dict[str, str] | None = None) -> requests.Response:
-        """One logical request through the retry layer; returns the final response (any status)."""
-        path = urlsplit(url).path
-        attempt = 0
-        refreshed = False
-        while True:
-            if self.limiter is not None:
-                self.limiter.acquire()
-            self.requests_sent += 1
-            try:
-                response = self.session.request(
-                    method, url, params=params, json=body, timeout=self.timeout,
-                    headers={"Authorization": f"Bearer {self.token_provider.token()}", "Accept": "application/json"},
-                )
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                attempt += 1
-                if attempt > self.max_retries:
-                    raise DefenderError(f"{method} {path} failed after {attempt} attempts: "
-                                        f"{type(exc).__name__}") from exc
-                delay = self._backoff(attempt)
-                log.warning("%s %s: %s, retry %s/%s in %.1f s", method, path, type(exc).__name__, attempt,
-                            self.max_retries, delay)
-                self.sleep(delay)
-                continue
-            status = response.status_code
-            if status == 401 and not refreshed:
-                refreshed = True
-                log.info("%s %s answered 401; refreshing the token once", method, path)
-                invalidate = getattr(self.token_provider, "invalidate", None)
-                if callable(invalidate):
-                    invalidate()
-                continue
-            if status not in TRANSIENT_STATUSES:
-                return response
-            self.throttled += status == 429
-            attempt += 1
-            if attempt > self.max_retries:
-                return response
-            hinted = retry_after(response)
-            if status == 429:
-                delay = min(hinted, MAX_SERVER_WAIT_SECONDS) if hinted is not None else self._backoff(attempt)
-                if self.limiter is not None:
-                    self.limiter.penalise(delay)  # every process of this identity waits, not just this one
-            else:
-                delay = max(min(hinted or 0.0, MAX_SERVER_WAIT_SECONDS), self._backoff(attempt))
-            log.warning("%s %s: HTTP %s, retry %s/%s in %.1f s", method, path, status, attempt, self.max_retries,
-                        delay)
-            self.sleep(delay)
-
-    def _backoff(self, attempt: int) -> float:
-        return min(self.backoff * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS)
+        """One logical request through the transport (every Defender call may be resent: import is an upsert)."""
+        try:
+            return self.transport.send(method, url, params=params, json=body)
+        except TransportError as exc:
+            raise DefenderError(str(exc)) from exc.__cause__ or exc
 
 
 def align_results(sent: Sequence[Mapping[str, Any]], results: Sequence[Any]) -> list[dict[str, Any]]:

@@ -10,8 +10,9 @@ import pandas as pd
 
 from include.microsoft.defender import payload as mapping
 from include.microsoft.defender.client import MAX_BATCH_DELETE, MAX_IMPORT, DefenderClient, DefenderError
-from include.microsoft.sink import FAILED, OK, REJECTED, SinkResult
 from include.pipeline.errors import PermanentError
+from include.pipeline.ports import FAILED, OK, REJECTED, SinkResult
+from include.transport.batch import BatchRefused, ItemAnswer, send_in_batches
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def is_content_refusal(reason: Any) -> bool:
 
 
 class DefenderSink:
-    """The :class:`include.microsoft.sink.Sink` for Defender for Endpoint's indicators (``name = "defender"``).
+    """The :class:`include.pipeline.ports.Sink` for Defender for Endpoint's indicators (``name = "defender"``).
 
     Defender keys an indicator on (``indicatorType``, ``indicatorValue``) and has no field for our external id, so the
     mapping between the two is kept twice: in memory, from every ``upsert``/``retract`` of this process, and in
@@ -145,44 +146,26 @@ class DefenderSink:
         return [results[str(e)] for e in rows["external_id"]]
 
     def _import(self, payloads: dict[str, dict[str, Any]], actions: dict[str, str]) -> dict[str, SinkResult]:
-        done: dict[str, SinkResult] = {}
-        attempts = dict.fromkeys(payloads, 0)
-        pending = list(payloads)
-        while pending:
-            retry: list[str] = []
-            batches = [pending[i:i + self.batch_size] for i in range(0, len(pending), self.batch_size)]
-            while batches:
-                batch = batches.pop(0)
-                for key in batch:
-                    attempts[key] += 1
-                try:
-                    answers = self.client.import_indicators([payloads[k] for k in batch])
-                except DefenderError as exc:
-                    if exc.status != 400 or isinstance(exc, PermanentError):
-                        raise
-                    if len(batch) > 1:  # one bad item can refuse the request: find it
-                        middle = len(batch) // 2
-                        batches[:0] = [batch[:middle], batch[middle:]]
-                        for key in batch:  # splitting is not a retry of the items
-                            attempts[key] -= 1
-                        continue
-                    answers = [{"id": None, "isFailed": True, "failureReason": str(exc), "_refused": True}]
-                for key, answer in zip(batch, answers, strict=True):
-                    action = actions[key]
-                    if not answer.get("isFailed") and answer.get("id") not in (None, ""):
-                        done[key] = SinkResult(key, action, OK, str(answer["id"]), attempts[key])
-                        continue
-                    reason = str(answer.get("failureReason") or "failed without a reason")[:1000]
-                    if answer.get("_refused") or is_content_refusal(reason):
-                        done[key] = SinkResult(key, action, REJECTED, None, attempts[key], reason)
-                    elif attempts[key] < self.max_item_attempts:
-                        retry.append(key)
-                    else:
-                        done[key] = SinkResult(key, action, FAILED, None, attempts[key], reason)
-            if retry:
-                log.info("resending %s indicators whose import failed for a transient reason", len(retry))
-            pending = retry
-        return done
+        def send(batch: list[str]) -> list[ItemAnswer]:
+            try:
+                answers = self.client.import_indicators([payloads[k] for k in batch])
+            except DefenderError as exc:
+                if exc.status != 400 or isinstance(exc, PermanentError):
+                    raise
+                raise BatchRefused(str(exc)) from exc  # one bad item can refuse the request: find it
+            results = []
+            for answer in answers:
+                if not answer.get("isFailed") and answer.get("id") not in (None, ""):
+                    results.append(ItemAnswer(str(answer["id"])))
+                    continue
+                reason = str(answer.get("failureReason") or "failed without a reason")[:1000]
+                results.append(ItemAnswer(error=reason, transient=not is_content_refusal(reason)))
+            return results
+
+        outcomes = send_in_batches(list(payloads), send, self.batch_size, self.max_item_attempts,
+                                   action="defender import")
+        return {key: SinkResult(key, actions[key], o.status, o.target_id, o.attempts, o.error)
+                for key, o in outcomes.items()}
 
     # ----------------------------------------------------------------- retract
     def retract(self, rows: pd.DataFrame) -> list[SinkResult]:

@@ -37,7 +37,7 @@ _TIMESTAMP_FIELDS = ("created", "modified", "valid_from", "valid_until")
 
 
 class SentinelSink:
-    """The :class:`include.microsoft.sink.Sink` for Sentinel's STIX objects upload API.
+    """The :class:`include.pipeline.ports.Sink` for Sentinel's STIX objects upload API.
 
     Uploads are upserts keyed on the STIX id; a retract re-uploads the object with ``revoked: true`` (the upload
     API has no delete, and the management-plane DELETE cannot remove upload-API objects: misp2sentinel PR #162).

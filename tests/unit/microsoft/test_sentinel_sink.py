@@ -12,8 +12,8 @@ import pytest
 import stix2
 
 from include.microsoft.sentinel import SentinelError, SentinelSink
-from include.microsoft.sink import Sink
 from include.microsoft.sentinel.stix import format_timestamp, parse_timestamp
+from include.pipeline.ports import Sink
 from tests.unit.microsoft.graph_rows import BASE_TIME, ip_rows, normalized_row, rows_frame
 
 Rejector = Callable[[Mapping[str, Any], int], list[str]]

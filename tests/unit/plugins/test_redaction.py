@@ -16,8 +16,8 @@ import requests
 import structlog
 from airflow.sdk.execution_time.comms import MaskSecret
 
-from include.microsoft.auth import BearerAuth
 from include.threatconnect.auth import HmacAuth
+from include.transport.http import BearerAuth
 from tc_sentinel import redaction
 
 

@@ -37,7 +37,8 @@ class FakeSession:
         self.headers: list[dict[str, str]] = []
         self.verify: Any = True
 
-    def get(self, url: str, auth: Any = None, timeout: float | None = None, verify: Any = None) -> requests.Response:
+    def request(self, method: str, url: str, auth: Any = None, **_: Any) -> requests.Response:
+        assert method == "GET"
         prepared = requests.Request("GET", url).prepare()
         if auth is not None:
             prepared = auth(prepared)
@@ -201,7 +202,7 @@ def test_retry_after_is_honoured() -> None:
 def test_connection_errors_are_retried_then_reported_without_secrets() -> None:
     session = FakeSession([requests.ConnectionError("boom")] * 3)
     client, sleeps = _client(session, max_retries=2)
-    with pytest.raises(ThreatConnectError, match="unreachable after 3 attempts") as caught:
+    with pytest.raises(ThreatConnectError, match=r"unreachable: .* failed after retries: ConnectionError") as caught:
         list(client.iter_pages("Host", FROM, TO))
     assert sleeps == [1.0, 2.0]
     assert SECRET not in str(caught.value)
@@ -284,4 +285,4 @@ def test_deleted_listings_yield_type_summary_owner_and_time(version: str) -> Non
 def test_the_client_repr_does_not_reveal_the_secret() -> None:
     client, _ = _client(FakeSession([]))
     assert SECRET not in repr(client)
-    assert SECRET not in repr(client._auth)
+    assert SECRET not in repr(client.transport.auth)
