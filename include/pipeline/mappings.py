@@ -16,8 +16,19 @@ from include.pipeline.errors import PermanentError
 #: Where the shipped mapping files live: one ``<type in lowercase>.yaml`` per ThreatConnect type.
 DEFAULT_DIRECTORY = Path(__file__).resolve().parent.parent / "mappings"
 
-#: The ThreatConnect indicator types this pipeline carries, in the order the DAG maps over them.
-SUPPORTED_TYPES: tuple[str, ...] = ("Address", "Host", "URL", "EmailAddress", "File")
+
+def _discover(directory: Path) -> tuple[str, ...]:
+    """The types the shipped mapping files declare, in their ``order``: the YAML files are the one registry."""
+    found: list[tuple[int, str]] = []
+    for path in sorted(directory.glob("*.yaml")):
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        name = str((data.get("threatconnect") or {}).get("type") or "")
+        if path.stem != name.lower():
+            raise MappingError(f"{path.name}: threatconnect.type {name!r} does not match the file name")
+        found.append((int(data.get("order", 1000)), name))
+    return tuple(name for _, name in sorted(found))
+
+
 
 #: Canonicaliser kind -> the value variants it can produce (each needs a Graph observable property).
 KIND_VARIANTS: dict[str, tuple[str, ...]] = {
@@ -29,21 +40,10 @@ KIND_VARIANTS: dict[str, tuple[str, ...]] = {
 }
 
 #: Graph tiIndicator observable properties a value may be carried in (microsoft_api.md §1.3).
-GRAPH_OBSERVABLES = frozenset(
-    {
-        "networkIPv4",
-        "networkIPv6",
-        "networkDestinationIPv4",
-        "networkDestinationIPv6",
-        "networkSourceIPv4",
-        "networkSourceIPv6",
-        "domainName",
-        "url",
-        "emailSenderAddress",
-        "emailRecipient",
-        "emailSourceDomain",
-        "fileHashValue",
-    }
+GRAPH_OBSERVABLES: tuple[str, ...] = (
+    "networkIPv4", "networkIPv6", "networkDestinationIPv4", "networkDestinationIPv6", "networkSourceIPv4",
+    "networkSourceIPv6", "domainName", "url", "emailSenderAddress", "emailRecipient", "emailSourceDomain",
+    "fileHashValue",
 )
 
 #: Graph threatType strings (microsoft_api.md §1.2). Plain strings in the schema, so a typo would not be caught
@@ -82,6 +82,15 @@ class MappingError(ValueError, PermanentError):
     """A mapping file is missing, unreadable or breaks a rule; the message names the file and the key."""
 
 
+#: The ThreatConnect indicator types this pipeline carries, in the order the DAG maps over them: one
+#: ``include/mappings/<type>.yaml`` each, read once when this module is imported (files only, no network).
+SUPPORTED_TYPES: tuple[str, ...] = _discover(DEFAULT_DIRECTORY)
+
+#: Defender's indicatorType values (microsoft_api.md §3); a mapping may only name these.
+DEFENDER_INDICATOR_TYPES: tuple[str, ...] = (
+    "FileSha1", "FileMd5", "CertificateThumbprint", "FileSha256", "IpAddress", "DomainName", "Url")
+
+
 @dataclass(frozen=True)
 class ExpirationPolicy:
     """How long an indicator stays valid in the target.
@@ -114,10 +123,15 @@ class Mapping:
         indicator_type: ThreatConnect type name (``Address``, ``Host``, ...).
         v2_branch: v2 API path branch (``addresses``).
         v2_entity: v2 JSON list key (``address``).
+        v3_type: the v3 API's / TQL's type name.
+        value_fields: the JSON keys that carry the value (``md5``, ``sha1``, ``sha256`` for File).
+        order: where the DAG maps this type among the others.
         kind: canonicaliser kind (``ip``, ``host``, ``url``, ``email``, ``hash``).
         observables: ``(variant, Graph property)`` pairs, one per variant of the kind.
         threat_type: Graph ``threatType``; fixed per type so an update never changes it.
         stix_indicator_types: STIX ``indicator_types``; fixed per type (changing it changes Sentinel's id).
+        stix_observables: ``(variant, STIX object path)`` pairs (``ipv4`` -> ``ipv4-addr:value``).
+        defender_types: ``(variant, Defender indicatorType)`` pairs; empty when Defender has none for the type.
         tlp_default: TLP level when no security label maps to one.
         tlp_labels: ``(label, level)`` pairs: the standard TLP labels plus the file's extra ones.
         confidence_default: confidence when ThreatConnect has none.
@@ -132,10 +146,15 @@ class Mapping:
     indicator_type: str
     v2_branch: str
     v2_entity: str
+    v3_type: str
+    value_fields: tuple[str, ...]
+    order: int
     kind: str
     observables: tuple[tuple[str, str], ...]
     threat_type: str
     stix_indicator_types: tuple[str, ...]
+    stix_observables: tuple[tuple[str, str], ...]
+    defender_types: tuple[tuple[str, str], ...]
     tlp_default: str
     tlp_labels: tuple[tuple[str, str], ...]
     confidence_default: int
@@ -153,14 +172,42 @@ class Mapping:
                 return prop
         raise KeyError(f"{self.indicator_type} mapping has no observable for variant {variant!r}")
 
+    def stix_path(self, variant: str) -> str:
+        """The STIX object path a pattern compares for this variant (``file:hashes.'SHA-256'``)."""
+        return dict(self.stix_observables)[variant]
+
+    def defender_type(self, variant: str) -> str | None:
+        """Defender's indicatorType for this variant, or None when Defender has none."""
+        return dict(self.defender_types).get(variant)
+
+
+def variant_of(kind: str, value: str, hash_type: str | None = None) -> str:
+    """The variant of a canonical value of ``kind``: ``ipv4``/``ipv6`` for ip, the hash kind for hash.
+
+    Raises:
+        ValueError: a kind this registry does not know, or a hash without a known hash kind.
+    """
+    if kind == "ip":
+        return "ipv6" if ":" in value else "ipv4"
+    if kind == "hash":
+        variant = str(hash_type or "").lower().replace("-", "")
+        if variant not in KIND_VARIANTS["hash"]:
+            raise ValueError(f"unknown hash type {hash_type!r}")
+        return variant
+    if kind not in KIND_VARIANTS:
+        raise ValueError(f"unknown kind {kind!r}")
+    return KIND_VARIANTS[kind][0]
+
 
 # --- validation -------------------------------------------------------------------------------------------------
 
 _SCHEMA: dict[str, Any] = {
-    "threatconnect": {"type": str, "v2_branch": str, "v2_entity": str},
+    "order": int,
+    "threatconnect": {"type": str, "v2_branch": str, "v2_entity": str, "v3_type": str, "value_fields": list},
     "kind": str,
     "graph": {"observables": dict, "threat_type": str},
-    "stix": {"indicator_types": list},
+    "stix": {"indicator_types": list, "observables": dict},
+    "defender": {"indicator_types": dict},
     "tlp": {"default": str, "labels": dict},
     "confidence": {"default": int},
     "severity": {"default": int, "zero_rating_is_unset": bool},
@@ -176,6 +223,7 @@ _OPTIONAL = frozenset(
         "expiration.use_threatconnect_expiry",
         "tags",
         "tags.extra",
+        "order",
     }
 )
 
@@ -241,6 +289,20 @@ def _build(data: dict[str, Any], where: str) -> Mapping:
     for variant in variants:
         _one_of(observables[variant], GRAPH_OBSERVABLES, f"graph.observables.{variant}", where)
 
+    for target, table in (("stix.observables", data["stix"]["observables"]),
+                          ("defender.indicator_types", data["defender"]["indicator_types"])):
+        unknown = sorted(set(map(str, table)) - set(variants))
+        if unknown:
+            raise MappingError(f"{where}: {target} names {unknown[0]!r}, not a variant of kind {kind!r}")
+    missing = sorted(set(variants) - set(map(str, data["stix"]["observables"])))
+    if missing:
+        raise MappingError(f"{where}: stix.observables has no path for variant {missing[0]!r}")
+    for variant, name in data["defender"]["indicator_types"].items():
+        _one_of(name, DEFENDER_INDICATOR_TYPES, f"defender.indicator_types.{variant}", where)
+    fields = tc["value_fields"]
+    if not fields or not all(isinstance(f, str) and f for f in fields):
+        raise MappingError(f"{where}: threatconnect.value_fields must list the JSON keys of the value")
+
     stix_types = data["stix"]["indicator_types"]
     if not stix_types:
         raise MappingError(f"{where}: stix.indicator_types must not be empty")
@@ -281,10 +343,15 @@ def _build(data: dict[str, Any], where: str) -> Mapping:
         indicator_type=_one_of(tc["type"], SUPPORTED_TYPES, "threatconnect.type", where),
         v2_branch=tc["v2_branch"],
         v2_entity=tc["v2_entity"],
+        v3_type=tc["v3_type"],
+        value_fields=tuple(tc["value_fields"]),
+        order=int(data.get("order", 1000)),
         kind=kind,
         observables=tuple((v, observables[v]) for v in variants),
         threat_type=_one_of(data["graph"]["threat_type"], GRAPH_THREAT_TYPES, "graph.threat_type", where),
         stix_indicator_types=tuple(stix_types),
+        stix_observables=tuple((v, str(data["stix"]["observables"][v])) for v in variants),
+        defender_types=tuple((v, str(t)) for v, t in data["defender"]["indicator_types"].items()),
         tlp_default=_one_of(tlp["default"], TLP_LEVELS, "tlp.default", where),
         tlp_labels=tuple(sorted(labels.items())),
         confidence_default=confidence,
@@ -354,6 +421,20 @@ def _load(path: Path, indicator_type: str) -> Mapping:
     if mapping.indicator_type != indicator_type:
         raise MappingError(f"{where}: threatconnect.type is {mapping.indicator_type!r}, expected {indicator_type!r}")
     return mapping
+
+
+def mapping_for(indicator_type: Any, kind: Any = None) -> Mapping:
+    """The shipped mapping of a row: by its ThreatConnect type, or (rows built without one) by its kind.
+
+    Raises:
+        MappingError: neither names a supported type.
+    """
+    if isinstance(indicator_type, str) and indicator_type in SUPPORTED_TYPES:
+        return load_mapping(indicator_type)
+    matches = [m for m in load_all().values() if m.kind == kind]
+    if len(matches) != 1:
+        raise MappingError(f"no single mapping for type {indicator_type!r} / kind {kind!r}")
+    return matches[0]
 
 
 def load_all(directory: Path | str | None = None) -> dict[str, Mapping]:

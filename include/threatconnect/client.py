@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 import requests
 
 from include.pipeline.errors import PermanentError
+from include.pipeline.mappings import load_all
 from include.threatconnect.auth import HmacAuth
 from include.threatconnect.parse import parse_page, parse_timestamp, summary_of
 from include.transport.http import RetryPolicy, TlsError, Transport, TransportError
@@ -21,14 +22,11 @@ from include.transport.http import RetryPolicy, TlsError, Transport, TransportEr
 log = logging.getLogger(__name__)
 
 MAX_PAGE_SIZE = 10_000  # ThreatConnect's resultLimit cap for v2 and v3
-# TC type name -> (v2 path branch, v2 JSON list key).
+# TC type name -> (v2 path branch, v2 JSON list key), from the mapping files (the one registry of types).
 V2_BRANCHES: dict[str, tuple[str, str]] = {
-    "Address": ("addresses", "address"),
-    "EmailAddress": ("emailAddresses", "emailAddress"),
-    "File": ("files", "file"),
-    "Host": ("hosts", "host"),
-    "URL": ("urls", "url"),
+    name: (mapping.v2_branch, mapping.v2_entity) for name, mapping in load_all().items()
 }
+V3_TYPE_NAMES: dict[str, str] = {name: mapping.v3_type for name, mapping in load_all().items()}
 V3_FIELDS = ("tags", "securityLabels", "threatAssess", "falsePositives", "externalDates")
 # Kept literal in query values we build by hand: the docs send filters as ``active%3Dtrue,active%3Dfalse``.
 _QUERY_SAFE = ","
@@ -267,7 +265,7 @@ class ThreatConnectClient:
         self, indicator_type: str, modified_from: dt.datetime, modified_to: dt.datetime
     ) -> Iterator[pa.RecordBatch]:
         tql = (
-            f'typeName EQ "{indicator_type}" AND lastModified GEQ "{iso_z(modified_from)}" '
+            f'typeName EQ "{V3_TYPE_NAMES[indicator_type]}" AND lastModified GEQ "{iso_z(modified_from)}" '
             f'AND lastModified LT "{iso_z(modified_to)}" '
             # v3 is active-only unless the TQL names indicatorActive; this clause admits both states.
             "AND (indicatorActive EQ true OR indicatorActive EQ false)"

@@ -15,8 +15,9 @@ from typing import Any
 import pandas as pd
 
 from include.pipeline.errors import NotSupported
+from include.pipeline.mappings import DEFENDER_INDICATOR_TYPES, MappingError, mapping_for, variant_of
 
-INDICATOR_TYPES = ("FileSha1", "FileMd5", "CertificateThumbprint", "FileSha256", "IpAddress", "DomainName", "Url")
+INDICATOR_TYPES = DEFENDER_INDICATOR_TYPES  # the registry validates the mapping files against the same list
 ACTIONS = ("Alert", "Warn", "Block", "Audit", "BlockAndRemediate", "AlertAndBlock", "Allowed")
 SEVERITIES = ("Informational", "Low", "Medium", "High")
 FILE_TYPES = frozenset({"FileSha1", "FileMd5", "FileSha256", "CertificateThumbprint"})
@@ -26,8 +27,6 @@ APPLICATION = "ThreatConnect"
 MAX_TITLE = 100
 MAX_DESCRIPTION = 100
 MAX_URL = 2083  # the longest URL Microsoft products accept (KB 208427)
-HASH_TYPES = {"md5": "FileMd5", "sha1": "FileSha1", "sha256": "FileSha256"}
-KIND_TYPES = {"ip": "IpAddress", "host": "DomainName", "url": "Url"}
 #: payload keys, in the order the contract lists them (fetch shapes what Defender holds to these keys)
 PAYLOAD_FIELDS = ("indicatorValue", "indicatorType", "action", "title", "description", "expirationTime", "severity",
                   "recommendedActions", "generateAlert", "rbacGroupNames", "application", "educateUrl")
@@ -75,25 +74,25 @@ def indicator_key(row: Mapping[str, Any]) -> tuple[str, str]:
     if _missing(value) or not str(value).strip():
         raise ValueError("the row has no value")
     value = str(value).strip()
-    if kind == "email":
-        raise NotSupported("not supported by defender: EmailAddress")
+    try:
+        mapping = mapping_for(_field(row, "indicator_type"), kind)
+        indicator_type = mapping.defender_type(variant_of(kind, value, _field(row, "hash_type")))
+    except (MappingError, ValueError) as exc:
+        raise NotSupported(f"not supported by defender: {exc}") from None
+    if indicator_type is None:
+        raise NotSupported(f"not supported by defender: {mapping.indicator_type}")
     if kind == "hash":
-        hash_type = HASH_TYPES.get(str(_field(row, "hash_type") or "").lower())
-        if hash_type is None:
-            raise NotSupported(f"not supported by defender: hash type {_field(row, 'hash_type')!r}")
-        return hash_type, value.lower()
-    if kind not in KIND_TYPES:
-        raise NotSupported(f"not supported by defender: kind {kind!r}")
+        return indicator_type, value.lower()
     if kind == "ip":
         if "/" in value:
             raise NotSupported("not supported by defender: CIDR")
         address = ipaddress.ip_address(value)  # ValueError for anything else
         if is_internal(address):
             raise NotSupported("not supported by defender: internal address")
-        return "IpAddress", expand_ipv6(address) if address.version == 6 else str(address)
+        return indicator_type, expand_ipv6(address) if address.version == 6 else str(address)
     if kind == "url" and len(value) > MAX_URL:
         raise NotSupported(f"not supported by defender: URL longer than {MAX_URL} characters")
-    return KIND_TYPES[kind], value
+    return indicator_type, value
 
 
 def tag(external_id: str) -> str:

@@ -9,13 +9,13 @@ from typing import Any
 
 import pandas as pd
 
+from include.pipeline.mappings import DESCRIPTION_MAX, GRAPH_OBSERVABLES
+
 TARGET_PRODUCT = "Azure Sentinel"  # "Microsoft Sentinel" is rejected by Graph (connect-threat-intelligence-tip.md)
-MAX_DESCRIPTION = 100
-OBSERVABLE_FIELDS = (
-    "networkIPv4", "networkIPv6", "networkDestinationIPv4", "networkDestinationIPv6", "networkSourceIPv4",
-    "networkSourceIPv6", "domainName", "url", "emailSenderAddress", "emailRecipient", "emailSourceDomain",
-    "fileHashValue",
-)
+# The registry validates the mapping files against Graph's vocabulary; the payload uses the same facts.
+MAX_DESCRIPTION = DESCRIPTION_MAX
+OBSERVABLE_FIELDS = GRAPH_OBSERVABLES
+#: Graph's fileHashType names for the registry's hash kinds (the mapping files list the kinds).
 HASH_TYPES = {"md5": "md5", "sha1": "sha1", "sha256": "sha256"}
 # updateTiIndicators may change only these (tiindicator-updatetiindicators.md); threatType and observables are fixed.
 # targetProduct is not editable but the update doc lists it as required, and the MS quickstart echoes it unchanged.

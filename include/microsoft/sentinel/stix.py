@@ -7,7 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from include.pipeline.mappings import MappingError, load_mapping
+from include.pipeline.mappings import MappingError, load_mapping, mapping_for, variant_of
 
 STIX_ID_PREFIX = "indicator--"
 SOURCE_SYSTEM_PREFIX = "ThreatConnect-"
@@ -28,7 +28,6 @@ _TLP_ALIASES = {"clear": "white"}
 # they come from the type's mapping and never from the row; this is only for a type without a mapping.
 FALLBACK_INDICATOR_TYPES = ("malicious-activity",)
 
-_HASH_NAMES = {"md5": "MD5", "sha1": "SHA-1", "sha256": "SHA-256"}
 
 #: When ThreatConnect's expiry is not after ``valid_from`` (STIX and Sentinel both require ``valid_until >
 #: valid_from``), the indicator is already expired: we keep that meaning with the smallest step that still
@@ -106,22 +105,13 @@ def pattern_for(row: Mapping[str, Any]) -> str:
     if not _present(value) or not str(value):
         raise ValueError(f"row {_get(row, 'external_id')!r} has no value")
     literal = f"'{escape_pattern_value(str(value))}'"
-    if kind == "ip":
+    try:
+        mapping = mapping_for(_get(row, "indicator_type"), kind)
         # ipv6-addr for anything with a colon; CIDR blocks stay in the value (STIX allows CIDR there).
-        object_type = "ipv6-addr" if ":" in str(value) else "ipv4-addr"
-        return f"[{object_type}:value = {literal}]"
-    if kind == "host":
-        return f"[domain-name:value = {literal}]"
-    if kind == "url":
-        return f"[url:value = {literal}]"
-    if kind == "email":
-        return f"[email-addr:value = {literal}]"
-    if kind == "hash":
-        hash_type = str(_get(row, "hash_type") or "").lower().replace("-", "")
-        if hash_type not in _HASH_NAMES:
-            raise ValueError(f"row {_get(row, 'external_id')!r} has an unknown hash type {hash_type!r}")
-        return f"[file:hashes.'{_HASH_NAMES[hash_type]}' = {literal}]"
-    raise ValueError(f"row {_get(row, 'external_id')!r} has kind {kind!r}, which has no STIX pattern")
+        path = mapping.stix_path(variant_of(kind, str(value), _get(row, "hash_type")))
+    except (MappingError, KeyError, ValueError) as exc:
+        raise ValueError(f"row {_get(row, 'external_id')!r} ({kind!r}) has no STIX pattern: {exc}") from None
+    return f"[{path} = {literal}]"
 
 
 def indicator_types_for(indicator_type: str) -> list[str]:
