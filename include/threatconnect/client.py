@@ -17,7 +17,7 @@ from include.pipeline.errors import PermanentError
 from include.pipeline.mappings import load_all
 from include.threatconnect.auth import HmacAuth
 from include.threatconnect.parse import parse_page, parse_timestamp, summary_of
-from include.transport.http import RetryPolicy, TlsError, Transport, TransportError
+from include.transport.http import RetryPolicy, TlsError, Transport, TransportClient, TransportError
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _error_message(response: requests.Response) -> str:
     return f"HTTP {response.status_code}"
 
 
-class ThreatConnectClient:
+class ThreatConnectClient(TransportClient):
     """List one owner's indicators from ThreatConnect, one page at a time.
 
     The client is a base URL plus an HMAC auth class plus a paginator per API version: v2 pages by
@@ -124,15 +124,7 @@ class ThreatConnectClient:
         base = urlsplit(self.base_url)
         self._origin = (base.scheme, base.netloc)
 
-    @property
-    def requests_sent(self) -> int:
-        """Every HTTP request so far, retries included."""
-        return self.transport.requests_sent
 
-    @property
-    def session(self) -> requests.Session:
-        """The transport's ``requests`` session."""
-        return self.transport.session
 
     def __repr__(self) -> str:
         return f"ThreatConnectClient({self.base_url!r}, owner={self.owner!r}, api_version={self.api_version!r})"

@@ -317,3 +317,29 @@ class Transport:
         if response.status_code == 429:
             self.throttled += 1
         return response
+
+
+class TransportClient:
+    """Base of every API client: its HTTP goes through ``self.transport``, whose counters and session it shows."""
+
+    transport: Transport
+
+    @property
+    def requests_sent(self) -> int:
+        """Every HTTP request so far, retries included."""
+        return self.transport.requests_sent
+
+    @property
+    def throttled(self) -> int:
+        """429 answers seen."""
+        return self.transport.throttled
+
+    @property
+    def session(self) -> requests.Session:
+        """The transport's ``requests`` session (TLS bundle, connection pool)."""
+        return self.transport.session
+
+    @property
+    def limiter(self) -> RequestBudget | None:
+        """The shared request budget, if any."""
+        return self.transport.limiter

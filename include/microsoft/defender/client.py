@@ -11,7 +11,15 @@ from urllib.parse import urlsplit
 import requests
 
 from include.pipeline.errors import PermanentError
-from include.transport.http import BearerAuth, RequestBudget, RetryPolicy, TokenSource, Transport, TransportError
+from include.transport.http import (
+    BearerAuth,
+    RequestBudget,
+    RetryPolicy,
+    TokenSource,
+    Transport,
+    TransportClient,
+    TransportError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +67,7 @@ def odata_quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-class DefenderClient:
+class DefenderClient(TransportClient):
     """Defender for Endpoint's indicator API with one retry layer and an optional shared request budget.
 
     429 waits ``Retry-After`` (seconds or an HTTP date; exponential back-off when absent) and pauses the shared
@@ -97,20 +105,8 @@ class DefenderClient:
         self.transport = Transport(session, BearerAuth(token_provider), limiter,
                                    RetryPolicy(max_retries=max_retries, backoff=backoff), timeout, sleep, "Defender")
 
-    @property
-    def requests_sent(self) -> int:
-        """Every HTTP attempt, retries included."""
-        return self.transport.requests_sent
 
-    @property
-    def throttled(self) -> int:
-        """429 answers seen."""
-        return self.transport.throttled
 
-    @property
-    def limiter(self) -> RequestBudget | None:
-        """The shared request budget, if any."""
-        return self.transport.limiter
 
     @property
     def indicators_url(self) -> str:

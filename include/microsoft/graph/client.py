@@ -12,7 +12,15 @@ from urllib.parse import quote, urlsplit
 import requests
 
 from include.pipeline.errors import PermanentError
-from include.transport.http import BearerAuth, RequestBudget, RetryPolicy, TokenSource, Transport, TransportError
+from include.transport.http import (
+    BearerAuth,
+    RequestBudget,
+    RetryPolicy,
+    TokenSource,
+    Transport,
+    TransportClient,
+    TransportError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +139,7 @@ def odata_quote(value: str) -> str:
 
 
 
-class GraphClient:
+class GraphClient(TransportClient):
     """Graph beta ``security/tiIndicators`` operations over one :class:`~include.transport.http.Transport`.
 
     Retries, ``Retry-After``, the token refresh on 401 and the shared budget are the transport's. What is Graph's:
@@ -158,20 +166,8 @@ class GraphClient:
         self.transport = Transport(session, BearerAuth(token_provider), limiter,
                                    RetryPolicy(max_retries=max_retries, backoff=backoff), timeout, sleep, "Graph")
 
-    @property
-    def requests_sent(self) -> int:
-        """Every HTTP request so far, retries included."""
-        return self.transport.requests_sent
 
-    @property
-    def session(self) -> requests.Session:
-        """The transport's ``requests`` session (TLS bundle, connection pool)."""
-        return self.transport.session
 
-    @property
-    def limiter(self) -> RequestBudget | None:
-        """The shared request budget, if any."""
-        return self.transport.limiter
 
     # ----------------------------------------------------------------- one request
     def _json(self, method: str, url: str, body: Any = None, idempotent: bool = True) -> tuple[int, Any]:

@@ -26,6 +26,7 @@ from include.transport.http import (
     RetryPolicy,
     TokenSource,
     Transport,
+    TransportClient,
     TransportError,
     safe_url,
 )
@@ -105,7 +106,7 @@ class ManagementTarget:
 
 
 
-class SentinelClient:
+class SentinelClient(TransportClient):
     """Upload STIX objects to one workspace and read them back, with bounded retries and a shared budget.
 
     Retries: 429 honours ``Retry-After`` and the body text (and pauses the shared limiter for everyone);
@@ -137,25 +138,9 @@ class SentinelClient:
         self.transport = Transport(session, BearerAuth(token_provider), limiter,
                                    RetryPolicy(max_retries=max_retries, backoff=backoff), timeout, sleep, "Sentinel")
 
-    @property
-    def requests_sent(self) -> int:
-        """Every HTTP attempt on either plane, retries included."""
-        return self.transport.requests_sent
 
-    @property
-    def throttled(self) -> int:
-        """429 answers seen."""
-        return self.transport.throttled
 
-    @property
-    def session(self) -> requests.Session:
-        """The transport's ``requests`` session."""
-        return self.transport.session
 
-    @property
-    def limiter(self) -> RequestBudget | None:
-        """The upload plane's shared budget."""
-        return self.transport.limiter
 
     @property
     def upload_url(self) -> str:
