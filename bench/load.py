@@ -31,9 +31,9 @@ import requests
 from bench.common import Figure, load_average, start_worker
 from bench.context import Context
 from bench.data import SyntheticPages, extract_all, load_stage, transform_all
-from include.microsoft.ratelimit import SharedRateLimiter
 from include.pipeline.mappings import SUPPORTED_TYPES
 from include.pipeline.snapshots import SnapshotStore
+from include.transport.limiter import SharedRateLimiter
 from simulators.defender import DefenderService
 from simulators.graph import GraphService
 from simulators.mslogin import LoginService

@@ -10,9 +10,9 @@ from typing import Any
 from airflow.sdk import BaseHook
 
 from include.microsoft.auth import ARM_SCOPE, GRAPH_SCOPE, MICROSOFT_AUTHORITY_HOST, TokenProvider
-from include.microsoft.ratelimit import SharedRateLimiter, limiter_path
 from include.pipeline.ports import Sink
 from include.threatconnect.client import ThreatConnectClient
+from include.transport.limiter import SharedRateLimiter, limiter_path
 from tc_sentinel import redaction
 
 

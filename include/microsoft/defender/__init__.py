@@ -25,7 +25,7 @@ from include.microsoft.defender.client import (
 )
 from include.microsoft.defender.payload import build_payload, indicator_key, severity_name
 from include.microsoft.defender.sink import DefenderSink
-from include.microsoft.ratelimit import SharedRateLimiter, limiter_path
+from include.transport.limiter import SharedRateLimiter, limiter_path
 
 #: One budget for every call keeps the tightest one (import: 30 a minute per app).
 REQUESTS_PER_MINUTE = DEFAULT_REQUESTS_PER_MINUTE

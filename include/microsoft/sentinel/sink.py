@@ -10,7 +10,6 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from include.microsoft.ratelimit import SharedRateLimiter, limiter_path
 from include.microsoft.sentinel.client import (
     DEFAULT_MANAGEMENT_HOST,
     DEFAULT_REQUESTS_PER_MINUTE,
@@ -30,6 +29,7 @@ from include.microsoft.sentinel.stix import (
 from include.pipeline.errors import PermanentError
 from include.pipeline.ports import OK, REJECTED, SinkResult
 from include.transport.batch import BatchRefused, ItemAnswer, ItemOutcome, send_in_batches
+from include.transport.limiter import SharedRateLimiter, limiter_path
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ import pandas as pd
 import pyarrow as pa
 
 from include.microsoft.auth import ARM_SCOPE, TokenProvider
-from include.microsoft.ratelimit import SharedRateLimiter
 from include.microsoft.sentinel import ManagementTarget, SentinelClient
 from include.pipeline.schema import NORMALIZED_SCHEMA
+from include.transport.limiter import SharedRateLimiter
 from simulators.mslogin import LoginService
 from simulators.sentinel import SentinelService
 from simulators.server import HttpsServer

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import stix2
 
-from include.microsoft.ratelimit import SharedRateLimiter
 from include.microsoft.sentinel import SentinelClient, SentinelError, SentinelSink
 from include.microsoft.sentinel.stix import stix_id
+from include.transport.limiter import SharedRateLimiter
 from tests.integration.sentinel.sentinel_stack import (
     CLIENT,
     OTHER_CLIENT,

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 import requests
 
-from include.microsoft.ratelimit import SharedRateLimiter
 from include.microsoft.sentinel import (
     ManagementTarget,
     SentinelClient,
     SentinelError,
 )
+from include.transport.limiter import SharedRateLimiter
 from include.transport.retry_after import retry_after
 
 WORKSPACE = "11111111-2222-3333-4444-555555555555"

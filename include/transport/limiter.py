@@ -1,4 +1,4 @@
-"""A sliding-window request budget shared by every process of one identity on a machine, through a locked file."""
+"""The shared request budget: a sliding window kept in a locked file, shared by every process of one identity."""
 
 from __future__ import annotations
 

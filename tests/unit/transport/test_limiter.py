@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from include.microsoft.ratelimit import SharedRateLimiter, limiter_path
+from include.transport.limiter import SharedRateLimiter, limiter_path
 from tests.fakes import FakeClock
 
 
