@@ -13,10 +13,6 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-#: Sentinel's upload APIs allow 100 requests per minute per identity; the margin absorbs the gap between the
-#: moment a request is admitted here and the moment it reaches Microsoft.
-SENTINEL_MAX_REQUESTS = 95
-SENTINEL_PER_SECONDS = 60.0
 
 
 def limiter_path(root: Path, identity: str) -> Path:
@@ -46,8 +42,8 @@ class SharedRateLimiter:
     def __init__(
         self,
         state_path: Path,
-        max_requests: int = SENTINEL_MAX_REQUESTS,
-        per_seconds: float = SENTINEL_PER_SECONDS,
+        max_requests: int,
+        per_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:

@@ -100,7 +100,7 @@ class MsGraphHook(BaseHook):
         self.msgraph_conn_id = msgraph_conn_id
 
     def get_conn(self) -> Any:
-        from include.microsoft.graph import GraphClient
+        from include.microsoft.graph import DEFAULT_REQUESTS_PER_MINUTE, GraphClient
 
         redaction.install()  # before the Connection's secrets reach the process (see redaction.py)
         connection = self.get_connection(self.msgraph_conn_id)
@@ -111,7 +111,7 @@ class MsGraphHook(BaseHook):
         )
         limiter = SharedRateLimiter(
             limiter_path(limiter_dir(), f"{connection.login}|{extra['tenant_id']}|graph"),
-            max_requests=int(extra.get("requests_per_minute", 950)), per_seconds=60.0,
+            max_requests=int(extra.get("requests_per_minute") or DEFAULT_REQUESTS_PER_MINUTE), per_seconds=60.0,
         )
         return GraphClient(base_url(connection, "https://graph.microsoft.com"), tokens, limiter=limiter)
 
