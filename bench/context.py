@@ -21,6 +21,8 @@ FULL: dict[str, Any] = {
              # Defender's import budget (30 a minute) scaled like the others: a shorter window, smaller batches.
              "defender": {"window": 2.0, "limit": 20, "client_limit": 19, "rows": 7_000, "batch": 20}},
     "delta": 20_000,
+    # Whole DAG: 20,000 per type with limits off; fewer against Graph's real budget so it ends in about 2 minutes.
+    "dag": {"free": 100_000, "limited": 40_000},
 }
 SMOKE: dict[str, Any] = {
     "transform": 10_000,
@@ -32,6 +34,7 @@ SMOKE: dict[str, Any] = {
     "load": {"window": 0.5, "limit": 10, "client_limit": 9, "sentinel_rows": 1_000, "graph_rows": 200,
              "deadline": 30.0, "defender": {"window": 0.5, "limit": 10, "client_limit": 9, "rows": 250, "batch": 10}},
     "delta": 1_000,
+    "dag": {"free": 1_000, "limited": 500},
 }
 
 

@@ -22,13 +22,14 @@ DEFAULT_OUT = REPO / "build" / "bench" / "results.json"
 
 def _benchmarks() -> dict[str, Callable[[Context], list[Figure]]]:
     # Memory scaling first: its 1M-indicator raw snapshot is the transform benchmark's input.
+    from bench.dag import dag
     from bench.delta import delta
     from bench.extract import extract
     from bench.load import load
     from bench.transform import memory_scaling, transform
 
     return {"memory_scaling": memory_scaling, "transform": transform, "extract": extract, "load": load,
-            "delta": delta}
+            "delta": delta, "dag": dag}
 
 
 def table(figures: list[dict[str, Any]]) -> str:
