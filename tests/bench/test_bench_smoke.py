@@ -15,7 +15,7 @@ from bench.load import whole_window_efficiency
 from bench.runner import table
 
 REPO = Path(__file__).resolve().parents[2]
-BENCHMARKS = ("memory_scaling", "transform", "extract", "load", "delta")
+BENCHMARKS = ("memory_scaling", "transform", "extract", "load", "delta", "dag")
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +117,12 @@ def test_the_table_marks_missed_targets_and_formats_numbers() -> None:
     text = table(rows).splitlines()
     assert text[2] == "| b | f | 123,457 x/s | >= 1 | **no** | 2 |"
     assert text[3] == "| b | g | n/a  |  |  | 2 |"
+
+
+@pytest.mark.integration
+def test_the_smoke_dag_run_succeeds_and_the_target_holds_indicators(smoke_results: tuple[dict[str, Any], str]) -> None:
+    results, _ = smoke_results
+    figures = [f for f in results["benchmarks"]["dag"]["figures"] if "run succeeded" in f["figure"]]
+    assert figures, results["benchmarks"]["dag"]["figures"]
+    for figure in figures:
+        assert figure["met"] is True, figure
