@@ -9,7 +9,7 @@ import hashlib
 import hmac
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import requests
@@ -31,7 +31,7 @@ def use_connection(monkeypatch: pytest.MonkeyPatch, conn_id: str, **fields: Any)
 class RecordingMsal:
     """Stands in for ``msal.ConfidentialClientApplication``: records how it was built and issues one token."""
 
-    built: list[dict[str, Any]] = []
+    built: ClassVar[list[dict[str, Any]]] = []
 
     def __init__(self, client_id: str, client_credential: str, authority: str, **kwargs: Any) -> None:
         RecordingMsal.built.append({"client_id": client_id, "client_credential": client_credential,
@@ -86,7 +86,8 @@ def test_the_threatconnect_client_signs_with_the_connections_access_id_and_secre
     assert request.headers["Authorization"] == f"TC 12345678901234567890:{expected}"
 
 
-@pytest.mark.parametrize(("extra", "version"), [({"api_version": "v2"}, "v2"), ({"api_version": "V3"}, "v3"), ({}, "v3")])
+@pytest.mark.parametrize(("extra", "version"),
+                         [({"api_version": "v2"}, "v2"), ({"api_version": "V3"}, "v3"), ({}, "v3")])
 def test_the_api_version_extra_chooses_v2_or_v3(monkeypatch: pytest.MonkeyPatch, extra: dict[str, str],
                                                 version: str) -> None:
     _threatconnect(monkeypatch, **extra)
