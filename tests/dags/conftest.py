@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from simulators.dataset import Dataset, Intent
 from simulators.stack import OWNER
 from tests.dags import defender_story as ds
 from tests.dags import drift as dr
@@ -36,7 +37,7 @@ from tests.dags.dagrun import (
     graph_items,
     graph_projection,
     migrated_database,
-    seeded_indicators,
+    seeded_dataset,
 )
 
 WORKERS = 2
@@ -48,7 +49,7 @@ class Ground:
 
     database: Path  # a migrated Airflow metadata database to copy
     records: list[dict[str, Any]]  # the seeded ThreatConnect records
-    expected: dict[str, Expected]  # what the target should hold for them, worked out independently
+    expected: dict[str, Expected]  # what the target should hold for them: the generator's intent, folded
 
 
 # --------------------------------------------------------------------------------------------- captured state
@@ -305,13 +306,24 @@ def _needed(items: list[pytest.Item]) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def seeded_records() -> list[dict[str, Any]]:
-    return seeded_indicators()
+def seeded() -> Dataset:
+    return seeded_dataset()
 
 
 @pytest.fixture(scope="session")
-def expected(seeded_records: list[dict[str, Any]]) -> dict[str, Expected]:
-    return expected_indicators(seeded_records)
+def seeded_records(seeded: Dataset) -> list[dict[str, Any]]:
+    return seeded.records
+
+
+@pytest.fixture(scope="session")
+def intents(seeded: Dataset) -> dict[int, Intent]:
+    """What the generator means each seeded record to become, by ThreatConnect id."""
+    return seeded.intents
+
+
+@pytest.fixture(scope="session")
+def expected(intents: dict[int, Intent]) -> dict[str, Expected]:
+    return expected_indicators(intents.values())
 
 
 @pytest.fixture(scope="session")

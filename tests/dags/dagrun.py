@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import shutil
 import sqlite3
 import subprocess
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,12 +17,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+from stix2patterns.pattern import Pattern
 
 from devtools.airflow_env import AirflowEnv
-from include.pipeline.canonical import canonical_hash, canonicalize
-from include.pipeline.dedupe import external_id
-from include.pipeline.mappings import load_mapping
-from simulators.dataset import generate
+from simulators.dataset import LOADED, REJECTED, Dataset, Intent, generate_dataset
 from simulators.graph import OBSERVABLES
 from simulators.stack import CLIENT_ID, OWNER, Stack, start_stack
 
@@ -52,47 +52,109 @@ _VALUE_PROPERTIES = tuple(p for p in OBSERVABLES if p != "fileHashType")
 
 
 # --------------------------------------------------------------------------------------------- seeded data
+def seeded_dataset(seed: int = SEED, count: int = COUNT, types: Sequence[str] = TYPES) -> Dataset:
+    """The ThreatConnect records every whole-DAG test starts from (all changed inside the first run's interval),
+    with what the generator means each to become."""
+    return generate_dataset(seed=seed, count=count, owner=OWNER, start=FIRST_INTERVAL_START, end=SEED_END,
+                            types=types)
+
+
 def seeded_indicators(seed: int = SEED, count: int = COUNT, types: Sequence[str] = TYPES) -> list[dict[str, Any]]:
-    """The ThreatConnect records every whole-DAG test starts from: all changed inside the first run's interval."""
-    return generate(seed=seed, count=count, owner=OWNER, start=FIRST_INTERVAL_START, end=SEED_END, types=types)
+    """The seeded ThreatConnect records alone."""
+    return seeded_dataset(seed, count, types).records
+
+
+# The oracle: expectations come from the generator's recorded intent (``simulators.dataset.Intent``) and from the
+# targets' and the project's documented contracts, never from the pipeline's own functions, so that a bug in
+# canonicalisation or id derivation cannot agree with itself.
+
+#: The project's uuid5 namespace as documented (README "dedupe", ``include/pipeline/dedupe.py``):
+#: ``uuid5(NAMESPACE_URL, "https://github.com/tc-sentinel/indicator")``.
+ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/tc-sentinel/indicator")
+
+
+def documented_external_id(indicator_type: str, value: str, owner: str = OWNER) -> str:
+    """The documented external id ``uuid5(NAMESPACE, "owner|type|value")``, with the standard library's uuid5."""
+    return str(uuid.uuid5(ID_NAMESPACE, f"{owner}|{indicator_type}|{value}"))
+
+
+#: Which ThreatConnect type each kind of observable belongs to.
+VARIANT_TYPE = {"ipv4": "Address", "ipv6": "Address", "domain": "Host", "url": "URL", "email": "EmailAddress",
+                "md5": "File", "sha1": "File", "sha256": "File"}
+
+#: How ``rejected.reason`` reads for each of the generator's reason classes (``simulators.dataset.REASON_CLASSES``).
+REASON_PATTERNS = {
+    "ipv4-octet-out-of-range": r"invalid ipv4 address: .*out of range",
+    "ipv4-octet-count": r"invalid ipv4 address: .*octets",
+    "ipv6-syntax": r"invalid ipv6 address",
+    "host-bad-character": r"invalid host: .*character",
+    "host-empty-label": r"invalid host: .*empty label",
+    "host-hyphen": r"invalid host: .*hyphen",
+    "host-single-label": r"invalid host: .*single label",
+    "url-no-scheme": r"invalid url: .*scheme",
+    "url-no-host": r"invalid url: .*no host",
+    "url-whitespace": r"invalid url: .*whitespace",
+    "email-at-count": r"invalid email address: .*'@'",
+    "email-empty-local-part": r"invalid email address: .*empty local part",
+    "email-bad-domain": r"invalid email domain",
+    "email-whitespace": r"invalid email address: .*whitespace",
+    "hash-length": r"invalid hash: .*hex digits",
+    "hash-not-hex": r"invalid hash: .*non-hexadecimal",
+}
+
+
+def reason_matches(reason_class: str, reason: str | None) -> bool:
+    """Whether a ``rejected`` row's reason says what the generator's reason class means."""
+    return reason is not None and re.match(REASON_PATTERNS[reason_class], reason, re.IGNORECASE) is not None
 
 
 @dataclass(frozen=True)
 class Expected:
-    """What one target indicator should be, worked out from the seeded records without running the pipeline."""
+    """One indicator the target should hold (live or not) for the seeded records: the newest record of its
+    (type, canonical value), as the generator intends it."""
 
-    external_id: str
+    external_id: str  # the documented id of (owner, type, value): for fault injection and snapshot look-ups
     indicator_type: str
-    value: str
+    value: str  # canonical, as the generator made it before adding dirt
+    variant: str  # ipv4, ipv6, domain, url, email, md5, sha1, sha256
     tc_id: int
     last_modified: dt.datetime
-    active: bool  # active in ThreatConnect and not reported as a false positive
+    active: bool  # the winning record is meant to be loaded (not inactive, not a false positive)
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """(type, variant, value): what the target's own observable fields say, see ``graph_observed``."""
+        return self.indicator_type, self.variant, self.value
 
 
-def _canonical_values(record: Mapping[str, Any]) -> list[str | None]:
-    if record["type"] == "File":
-        return [canonical_hash(record[h], h)[0] for h in _HASHES if record.get(h)]
-    return [canonicalize(load_mapping(record["type"]).kind, record[_VALUE_FIELD[record["type"]]])[0]]
-
-
-def expected_indicators(records: Iterable[dict[str, Any]]) -> dict[str, Expected]:
-    """One entry per external id the target should hold for these records: valid values only, canonicalised,
-    duplicates folded into the newest version (ties to the higher ThreatConnect id), as the pipeline promises."""
-    winners: dict[str, Expected] = {}
-    for record in records:
-        if record["_invalid"]:
+def expected_indicators(intents: Iterable[Intent]) -> dict[str, Expected]:
+    """One entry per (type, canonical value) the records mean, keyed by its documented external id: rejects left
+    out, respellings and repeats folded into the newest record (ties to the higher ThreatConnect id), as the
+    pipeline promises (README "dedupe")."""
+    winners: dict[tuple[str, str], Expected] = {}
+    for intent in intents:
+        if intent.outcome == REJECTED:
             continue
-        for value in _canonical_values(record):
-            if value is None:  # the ground truth says valid: a canonicaliser refusing it is a finding
-                raise AssertionError(f"canonicalisation refused a valid seeded value: {record}")
+        for observable in intent.observables:
             candidate = Expected(
-                external_id(OWNER, record["type"], value), record["type"], value, record["id"],
-                record["lastModified"], bool(record["active"]) and not record["falsePositives"],
+                documented_external_id(intent.indicator_type, observable.value), intent.indicator_type,
+                observable.value, observable.variant, intent.tc_id, intent.last_modified, intent.outcome == LOADED,
             )
-            held = winners.get(candidate.external_id)
+            group = (intent.indicator_type, observable.value)
+            held = winners.get(group)
             if held is None or (candidate.last_modified, candidate.tc_id) > (held.last_modified, held.tc_id):
-                winners[candidate.external_id] = candidate
-    return winners
+                winners[group] = candidate
+    return {x.external_id: x for x in winners.values()}
+
+
+def expected_live_keys(expected: Mapping[str, Expected]) -> Counter[tuple[str, str, str]]:
+    """Each (type, variant, value) the target should hold live, once."""
+    return Counter(x.key for x in expected.values() if x.active)
+
+
+def expected_rejections(intents: Iterable[Intent]) -> dict[int, str]:
+    """ThreatConnect id -> reason class of every record meant to be rejected at normalize."""
+    return {i.tc_id: i.reason for i in intents if i.outcome == REJECTED and i.reason is not None}
 
 
 def invalid_tc_ids(records: Iterable[dict[str, Any]]) -> set[int]:
@@ -125,6 +187,50 @@ def observable_value(item: Mapping[str, Any]) -> str | None:
         if item.get(prop) not in (None, ""):
             return str(item[prop])
     return None
+
+
+#: The tiIndicator property that carries each kind of value (Microsoft Graph beta, tiIndicator resource type);
+#: a hash's kind is in ``fileHashType``.
+GRAPH_PROPERTY = {"ipv4": "networkIPv4", "ipv6": "networkIPv6", "domain": "domainName", "url": "url",
+                  "email": "emailSenderAddress", "md5": "fileHashValue", "sha1": "fileHashValue",
+                  "sha256": "fileHashValue"}
+_GRAPH_VARIANT = {p: v for v, p in GRAPH_PROPERTY.items() if p != "fileHashValue"}
+
+
+def graph_observed(item: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(type, variant, value) a tiIndicator observes, read from its own observable properties only; a value in a
+    property the oracle does not expect reads as type ``?`` and variant = the property's name."""
+    for prop in _VALUE_PROPERTIES:
+        value = item.get(prop)
+        if value in (None, ""):
+            continue
+        if prop == "fileHashValue":
+            variant = str(item.get("fileHashType"))
+            return VARIANT_TYPE.get(variant, "?"), variant, str(value)
+        variant = _GRAPH_VARIANT.get(prop, prop)
+        return VARIANT_TYPE.get(variant, "?"), variant, str(value)
+    return "?", "", ""
+
+
+#: The STIX 2.1 object path each kind of value is compared on (STIX 2.1 cyber-observable objects).
+STIX_PATH = {("ipv4-addr", "value"): "ipv4", ("ipv6-addr", "value"): "ipv6", ("domain-name", "value"): "domain",
+             ("url", "value"): "url", ("email-addr", "value"): "email", ("file", "hashes", "MD5"): "md5",
+             ("file", "hashes", "SHA-1"): "sha1", ("file", "hashes", "SHA-256"): "sha256"}
+
+
+def stix_observed(obj: Mapping[str, Any]) -> tuple[str, str, str]:
+    """(type, variant, value) a STIX indicator's pattern compares, read from the pattern alone; anything but one
+    comparison on a known path reads as type ``?``."""
+    comparisons = Pattern(obj["pattern"]).inspect().comparisons
+    if len(comparisons) != 1:
+        return "?", obj["pattern"], ""
+    ((object_type, found),) = comparisons.items()
+    if len(found) != 1:
+        return "?", obj["pattern"], ""
+    path, _, literal = found[0]
+    value = literal[1:-1].replace("\\'", "'").replace("\\\\", "\\")
+    variant = STIX_PATH.get((object_type, *path), ":".join((object_type, *map(str, path))))
+    return VARIANT_TYPE.get(variant, "?"), variant, value
 
 
 def graph_projection(stack: Stack) -> dict[str, tuple[Any, ...]]:

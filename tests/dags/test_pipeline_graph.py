@@ -8,6 +8,7 @@ import pyarrow.compute as pc
 import pytest
 
 from include.pipeline.watermarks import iso, parse_iso
+from simulators.dataset import NOT_LIVE, REJECTED
 from tests.dags.dagrun import (
     DAY,
     FAILING_TYPE,
@@ -15,12 +16,15 @@ from tests.dags.dagrun import (
     FIRST_INTERVAL_START,
     PERMANENT_FAILURE,
     TYPES,
+    documented_external_id,
     duplicate_external_ids,
-    expected_indicators,
+    expected_live_keys,
+    expected_rejections,
     graph_items,
-    invalid_tc_ids,
+    graph_observed,
     observable_value,
     raw_values,
+    reason_matches,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.dag]
@@ -28,29 +32,43 @@ pytestmark = [pytest.mark.integration, pytest.mark.dag]
 STAGES = ("raw", "normalized", "rejected", "deduped", "plan", "loaded")
 
 
-def _active(expected):
-    return {e for e, x in expected.items() if x.active}
+def _inactive_keys(expected):
+    return {x.key for x in expected.values() if not x.active}
 
 
-def _inactive(expected):
-    return {e for e, x in expected.items() if not x.active}
+def _observed(items):
+    """What each tiIndicator observes, by its own fields: (type, variant, value), counted."""
+    return Counter(graph_observed(i) for i in items)
 
 
 # --------------------------------------------------------------------------------------------- the seeded data
-def test_the_seeded_data_holds_invalid_duplicate_inactive_and_false_positive_records(seeded_records) -> None:
+def test_the_seeded_data_means_some_records_to_be_rejected_respelled_inactive_or_false_positive(intents) -> None:
     kinds = Counter()
+    for intent in intents.values():
+        kinds["rejected"] += intent.outcome == REJECTED
+        kinds["duplicate"] += intent.duplicate_of is not None
+        kinds["inactive"] += intent.outcome == NOT_LIVE and intent.reason == "inactive"
+        kinds["false positive"] += intent.outcome == NOT_LIVE and intent.reason == "false positive"
+    assert all(kinds[k] > 0 for k in ("rejected", "duplicate", "inactive", "false positive")), kinds
+
+
+def test_the_seeded_data_holds_the_dirt_the_canonicaliser_must_remove(seeded_records, intents) -> None:
+    # raw != canonical for: case, a root dot, IDN, IPv6 spellings, hash case, URL host case, padding
+    dirty = Counter()
     for record in seeded_records:
-        kinds["invalid"] += record["_invalid"]
-        kinds["duplicate"] += record["_duplicate_of"] is not None
-        kinds["inactive"] += not record["active"]
-        kinds["false positive"] += record["falsePositives"] > 0
-    assert all(kinds[k] > 0 for k in ("invalid", "duplicate", "inactive", "false positive")), kinds
+        for raw, observable in zip(raw_values(record), intents[record["id"]].observables, strict=False):
+            if raw != observable.value:
+                dirty[(record["type"], "root dot" if raw.endswith(".") else "idn" if not raw.isascii()
+                       else "other")] += 1
+    assert {("Host", "root dot"), ("Host", "idn"), ("Host", "other"), ("Address", "other"), ("URL", "other"),
+            ("EmailAddress", "other"), ("File", "other")} <= set(dirty), dirty
 
 
-def test_each_seeded_duplicate_shares_the_external_id_of_its_original(seeded_records) -> None:
-    by_id = {r["id"]: r for r in seeded_records}
-    for record in (r for r in seeded_records if r["_duplicate_of"] is not None):
-        assert set(expected_indicators([record])) == set(expected_indicators([by_id[record["_duplicate_of"]]]))
+def test_each_seeded_duplicate_means_the_same_canonical_values_as_its_original(intents) -> None:
+    for intent in (i for i in intents.values() if i.duplicate_of is not None):
+        original = intents[intent.duplicate_of]
+        assert (intent.indicator_type, intent.observables) == (original.indicator_type, original.observables)
+        assert original.outcome != REJECTED
 
 
 # --------------------------------------------------------------------------------------------- one clean run
@@ -64,9 +82,13 @@ def test_the_first_run_covers_exactly_one_day_ending_at_its_logical_date(graph_f
     assert run.interval_end - run.interval_start == DAY
 
 
-def test_every_active_expected_indicator_is_live_in_graph(graph_first, expected) -> None:
-    live = {i["externalId"] for i in graph_first.items if i.get("isActive") is True}
-    assert live == _active(expected)
+def test_every_indicator_meant_to_be_loaded_is_live_in_graph_exactly_once_with_its_canonical_value(
+    graph_first, expected,
+) -> None:
+    live = _observed(i for i in graph_first.items if i.get("isActive") is True)
+    want = expected_live_keys(expected)
+    assert {k: n for k, n in live.items() if want.get(k) != n} == {}, "held but not meant, or held more than once"
+    assert sorted(set(want) - set(live)) == [], "meant to be loaded, not held"
 
 
 def test_graph_holds_no_external_id_twice(graph_first) -> None:
@@ -75,22 +97,34 @@ def test_graph_holds_no_external_id_twice(graph_first) -> None:
 
 
 def test_graph_holds_nothing_that_was_not_expected(graph_first, expected) -> None:
-    assert {i["externalId"] for i in graph_first.items} <= set(expected)
+    assert sorted(set(_observed(graph_first.items)) - {x.key for x in expected.values()}) == []
 
 
-def test_each_graph_indicator_observes_the_canonical_value(graph_first, expected) -> None:
-    wrong = {i["externalId"]: observable_value(i) for i in graph_first.items
-             if observable_value(i) != expected[i["externalId"]].value}
+def test_each_graph_indicator_carries_the_documented_external_id_of_what_it_observes(graph_first) -> None:
+    wrong = {}
+    for item in graph_first.items:
+        kind, _, value = graph_observed(item)
+        if item["externalId"] != documented_external_id(kind, value):
+            wrong[item["externalId"]] = (kind, value)
     assert wrong == {}
 
 
 def test_inactive_and_false_positive_indicators_never_delivered_are_not_created(graph_first, expected) -> None:
-    assert {i["externalId"] for i in graph_first.items} & _inactive(expected) == set()
+    assert set(_observed(graph_first.items)) & _inactive_keys(expected) == set()
 
 
-def test_the_rejected_snapshot_holds_exactly_the_invalid_records(graph_pipeline, graph_first, seeded_records) -> None:
+def test_the_rejected_snapshot_holds_exactly_the_records_meant_to_be_rejected(graph_pipeline, graph_first,
+                                                                              intents) -> None:
     rejected = graph_pipeline.stage("rejected", graph_first.run)
-    assert set(rejected["tc_id"].to_pylist()) == invalid_tc_ids(seeded_records)
+    assert sorted(rejected["tc_id"].to_pylist()) == sorted(expected_rejections(intents.values()))
+
+
+def test_each_rejection_gives_the_reason_the_generator_meant(graph_pipeline, graph_first, intents) -> None:
+    meant = expected_rejections(intents.values())
+    rows = graph_pipeline.stage("rejected", graph_first.run).to_pylist()
+    wrong = [(r["tc_id"], r["raw_value"], meant.get(r["tc_id"]), r["reason"]) for r in rows
+             if r["tc_id"] not in meant or not reason_matches(meant[r["tc_id"]], r["reason"])]
+    assert wrong == []
 
 
 def test_rejected_values_never_reach_graph(graph_first, seeded_records) -> None:
@@ -142,8 +176,7 @@ def test_the_next_run_extracts_a_change_that_arrived_after_the_first_run(graph_p
 
 
 def test_a_change_that_arrived_late_but_predates_the_next_interval_still_reaches_graph(graph_story) -> None:
-    late_id = next(iter(expected_indicators([graph_story.late])))
-    assert late_id in {i["externalId"] for i in graph_story.next.items}
+    assert ("Host", "domain", graph_story.late["hostName"]) in _observed(graph_story.next.items)
 
 
 # --------------------------------------------------------------------------------------------- rerun
@@ -213,6 +246,6 @@ def test_a_five_percent_failure_threshold_lets_the_run_succeed_despite_one_refus
 
 
 def test_with_a_tolerated_failure_graph_holds_every_other_indicator(graph_tolerated_failure, expected) -> None:
-    held = {i["externalId"] for i in graph_items(graph_tolerated_failure.pipeline.stack)}
-    wanted = {e for e, x in expected.items() if x.indicator_type == FAILING_TYPE and x.active}
-    assert held & wanted == wanted - {graph_tolerated_failure.victim}
+    held = set(_observed(graph_items(graph_tolerated_failure.pipeline.stack)))
+    wanted = {x.key for x in expected.values() if x.indicator_type == FAILING_TYPE and x.active}
+    assert held & wanted == wanted - {expected[graph_tolerated_failure.victim].key}

@@ -8,18 +8,21 @@ import pytest
 import stix2
 from stix2patterns.pattern import Pattern
 
-from tests.dags.dagrun import SOURCE_SYSTEM
+from tests.dags.dagrun import (
+    SOURCE_SYSTEM,
+    documented_external_id,
+    expected_live_keys,
+    expected_rejections,
+    reason_matches,
+    stix_observed,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.dag]
 
 
-def _stix(ids):
-    return {f"indicator--{e}" for e in ids}
-
-
-def _literal(quoted: str) -> str:
-    """A STIX pattern string literal's value: quotes removed, ``\\'`` and ``\\\\`` unescaped."""
-    return quoted[1:-1].replace("\\'", "'").replace("\\\\", "\\")
+def _observed(objects):
+    """What each STIX indicator's pattern compares, by the pattern alone: (type, variant, value), counted."""
+    return Counter(stix_observed(obj) for obj in objects)
 
 
 # --------------------------------------------------------------------------------------------- one clean run
@@ -27,9 +30,12 @@ def test_the_first_sentinel_run_succeeds(sentinel_first) -> None:
     assert sentinel_first.run.succeeded, sentinel_first.run.explain()
 
 
-def test_every_active_expected_indicator_is_stored_and_not_revoked(sentinel_first, expected) -> None:
-    live = {sid for sid, obj in sentinel_first.objects.items() if not obj.get("revoked")}
-    assert live == _stix(e for e, x in expected.items() if x.active)
+def test_every_indicator_meant_to_be_loaded_is_stored_once_unrevoked_with_its_canonical_value(sentinel_first,
+                                                                                               expected) -> None:
+    live = _observed(obj for obj in sentinel_first.objects.values() if not obj.get("revoked"))
+    want = expected_live_keys(expected)
+    assert {k: n for k, n in live.items() if want.get(k) != n} == {}, "held but not meant, or held more than once"
+    assert sorted(set(want) - set(live)) == [], "meant to be loaded, not held"
 
 
 def test_no_stix_id_is_stored_twice(sentinel_first) -> None:
@@ -38,7 +44,7 @@ def test_no_stix_id_is_stored_twice(sentinel_first) -> None:
 
 
 def test_sentinel_holds_nothing_that_was_not_expected(sentinel_first, expected) -> None:
-    assert set(sentinel_first.objects) <= _stix(expected)
+    assert sorted(set(_observed(sentinel_first.objects.values())) - {x.key for x in expected.values()}) == []
 
 
 def test_every_stored_object_parses_as_stix(sentinel_first) -> None:
@@ -60,18 +66,26 @@ def test_every_pattern_is_one_comparison_without_operators_or_qualifiers(sentine
     assert compound == []
 
 
-def test_each_pattern_observes_the_expected_canonical_value(sentinel_first, expected) -> None:
+def test_each_stix_id_is_the_documented_id_of_what_its_pattern_observes(sentinel_first) -> None:
     wrong = []
     for sid, obj in sentinel_first.objects.items():
-        (comparisons,) = Pattern(obj["pattern"]).inspect().comparisons.values()
-        value = _literal(comparisons[0][2])
-        if value != expected[sid.removeprefix("indicator--")].value:
+        kind, _, value = stix_observed(obj)
+        if sid != f"indicator--{documented_external_id(kind, value)}":
             wrong.append((sid, obj["pattern"]))
     assert wrong == []
 
 
 def test_inactive_and_false_positive_indicators_never_delivered_are_not_uploaded(sentinel_first, expected) -> None:
-    assert set(sentinel_first.objects) & _stix(e for e, x in expected.items() if not x.active) == set()
+    inactive = {x.key for x in expected.values() if not x.active}
+    assert set(_observed(sentinel_first.objects.values())) & inactive == set()
+
+
+def test_every_record_meant_to_be_rejected_is_rejected_with_the_reason_meant(sentinel_story, sentinel_first,
+                                                                             intents) -> None:
+    meant = expected_rejections(intents.values())
+    rows = sentinel_story.pipeline.stage("rejected", sentinel_first.run).to_pylist()
+    assert sorted(r["tc_id"] for r in rows) == sorted(meant)
+    assert [(r["tc_id"], r["reason"]) for r in rows if not reason_matches(meant[r["tc_id"]], r["reason"])] == []
 
 
 # --------------------------------------------------------------------------------------------- rerun
