@@ -11,7 +11,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from include.pipeline import expiry, fields
-from include.pipeline.canonical import Result, canonical_hash, canonicalize_many
+from include.pipeline.canonical import canonical_hash
+from include.pipeline.canonical_columns import canonicalize_column, canonicalize_hashes
 from include.pipeline.dedupe import external_ids
 from include.pipeline.fields import RATING_LABELS as RATING_LABELS  # re-exported: part of the module's API
 from include.pipeline.fields import fit as fit
@@ -157,94 +158,137 @@ def _row_problems(sub: pa.Table) -> list[str | None]:
     return problems
 
 
-def _candidates(
-    sub: pa.Table, m: Mapping, problems: list[str | None]
-) -> tuple[list[int], list[str], list[Result], list[int], list[str | None], list[str]]:
-    """Values to canonicalise and the rows rejected before canonicalisation.
+Candidates = tuple[list[int], list[str], list[str | None], list[str], list[int], list[str | None], list[str]]
+
+
+def _candidates(sub: pa.Table, m: Mapping, problems: list[str | None]) -> Candidates:
+    """Values to canonicalise, their canonical answers, and the rows rejected before canonicalisation.
 
     Returns:
-        ``(candidate rows, candidate raw values, canonical results, rejected rows, rejected raw values, reasons)``.
+        ``(candidate rows, raw values, canonical values (None: rejected), variants (or reasons), rejected rows,
+        rejected raw values, reasons)``.
     """
+    if m.kind == "hash":
+        return _hash_candidates(sub, problems)
     summary = sub.column("summary").to_pylist()
     rej_rows: list[int] = []
     rej_raw: list[str | None] = []
     rej_reason: list[str] = []
+    if all(p is None for p in problems) and all(raw is not None for raw in summary):
+        # the usual batch: no row-level problem, every value present (blank ones fail canonicalisation)
+        return (list(range(len(summary))), summary, *canonicalize_column(m.kind, summary), rej_rows, rej_raw,
+                rej_reason)
     rows: list[int] = []
     raws: list[str] = []
-    if m.kind != "hash":
-        if all(p is None for p in problems) and all(raw is not None for raw in summary):
-            # the usual batch: no row-level problem, every value present (blank ones fail canonicalisation)
-            return (list(range(len(summary))), summary, canonicalize_many(m.kind, summary), rej_rows, rej_raw,
-                    rej_reason)
-        for i, (raw, problem) in enumerate(zip(summary, problems, strict=True)):
-            if problem is None and raw is not None:
-                rows.append(i)
-                raws.append(raw)
-            else:
-                rej_rows.append(i)
-                rej_raw.append(raw)
-                rej_reason.append(problem or f"missing {m.indicator_type} value")
-        return rows, raws, canonicalize_many(m.kind, raws), rej_rows, rej_raw, rej_reason
+    for i, (raw, problem) in enumerate(zip(summary, problems, strict=True)):
+        if problem is None and raw is not None:
+            rows.append(i)
+            raws.append(raw)
+        else:
+            rej_rows.append(i)
+            rej_raw.append(raw)
+            rej_reason.append(problem or f"missing {m.indicator_type} value")
+    return rows, raws, *canonicalize_column(m.kind, raws), rej_rows, rej_raw, rej_reason
 
-    expected: list[str | None] = []
-    columns = [sub.column(c).to_pylist() for c in _HASH_COLUMNS]
-    for i, (problem, summ, *hashes) in enumerate(zip(problems, summary, *columns, strict=True)):
-        if problem is not None:
+
+def _hash_candidates(sub: pa.Table, problems: list[str | None]) -> Candidates:
+    """File rows: one candidate per hash present, in md5, sha1, sha256 order within a row.
+
+    Rows whose hash fields are all absent or printable ASCII without spaces (nearly all) are gathered column-wise;
+    the rest (row problems, blanks, odd characters, no hash field at all) row by row.
+    """
+    columns = [sub.column(c).combine_chunks() for c in _HASH_COLUMNS]
+    simple = [pc.match_substring_regex(c, r"^[!-~]+$") for c in columns]
+    present = [_numpy(pc.fill_null(f, False)) for f in simple]
+    odd = [_numpy(pc.is_valid(c)) & ~has for c, has in zip(columns, present, strict=True)]
+    fast = np.fromiter((p is None for p in problems), dtype=bool, count=len(problems))
+    fast &= ~(odd[0] | odd[1] | odd[2]) & (present[0] | present[1] | present[2])
+
+    src: list[np.ndarray] = []
+    order: list[np.ndarray] = []
+    raws: list[str] = []
+    values: list[str | None] = []
+    variants: list[str] = []
+    for position, (name, column, has) in enumerate(zip(_HASH_COLUMNS, columns, present, strict=True)):
+        rows = np.flatnonzero(fast & has)
+        taken = column.take(pa.array(rows, pa.int64()))
+        answers = canonicalize_hashes(taken, name)
+        src.append(rows)
+        order.append(np.full(len(rows), position, dtype=np.int64))
+        raws.extend(taken.to_pylist())
+        values.extend(answers[0])
+        variants.extend(answers[1])
+
+    slow = np.flatnonzero(~fast)
+    rows_slow, raws_slow, rej_rows, rej_raw, rej_reason = _hash_rows_one_by_one(sub, problems, slow)
+    src.append(np.asarray(rows_slow, dtype=np.int64))
+    order.append(np.arange(len(rows_slow), dtype=np.int64))  # rows are ascending: keeps each row's order
+    raws.extend(r for r, _ in raws_slow)
+    for raw, expected in raws_slow:
+        value, variant = canonical_hash(raw, expected)
+        values.append(value)
+        variants.append(variant)
+    rows_all = np.concatenate(src)
+    perm = np.lexsort((np.concatenate(order), rows_all)).tolist()
+    return (rows_all[perm].tolist(), [raws[k] for k in perm], [values[k] for k in perm],
+            [variants[k] for k in perm], rej_rows, rej_raw, rej_reason)
+
+
+def _hash_rows_one_by_one(
+    sub: pa.Table, problems: list[str | None], positions: np.ndarray
+) -> tuple[list[int], list[tuple[str, str | None]], list[int], list[str | None], list[str]]:
+    """The File rules row by row: ``(candidate rows, (raw, expected type), rejected rows, raw values, reasons)``."""
+    idx = pa.array(positions, pa.int64())
+    summary = sub.column("summary").take(idx).to_pylist()
+    columns = [sub.column(c).take(idx).to_pylist() for c in _HASH_COLUMNS]
+    rows: list[int] = []
+    raws: list[tuple[str, str | None]] = []
+    rej_rows: list[int] = []
+    rej_raw: list[str | None] = []
+    rej_reason: list[str] = []
+    for i, summ, *hashes in zip(positions.tolist(), summary, *columns, strict=True):
+        if problems[i] is not None:
             rej_rows.append(i)
             rej_raw.append(summ)
-            rej_reason.append(problem)
+            rej_reason.append(problems[i])
             continue
         found = False
-        md5, sha1, sha256 = hashes
-        if md5 is not None and md5.strip():
-            rows.append(i)
-            raws.append(md5)
-            expected.append("md5")
-            found = True
-        if sha1 is not None and sha1.strip():
-            rows.append(i)
-            raws.append(sha1)
-            expected.append("sha1")
-            found = True
-        if sha256 is not None and sha256.strip():
-            rows.append(i)
-            raws.append(sha256)
-            expected.append("sha256")
-            found = True
+        for name, raw in zip(_HASH_COLUMNS, hashes, strict=True):
+            if raw is not None and raw.strip():
+                rows.append(i)
+                raws.append((raw, name))
+                found = True
         if not found and summ:
             # The all-types v2 listing has no hash fields, only the summary "MD5 : SHA1 : SHA256"
             # (threatconnect_api.md §2.3); the length of each part says which hash it is.
             for part in summ.split(":"):
                 if part.strip():
                     rows.append(i)
-                    raws.append(part.strip())
-                    expected.append(None)
+                    raws.append((part.strip(), None))
                     found = True
         if not found:
             rej_rows.append(i)
             rej_raw.append(summ)
             rej_reason.append("File has no hash")
-    results = [canonical_hash(r, e) for r, e in zip(raws, expected, strict=True)]
-    return rows, raws, results, rej_rows, rej_raw, rej_reason
+    return rows, raws, rej_rows, rej_raw, rej_reason
 
 
 def _normalize_type(sub: pa.Table, m: Mapping) -> tuple[pa.Table, pa.Table]:
     """Normalize rows that all have the mapping's type: ``(normalized, rejected)``, each in row order."""
     problems = _row_problems(sub)
-    rows, raws, results, rej_rows, rej_raw, rej_reason = _candidates(sub, m, problems)
+    rows, raws, values, variants, rej_rows, rej_raw, rej_reason = _candidates(sub, m, problems)
 
-    bad = [k for k, (value, _) in enumerate(results) if value is None]
+    bad = [k for k, value in enumerate(values) if value is None]
     if bad:
         for k in bad:
             rej_rows.append(rows[k])
             rej_raw.append(raws[k])
-            rej_reason.append(results[k][1])
-        good = [k for k, (value, _) in enumerate(results) if value is not None]
+            rej_reason.append(variants[k])
+        good = [k for k, value in enumerate(values) if value is not None]
         rows = [rows[k] for k in good]
         raws = [raws[k] for k in good]
-        results = [results[k] for k in good]
-    values = [value for value, _ in results]
-    variants = [variant for _, variant in results]
+        values = [values[k] for k in good]
+        variants = [variants[k] for k in good]
 
     rej_src = np.asarray(rej_rows, dtype=np.int64)
     if len(rej_src) > 1:

@@ -24,7 +24,8 @@ INTERVAL_END = T0 + dt.timedelta(days=2)  # the refresh run: both rows expire wi
 
 
 def with_tc_expiry(use: bool):
-    return dataclasses.replace(ADDRESS, expiration=dataclasses.replace(ADDRESS.expiration, use_threatconnect_expiry=use))
+    policy = dataclasses.replace(ADDRESS.expiration, use_threatconnect_expiry=use)
+    return dataclasses.replace(ADDRESS, expiration=policy)
 
 
 def delivered(tmp_path, mapping) -> pd.DataFrame:
