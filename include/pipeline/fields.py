@@ -116,6 +116,12 @@ def _distinct(column: pa.ChunkedArray | pa.Array, fn: Callable[[Any], Any]) -> t
     return codes, [fn(v) for v in distinct] + [fn(None)]
 
 
+def distinct(values: pa.Array) -> tuple[pa.Array, list[Any]]:
+    """``(index per value, the distinct values)`` of a column without nulls (a few variants, say)."""
+    encoded = pc.dictionary_encode(values)
+    return encoded.indices, encoded.dictionary.to_pylist()
+
+
 def descriptions(
     t: pa.Table,
     m: Mapping,

@@ -333,15 +333,16 @@ def _build(t: pa.Table, m: Mapping, raws: list[str], values: list[str], variants
     descriptions = fields.descriptions(t, m, values, variants, rating, rated, confidence, tlp_ranks)
 
     is_hash = m.kind == "hash"
+    variant_codes, variant_names = fields.distinct(pa.array(variants, pa.string()))
     observable = dict(m.observables)
     columns = {
         "external_id": ids,
-        "indicator_type": pa.array([type_name] * n, pa.string()),
-        "kind": pa.array([m.kind] * n, pa.string()),
+        "indicator_type": pa.repeat(pa.scalar(type_name, pa.string()), n),
+        "kind": pa.repeat(pa.scalar(m.kind, pa.string()), n),
         "value": pa.array(values, pa.string()),
         "raw_value": pa.array(raws, pa.string()),
-        "observable": pa.array([observable[v] for v in variants], pa.string()),
-        "hash_type": pa.array(variants if is_hash else [None] * n, pa.string()),
+        "observable": pa.array([observable[v] for v in variant_names], pa.string()).take(variant_codes),
+        "hash_type": pa.array(variant_names, pa.string()).take(variant_codes) if is_hash else pa.nulls(n, pa.string()),
         "tc_id": t.column("tc_id"),
         "owner": t.column("owner"),
         "date_added": date_added,
@@ -349,7 +350,7 @@ def _build(t: pa.Table, m: Mapping, raws: list[str], values: list[str], variants
         "confidence": pa.array(confidence.astype(np.int32)),
         "severity": pa.array(severity.astype(np.int32)),
         "tlp": fields.tlp(tlp_ranks),
-        "threat_type": pa.array([m.threat_type] * n, pa.string()),
+        "threat_type": pa.repeat(pa.scalar(m.threat_type, pa.string()), n),
         "tags": fields.tags(t.column("tags"), m.extra_tags),
         "description": descriptions,
         "valid_from": date_added,

@@ -51,3 +51,39 @@ def test_realistic_values_match_one_at_a_time(kind) -> None:
     }[kind]
     values = samples * 10
     assert canonicalize_many(kind, values) == [CANONICALISERS[kind](v) for v in values]
+
+
+# File rows: hashes in any case, blank, padded, all-zero, the empty file's, wrong lengths, missing; summaries only.
+HEX = st.sampled_from(["d41d8cd98f00b204e9800998ecf8427e", "0" * 32, "A" * 32, "ab" * 20, "0" * 40, "1f" * 32,
+                       "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "F" * 64, "a" * 31,
+                       "zz" + "a" * 30, "", " ", " " + "b" * 32, "é" * 32, "c" * 40 + "\t"])
+HASH_FIELD = st.one_of(st.none(), HEX)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(HASH_FIELD, HASH_FIELD, HASH_FIELD, st.one_of(st.none(), st.sampled_from(
+    ["a" * 32 + " : " + "b" * 40, "", "x : " + "c" * 64]))), min_size=1, max_size=90))
+def test_file_rows_column_wise_match_the_file_rules_row_by_row(rows) -> None:
+    from include.pipeline.canonical import canonical_hash
+    from include.pipeline.mappings import load_mapping
+    from include.pipeline.normalize import normalize
+    from tests.unit.pipeline.pipeline_rows import raw_row, raw_table
+
+    table = raw_table([raw_row(tc_id=i, indicator_type="File", summary=summary, md5=md5, sha1=sha1, sha256=sha256)
+                       for i, (md5, sha1, sha256, summary) in enumerate(rows)])
+    expected_good, expected_bad = [], []
+    for i, (md5, sha1, sha256, summary) in enumerate(rows):  # the rules as the mapping documents them
+        found = [(raw, kind) for raw, kind in ((md5, "md5"), (sha1, "sha1"), (sha256, "sha256"))
+                 if raw is not None and raw.strip()]
+        if not found and summary:
+            found = [(part.strip(), None) for part in summary.split(":") if part.strip()]
+        if not found:
+            expected_bad.append((i, summary, "File has no hash"))
+        for raw, kind in found:
+            value, why = canonical_hash(raw, kind)
+            (expected_good.append((i, value, why)) if value is not None else expected_bad.append((i, raw, why)))
+    normalized, rejected = normalize(table, load_mapping("File"))
+    assert list(zip(normalized["tc_id"].to_pylist(), normalized["value"].to_pylist(),
+                    normalized["hash_type"].to_pylist(), strict=True)) == expected_good
+    assert list(zip(rejected["tc_id"].to_pylist(), rejected["raw_value"].to_pylist(),
+                    rejected["reason"].to_pylist(), strict=True)) == sorted(expected_bad, key=lambda r: r[0])
