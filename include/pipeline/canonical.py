@@ -47,7 +47,9 @@ def _ipv4_reason(s: str) -> str:
 
 
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
-_IPV4_RE = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+#: A dotted quad without leading zeros (each octet 0-255).
+IPV4_PATTERN = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
+_IPV4_RE = re.compile(IPV4_PATTERN)
 _V4_MAPPED = b"\x00" * 10 + b"\xff\xff"
 _V6_WORDS = struct.Struct("!8H")
 _V6_UNSPECIFIED = bytes(16)
@@ -342,7 +344,7 @@ def canonical_email(raw: str) -> Result:
 _HEX = "0123456789abcdef"
 HASH_TYPES: dict[int, str] = {32: "md5", 40: "sha1", 64: "sha256"}
 # Digests of the empty file: real hashes, but they match every empty file on every machine (false positives only).
-_EMPTY_FILE = frozenset(
+EMPTY_FILE_DIGESTS = frozenset(
     {
         "d41d8cd98f00b204e9800998ecf8427e",
         "da39a3ee5e6b4b0d3255bfef95601890afd80709",
@@ -374,7 +376,7 @@ def canonical_hash(raw: str, expected: str | None = None) -> Result:
         return None, f"invalid hash: {expected} holds {len(s)} hex digits (a {kind}?)"
     if not s.strip("0"):
         return None, "invalid hash: all-zero placeholder"
-    if s in _EMPTY_FILE:
+    if s in EMPTY_FILE_DIGESTS:
         return None, f"invalid hash: {kind} of the empty file"
     return s, kind
 
@@ -392,51 +394,3 @@ CANONICALISERS: dict[str, Callable[..., Result]] = {
 def canonicalize(kind: str, raw: str) -> Result:
     """Canonicalise one value with the canonicaliser of a mapping kind (see ``CANONICALISERS``)."""
     return CANONICALISERS[kind](raw)
-
-
-# --- many values at once ----------------------------------------------------------------------------------------
-
-# The common case, checked column-wise by RE2 inside pyarrow: plain ASCII LDH names whose last label starts with a
-# letter (so never all digits), no punycode, no surrounding whitespace. Anything else takes the per-value path, so
-# both paths give identical answers (a property test holds them to it).
-_FAST_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_FAST_TLD = r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_FAST_HOST = rf"(?:{_FAST_LABEL}\.)+{_FAST_TLD}"
-_FAST_PATTERNS = {
-    "host": rf"^{_FAST_HOST}\.?$",
-    # a conservative dot-atom local part (a subset of _LOCAL_RE) at a fast host
-    "email": rf"^[a-z0-9_%+-]+(?:\.[a-z0-9_%+-]+)*@{_FAST_HOST}\.?$",
-}
-_FAST_VARIANT = {"host": "domain", "email": "email"}
-
-
-def canonicalize_many(kind: str, raws: list[str]) -> list[Result]:
-    """``[CANONICALISERS[kind](raw) for raw in raws]``, with the common host and email shapes done column-wise.
-
-    Host names and email addresses are most of a feed and nearly all plain ASCII: lower-casing, the trailing root
-    dot and the label rules are checked for the whole column at once, and only the unusual values (IDN, punycode,
-    whitespace, anything the fast pattern does not accept) go through the per-value canonicaliser.
-    """
-    canon = CANONICALISERS[kind]
-    pattern = _FAST_PATTERNS.get(kind)
-    if pattern is None or len(raws) < 64:
-        return [canon(raw) for raw in raws]
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    values = pa.array(raws, pa.string())
-    lowered = pc.ascii_lower(values)
-    stripped = pc.replace_substring_regex(lowered, r"\.$", "")
-    fast = pc.and_(
-        pc.and_(pc.string_is_ascii(values), pc.match_substring_regex(lowered, pattern)),
-        pc.and_(pc.invert(pc.match_substring(lowered, "xn--")), pc.less_equal(pc.utf8_length(stripped), 253)),
-    )
-    if kind == "email":
-        # local part at most 64 characters; the domain's own 253 limit is checked on the part after the '@'
-        at = pc.find_substring(lowered, "@")
-        domain_length = pc.subtract(pc.utf8_length(stripped), pc.add(at, 1))
-        fast = pc.and_(fast, pc.and_(pc.less_equal(at, 64), pc.less_equal(domain_length, 253)))
-    fast_values = stripped.to_pylist()
-    variant = _FAST_VARIANT[kind]
-    return [(value, variant) if ok else canon(raw)
-            for raw, value, ok in zip(raws, fast_values, fast.fill_null(False).to_pylist(), strict=True)]

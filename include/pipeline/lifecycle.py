@@ -35,18 +35,20 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from include.pipeline import expiry
+from include.pipeline.capacity import apply_capacity as apply_capacity  # the stages' one entry point
+from include.pipeline.delivered import NORMALIZED_COLUMNS, ONE_MS, Delivered, is_live
+from include.pipeline.delivered import UNDELIVERED as UNDELIVERED
+from include.pipeline.delivered import delivered as delivered
+from include.pipeline.delivered import delivered_state as delivered_state
 from include.pipeline.errors import NotSupported, PermanentError
+from include.pipeline.mappings import ExpirationPolicy
 from include.pipeline.ports import content_hash
-from include.pipeline.schema import NORMALIZED_SCHEMA, PLAN_SCHEMA
-from include.pipeline.snapshots import SnapshotStore
+from include.pipeline.schema import PLAN_SCHEMA
 
-ONE_MS = pd.Timedelta(milliseconds=1)
 WRITE_ACTIONS = ("create", "update", "refresh", "retract")
 PLAN_ACTIONS = (*WRITE_ACTIONS, "reject", "skip")
-#: verify statuses that mean "the target does not hold what was written": such a write is not delivered
-UNDELIVERED = ("missing", "different")
 VERIFIED_SCHEMA = pa.schema([
     pa.field("external_id", pa.string()),
     pa.field("action", pa.string()),
@@ -54,7 +56,6 @@ VERIFIED_SCHEMA = pa.schema([
     pa.field("detail", pa.string()),  # what differed, or why the write counts as delivered
     pa.field("sink", pa.string()),  # the target
 ])
-NORMALIZED_COLUMNS = [f.name for f in NORMALIZED_SCHEMA]
 
 
 class MassRetraction(PermanentError):
@@ -69,10 +70,14 @@ class Policy:
         interval_start: the run's data interval start (retractions found now are versioned no earlier).
         interval_end: the run's data interval end: the run's notion of "now" (never the wall clock).
         refresh_within: delivered live indicators expiring before ``interval_end + refresh_within`` are re-sent.
-        expiry_days: days of validity a refresh grants, by severity (the rounded threat rating).
+        expiry_days: days of validity a refresh grants, by severity (the rounded threat rating), when the
+            mapping's rule cannot tell (see :func:`include.pipeline.expiry.refreshed`).
         retraction_guard: the largest share of the delivered live set one run may retract.
         retraction_guard_min: below this many retractions the guard does not apply (small sets).
         allow_mass_retraction: let this run pass the guard (an explicit run param).
+        expiration: the mapping's expiration policy, so that a refresh follows the rule normalize followed
+            (``use_threatconnect_expiry``); when None, taken from ``expiry_days`` if that is an
+            ``ExpirationPolicy.days_for``.
     """
 
     interval_start: dt.datetime
@@ -82,23 +87,15 @@ class Policy:
     retraction_guard: float = 0.2
     retraction_guard_min: int = 10
     allow_mass_retraction: bool = False
+    expiration: ExpirationPolicy | None = None
 
-
-@dataclass
-class Delivered:
-    """What earlier runs left in one target for one type.
-
-    Attributes:
-        state: the latest delivered write per external id (see :func:`delivered_state`), indexed by external id.
-        quarantine: ``(external id, content hash) -> the target's message`` for writes the target refused for
-            their content; the same content is not sent again.
-        unverified: external id -> why the latest write of it is not delivered (verify found it missing or
-            different), for the plan's reason.
-    """
-
-    state: pd.DataFrame
-    quarantine: dict[tuple[str, str], str] = field(default_factory=dict)
-    unverified: dict[str, str] = field(default_factory=dict)
+    @property
+    def expiry_policy(self) -> ExpirationPolicy | None:
+        """The mapping's expiration policy: ``expiration``, else the one ``expiry_days`` is a method of."""
+        if self.expiration is not None:
+            return self.expiration
+        owner = getattr(self.expiry_days, "__self__", None)
+        return owner if isinstance(owner, ExpirationPolicy) else None
 
 
 @dataclass
@@ -128,74 +125,6 @@ class TargetView:
         if finding[0] == "missing":
             return ("missing", "missing in the target")
         return ("different", f"different in the target ({finding[1]})")
-
-
-def _empty_state() -> pd.DataFrame:
-    return pd.DataFrame({c: pd.Series(dtype="object") for c in [f.name for f in PLAN_SCHEMA]})
-
-
-def delivered(store: SnapshotStore, indicator_type: str, sink: str, exclude_run: str | None = None) -> Delivered:
-    """Read every earlier run's ``loaded`` (and ``verified``) partition of one type and sink once.
-
-    A re-run of the same run id ignores its own earlier partition (``exclude_run``), so a retried load plans the
-    same work again instead of believing it already happened. A successful write that the same run's verify found
-    missing or different is not delivered: the state falls back to the earlier write, or to nothing.
-    """
-    runs = [r for r in store.runs("loaded", indicator_type) if r != exclude_run]
-    frames = []
-    quarantine: dict[tuple[str, str], str] = {}
-    unverified: dict[str, str] = {}
-    for run_id in runs:
-        table = store.read("loaded", indicator_type, run_id)
-        table = table.filter(pc.equal(table["sink"], sink))
-        rejected = table.filter(pc.equal(table["status"], "rejected"))
-        for external_id, digest, error in zip(rejected["external_id"].to_pylist(),
-                                              rejected["content_hash"].to_pylist(),
-                                              rejected["error"].to_pylist(), strict=True):
-            if digest:
-                quarantine[(external_id, digest)] = error or "rejected by the target"
-        table = table.filter(pc.equal(table["status"], "ok"))
-        bad = _undelivered(store, indicator_type, run_id, sink)
-        if bad:
-            keep = pc.invert(pc.is_in(table["external_id"], value_set=pa.array(list(bad), pa.string())))
-            table = table.filter(keep)
-            unverified.update({e: f"{why} in the target (verify of {run_id})" for e, why in bad.items()})
-        if table.num_rows:
-            frame = table.to_pandas()
-            frame["indicator_type"] = indicator_type  # a partition column: only in the path
-            frames.append(frame)
-    if not frames:
-        return Delivered(_empty_state(), quarantine, unverified)
-    state = pd.concat(frames, ignore_index=True)
-    state = state.sort_values(["external_id", "stix_modified"], kind="stable")
-    state = state.drop_duplicates("external_id", keep="last").set_index("external_id", drop=False)
-    return Delivered(state, quarantine, unverified)
-
-
-def _undelivered(store: SnapshotStore, indicator_type: str, run_id: str, sink: str) -> dict[str, str]:
-    """External ids whose write to ``sink`` in ``run_id`` verify found missing or different, with that finding."""
-    if not store.exists("verified", indicator_type, run_id):
-        return {}
-    table = store.read("verified", indicator_type, run_id)
-    if "sink" in table.column_names:
-        table = table.filter(pc.equal(table["sink"], sink))
-    bad = table.filter(pc.is_in(table["status"], value_set=pa.array(UNDELIVERED)))
-    return dict(zip(bad["external_id"].to_pylist(), bad["status"].to_pylist(), strict=True))
-
-
-def delivered_state(
-    store: SnapshotStore, indicator_type: str, sink: str, exclude_run: str | None = None
-) -> pd.DataFrame:
-    """The latest successful (and not disproved by verify) write per external id, over earlier ``loaded`` partitions.
-
-    See :func:`delivered` for the rules; this is its ``state``.
-    """
-    return delivered(store, indicator_type, sink, exclude_run).state
-
-
-def is_live(state_row: pd.Series | dict[str, Any]) -> bool:
-    """True when the target holds this indicator as live (its latest write was not a retraction)."""
-    return state_row["action"] != "retract"
 
 
 def _retraction_reason(row: dict[str, Any]) -> str | None:
@@ -355,10 +284,10 @@ def _held_rows(
             rows.append({**resent, "action": "create" if drift[0] == "missing" else "update",
                          "reason": f"heal: {drift[1]}", "content_hash": digest})
         elif pd.Timestamp(held["expiration"]) < horizon:
-            severity = None if pd.isna(held.get("severity")) else int(held["severity"])
-            days = policy.expiry_days(severity)
-            refreshed = {**base, "expiration": pd.Timestamp(policy.interval_end) + pd.Timedelta(days=days),
-                         "stix_modified": version}
+            expiration = expiry.refreshed(held, policy.interval_end, policy.expiry_policy, policy.expiry_days)
+            if expiration is None:
+                continue  # ThreatConnect's own expiry stands: nothing to refresh
+            refreshed = {**base, "expiration": expiration, "stix_modified": version}
             try:
                 digest = content_hash(payload(refreshed), volatile)
             except (ValueError, TypeError, KeyError) as exc:
@@ -367,71 +296,6 @@ def _held_rows(
             rows.append({**refreshed, "action": "refresh", "reason": "still live, expiring soon",
                          "content_hash": digest})
     return rows
-
-
-def _priority(row: dict[str, Any]) -> tuple[int, int, int, str]:
-    """Sort key, best first: severity, then confidence, then the most recently modified (ids break ties)."""
-    def number(value: Any) -> int:
-        return -1 if value is None or pd.isna(value) else int(value)
-
-    modified = row.get("last_modified")
-    stamp = -1 if modified is None or pd.isna(modified) else int(pd.Timestamp(modified).value)
-    return (-number(row.get("severity")), -number(row.get("confidence")), -stamp, str(row["external_id"]))
-
-
-def apply_capacity(planned: pd.DataFrame, state: pd.DataFrame, capacity: int, others_live: int,
-                   sink: str) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Keep what the target holds of ours within ``capacity`` (every type together), by priority.
-
-    When this type's live set after the plan does not fit in what the other types leave (``capacity -
-    others_live``), the indicators are ranked by :func:`_priority` (severity, confidence, most recently modified):
-    the best ones stay or are loaded, planned creates below the cut become ``skip: over <sink> capacity``, and live
-    ones below the cut are retracted to make room (the retraction guard still applies to them).
-
-    Returns:
-        The adjusted plan and ``{"capacity", "used", "over_capacity"}`` (``used``: live after this run, all types).
-    """
-    retracting = set(planned.loc[planned["action"] == "retract", "external_id"])
-    held_live = [] if state.empty else [r for r in state.to_dict("records")
-                                        if is_live(r) and r["external_id"] not in retracting]
-    rows_by_id = {r["external_id"]: r for r in held_live}
-    for row in planned.to_dict("records"):
-        if row["action"] in ("create", "update", "refresh") or (
-                row["action"] == "skip" and row["external_id"] in rows_by_id):
-            rows_by_id[row["external_id"]] = row
-    room = max(capacity - others_live, 0)
-    info = {"capacity": capacity, "used": others_live + len(rows_by_id), "over_capacity": 0}
-    if len(rows_by_id) <= room:
-        return planned, info
-    ranked = sorted(rows_by_id.values(), key=_priority)
-    cut = {r["external_id"] for r in ranked[room:]}
-    reason = f"over {sink} capacity ({capacity:,} live, every type together): lower priority than those held"
-    frame = planned.copy()
-    held_ids = set(state.index) if not state.empty else set()
-    extra: list[dict[str, Any]] = []
-    for index, row in frame.iterrows():
-        external_id = row["external_id"]
-        if external_id not in cut:
-            continue
-        live_now = external_id in held_ids and is_live(state.loc[external_id])
-        if row["action"] == "create" and not live_now:
-            frame.at[index, "action"], frame.at[index, "reason"] = "skip", reason
-        elif row["action"] in ("create", "update", "refresh", "skip"):
-            held = state.loc[external_id]
-            frame.at[index, "action"], frame.at[index, "reason"] = "retract", f"making room: {reason}"
-            frame.at[index, "stix_modified"] = pd.Timestamp(held["stix_modified"]) + ONE_MS
-            frame.at[index, "target_id"] = held["target_id"]
-        cut.discard(external_id)
-    for external_id in cut:  # live, and not in this run's plan at all
-        held = state.loc[external_id]
-        extra.append({**{k: held[k] for k in NORMALIZED_COLUMNS}, "target_id": held["target_id"],
-                      "action": "retract", "reason": f"making room: {reason}", "content_hash": held["content_hash"],
-                      "stix_modified": pd.Timestamp(held["stix_modified"]) + ONE_MS, "sink": sink})
-    if extra:
-        frame = pd.concat([frame, pd.DataFrame(extra, columns=frame.columns)], ignore_index=True)
-    info["over_capacity"] = len(ranked) - room
-    info["used"] = others_live + room
-    return frame, info
 
 
 def check_retraction_guard(planned: pd.DataFrame, state: pd.DataFrame, policy: Policy, indicator_type: str) -> None:

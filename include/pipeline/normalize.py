@@ -3,31 +3,25 @@
 from __future__ import annotations
 
 import logging
-import re
-import string
-from collections.abc import Callable, Sequence
 from collections.abc import Mapping as AbcMapping
-from itertools import repeat
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from include.pipeline.canonical import Result, canonical_hash, canonicalize_many
+from include.pipeline import expiry, fields
+from include.pipeline.canonical import canonical_hash
+from include.pipeline.canonical_columns import canonicalize_column, canonicalize_hashes
 from include.pipeline.dedupe import external_ids
-from include.pipeline.mappings import DESCRIPTION_MAX, TLP_LEVELS, Mapping, load_all
+from include.pipeline.fields import RATING_LABELS as RATING_LABELS  # re-exported: part of the module's API
+from include.pipeline.fields import fit as fit
+from include.pipeline.mappings import Mapping, load_all
 from include.pipeline.schema import NORMALIZED_SCHEMA, RAW_SCHEMA, REJECTED_SCHEMA
 
 log = logging.getLogger(__name__)
 
-#: ThreatConnect's threat-rating labels (threatconnect_api.md §5), by rating rounded half up.
-RATING_LABELS: tuple[str, ...] = ("Unknown", "Suspicious", "Low", "Moderate", "High", "Very High")
-
-_DAY_US = 86_400_000_000
 _HASH_COLUMNS: tuple[str, ...] = ("md5", "sha1", "sha256")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_ELLIPSIS = "…"
-_PER_ROW = frozenset({"value", "description"})  # template fields that differ on (nearly) every row
 
 MappingArg = Mapping | AbcMapping[str, Mapping] | None
 
@@ -164,94 +158,137 @@ def _row_problems(sub: pa.Table) -> list[str | None]:
     return problems
 
 
-def _candidates(
-    sub: pa.Table, m: Mapping, problems: list[str | None]
-) -> tuple[list[int], list[str], list[Result], list[int], list[str | None], list[str]]:
-    """Values to canonicalise and the rows rejected before canonicalisation.
+Candidates = tuple[list[int], list[str], list[str | None], list[str], list[int], list[str | None], list[str]]
+
+
+def _candidates(sub: pa.Table, m: Mapping, problems: list[str | None]) -> Candidates:
+    """Values to canonicalise, their canonical answers, and the rows rejected before canonicalisation.
 
     Returns:
-        ``(candidate rows, candidate raw values, canonical results, rejected rows, rejected raw values, reasons)``.
+        ``(candidate rows, raw values, canonical values (None: rejected), variants (or reasons), rejected rows,
+        rejected raw values, reasons)``.
     """
+    if m.kind == "hash":
+        return _hash_candidates(sub, problems)
     summary = sub.column("summary").to_pylist()
     rej_rows: list[int] = []
     rej_raw: list[str | None] = []
     rej_reason: list[str] = []
+    if all(p is None for p in problems) and all(raw is not None for raw in summary):
+        # the usual batch: no row-level problem, every value present (blank ones fail canonicalisation)
+        return (list(range(len(summary))), summary, *canonicalize_column(m.kind, summary), rej_rows, rej_raw,
+                rej_reason)
     rows: list[int] = []
     raws: list[str] = []
-    if m.kind != "hash":
-        if all(p is None for p in problems) and all(raw is not None for raw in summary):
-            # the usual batch: no row-level problem, every value present (blank ones fail canonicalisation)
-            return (list(range(len(summary))), summary, canonicalize_many(m.kind, summary), rej_rows, rej_raw,
-                    rej_reason)
-        for i, (raw, problem) in enumerate(zip(summary, problems, strict=True)):
-            if problem is None and raw is not None:
-                rows.append(i)
-                raws.append(raw)
-            else:
-                rej_rows.append(i)
-                rej_raw.append(raw)
-                rej_reason.append(problem or f"missing {m.indicator_type} value")
-        return rows, raws, canonicalize_many(m.kind, raws), rej_rows, rej_raw, rej_reason
+    for i, (raw, problem) in enumerate(zip(summary, problems, strict=True)):
+        if problem is None and raw is not None:
+            rows.append(i)
+            raws.append(raw)
+        else:
+            rej_rows.append(i)
+            rej_raw.append(raw)
+            rej_reason.append(problem or f"missing {m.indicator_type} value")
+    return rows, raws, *canonicalize_column(m.kind, raws), rej_rows, rej_raw, rej_reason
 
-    expected: list[str | None] = []
-    columns = [sub.column(c).to_pylist() for c in _HASH_COLUMNS]
-    for i, (problem, summ, *hashes) in enumerate(zip(problems, summary, *columns, strict=True)):
-        if problem is not None:
+
+def _hash_candidates(sub: pa.Table, problems: list[str | None]) -> Candidates:
+    """File rows: one candidate per hash present, in md5, sha1, sha256 order within a row.
+
+    Rows whose hash fields are all absent or printable ASCII without spaces (nearly all) are gathered column-wise;
+    the rest (row problems, blanks, odd characters, no hash field at all) row by row.
+    """
+    columns = [sub.column(c).combine_chunks() for c in _HASH_COLUMNS]
+    simple = [pc.match_substring_regex(c, r"^[!-~]+$") for c in columns]
+    present = [_numpy(pc.fill_null(f, False)) for f in simple]
+    odd = [_numpy(pc.is_valid(c)) & ~has for c, has in zip(columns, present, strict=True)]
+    fast = np.fromiter((p is None for p in problems), dtype=bool, count=len(problems))
+    fast &= ~(odd[0] | odd[1] | odd[2]) & (present[0] | present[1] | present[2])
+
+    src: list[np.ndarray] = []
+    order: list[np.ndarray] = []
+    raws: list[str] = []
+    values: list[str | None] = []
+    variants: list[str] = []
+    for position, (name, column, has) in enumerate(zip(_HASH_COLUMNS, columns, present, strict=True)):
+        rows = np.flatnonzero(fast & has)
+        taken = column.take(pa.array(rows, pa.int64()))
+        answers = canonicalize_hashes(taken, name)
+        src.append(rows)
+        order.append(np.full(len(rows), position, dtype=np.int64))
+        raws.extend(taken.to_pylist())
+        values.extend(answers[0])
+        variants.extend(answers[1])
+
+    slow = np.flatnonzero(~fast)
+    rows_slow, raws_slow, rej_rows, rej_raw, rej_reason = _hash_rows_one_by_one(sub, problems, slow)
+    src.append(np.asarray(rows_slow, dtype=np.int64))
+    order.append(np.arange(len(rows_slow), dtype=np.int64))  # rows are ascending: keeps each row's order
+    raws.extend(r for r, _ in raws_slow)
+    for raw, expected in raws_slow:
+        value, variant = canonical_hash(raw, expected)
+        values.append(value)
+        variants.append(variant)
+    rows_all = np.concatenate(src)
+    perm = np.lexsort((np.concatenate(order), rows_all)).tolist()
+    return (rows_all[perm].tolist(), [raws[k] for k in perm], [values[k] for k in perm],
+            [variants[k] for k in perm], rej_rows, rej_raw, rej_reason)
+
+
+def _hash_rows_one_by_one(
+    sub: pa.Table, problems: list[str | None], positions: np.ndarray
+) -> tuple[list[int], list[tuple[str, str | None]], list[int], list[str | None], list[str]]:
+    """The File rules row by row: ``(candidate rows, (raw, expected type), rejected rows, raw values, reasons)``."""
+    idx = pa.array(positions, pa.int64())
+    summary = sub.column("summary").take(idx).to_pylist()
+    columns = [sub.column(c).take(idx).to_pylist() for c in _HASH_COLUMNS]
+    rows: list[int] = []
+    raws: list[tuple[str, str | None]] = []
+    rej_rows: list[int] = []
+    rej_raw: list[str | None] = []
+    rej_reason: list[str] = []
+    for i, summ, *hashes in zip(positions.tolist(), summary, *columns, strict=True):
+        if problems[i] is not None:
             rej_rows.append(i)
             rej_raw.append(summ)
-            rej_reason.append(problem)
+            rej_reason.append(problems[i])
             continue
         found = False
-        md5, sha1, sha256 = hashes
-        if md5 is not None and md5.strip():
-            rows.append(i)
-            raws.append(md5)
-            expected.append("md5")
-            found = True
-        if sha1 is not None and sha1.strip():
-            rows.append(i)
-            raws.append(sha1)
-            expected.append("sha1")
-            found = True
-        if sha256 is not None and sha256.strip():
-            rows.append(i)
-            raws.append(sha256)
-            expected.append("sha256")
-            found = True
+        for name, raw in zip(_HASH_COLUMNS, hashes, strict=True):
+            if raw is not None and raw.strip():
+                rows.append(i)
+                raws.append((raw, name))
+                found = True
         if not found and summ:
             # The all-types v2 listing has no hash fields, only the summary "MD5 : SHA1 : SHA256"
             # (threatconnect_api.md §2.3); the length of each part says which hash it is.
             for part in summ.split(":"):
                 if part.strip():
                     rows.append(i)
-                    raws.append(part.strip())
-                    expected.append(None)
+                    raws.append((part.strip(), None))
                     found = True
         if not found:
             rej_rows.append(i)
             rej_raw.append(summ)
             rej_reason.append("File has no hash")
-    results = [canonical_hash(r, e) for r, e in zip(raws, expected, strict=True)]
-    return rows, raws, results, rej_rows, rej_raw, rej_reason
+    return rows, raws, rej_rows, rej_raw, rej_reason
 
 
 def _normalize_type(sub: pa.Table, m: Mapping) -> tuple[pa.Table, pa.Table]:
     """Normalize rows that all have the mapping's type: ``(normalized, rejected)``, each in row order."""
     problems = _row_problems(sub)
-    rows, raws, results, rej_rows, rej_raw, rej_reason = _candidates(sub, m, problems)
+    rows, raws, values, variants, rej_rows, rej_raw, rej_reason = _candidates(sub, m, problems)
 
-    bad = [k for k, (value, _) in enumerate(results) if value is None]
+    bad = [k for k, value in enumerate(values) if value is None]
     if bad:
         for k in bad:
             rej_rows.append(rows[k])
             rej_raw.append(raws[k])
-            rej_reason.append(results[k][1])
-        good = [k for k, (value, _) in enumerate(results) if value is not None]
+            rej_reason.append(variants[k])
+        good = [k for k, value in enumerate(values) if value is not None]
         rows = [rows[k] for k in good]
         raws = [raws[k] for k in good]
-        results = [results[k] for k in good]
-    values = [value for value, _ in results]
-    variants = [variant for _, variant in results]
+        values = [values[k] for k in good]
+        variants = [variants[k] for k in good]
 
     rej_src = np.asarray(rej_rows, dtype=np.int64)
     if len(rej_src) > 1:
@@ -290,205 +327,38 @@ def _build(t: pa.Table, m: Mapping, raws: list[str], values: list[str], variants
         rated &= rating != 0
     severity = np.where(rated, rating, m.severity_default)
 
-    days = np.full(n, m.expiration.days, dtype=np.int64)
-    for rounded, override in m.expiration.by_rating:
-        days[rated & (rating == rounded)] = override
-    base = _numpy(last_modified.cast(pa.int64()))
-    expiration = pa.array(base + days * _DAY_US, pa.int64()).cast(NORMALIZED_SCHEMA.field("expiration").type)
-    if m.expiration.use_threatconnect_expiry:
-        expiration = pc.coalesce(t.column("external_date_expires"), expiration)
+    expiration = expiry.expirations(m.expiration, last_modified, rating, rated, t.column("external_date_expires"))
 
-    tlp = _tlp(t.column("security_labels"), m)
-    descriptions = _descriptions(t, m, values, variants, owners, rating, rated, confidence, tlp)
+    tlp_ranks = fields.tlp_rank(t.column("security_labels"), m)
+    descriptions = fields.descriptions(t, m, values, variants, rating, rated, confidence, tlp_ranks)
 
     is_hash = m.kind == "hash"
+    variant_codes, variant_names = fields.distinct(pa.array(variants, pa.string()))
     observable = dict(m.observables)
     columns = {
         "external_id": ids,
-        "indicator_type": pa.array([type_name] * n, pa.string()),
-        "kind": pa.array([m.kind] * n, pa.string()),
+        "indicator_type": pa.repeat(pa.scalar(type_name, pa.string()), n),
+        "kind": pa.repeat(pa.scalar(m.kind, pa.string()), n),
         "value": pa.array(values, pa.string()),
         "raw_value": pa.array(raws, pa.string()),
-        "observable": pa.array([observable[v] for v in variants], pa.string()),
-        "hash_type": pa.array(variants if is_hash else [None] * n, pa.string()),
+        "observable": pa.array([observable[v] for v in variant_names], pa.string()).take(variant_codes),
+        "hash_type": pa.array(variant_names, pa.string()).take(variant_codes) if is_hash else pa.nulls(n, pa.string()),
         "tc_id": t.column("tc_id"),
         "owner": t.column("owner"),
         "date_added": date_added,
         "last_modified": last_modified,
         "confidence": pa.array(confidence.astype(np.int32)),
         "severity": pa.array(severity.astype(np.int32)),
-        "tlp": pa.array(tlp, pa.string()),
-        "threat_type": pa.array([m.threat_type] * n, pa.string()),
-        "tags": _tags(t.column("tags"), m.extra_tags),
-        "description": pa.array(descriptions, pa.string()),
+        "tlp": fields.tlp(tlp_ranks),
+        "threat_type": pa.repeat(pa.scalar(m.threat_type, pa.string()), n),
+        "tags": fields.tags(t.column("tags"), m.extra_tags),
+        "description": descriptions,
         "valid_from": date_added,
         "expiration": expiration,
         # v2 listings leave `active` out unless includeAdditional=true, and they return active indicators only
         "active": pc.fill_null(t.column("active"), True),
         "false_positive": pc.fill_null(pc.greater(t.column("false_positive_count"), 0), False),
         "web_link": t.column("web_link"),
-        "deleted": _deleted(t),
+        "deleted": fields.deleted(t),
     }
     return pa.Table.from_arrays([columns[f.name] for f in NORMALIZED_SCHEMA], schema=NORMALIZED_SCHEMA)
-
-
-# --- derived fields ---------------------------------------------------------------------------------------------
-
-
-def _deleted(t: pa.Table) -> pa.ChunkedArray | pa.Array:
-    """Rows from ThreatConnect's deleted-indicators listing; batches without the column are live listings."""
-    if "deleted" not in t.column_names:
-        return pa.array([False] * t.num_rows, pa.bool_())
-    return pc.fill_null(t.column("deleted"), False)
-
-
-def _tlp(labels: pa.ChunkedArray | pa.Array, m: Mapping) -> list[str]:
-    """TLP per row: the most restrictive TLP among its security labels, else the mapping's default."""
-    if isinstance(labels, pa.ChunkedArray):
-        labels = labels.combine_chunks()
-    n = len(labels)
-    default = TLP_LEVELS.index(m.tlp_default)
-    rank = np.full(n, -1, dtype=np.int64)
-    flat = pc.list_flatten(labels)
-    if len(flat):
-        keys = pc.utf8_upper(pc.replace_substring_regex(flat, r"\s+", ""))
-        known = pa.array([k for k, _ in m.tlp_labels], pa.string())
-        level_rank = np.array([TLP_LEVELS.index(level) for _, level in m.tlp_labels] + [-1], dtype=np.int64)
-        found = _numpy(pc.fill_null(pc.index_in(keys, value_set=known), len(m.tlp_labels)))
-        parents = _numpy(pc.list_parent_indices(labels))
-        np.maximum.at(rank, parents, level_rank[found])  # custom (non-TLP) labels rank -1: ignored
-    rank[rank < 0] = default
-    return np.asarray(TLP_LEVELS, dtype=object)[rank].tolist()
-
-
-def _tags(tags: pa.ChunkedArray | pa.Array, extra: tuple[str, ...]) -> pa.Array:
-    """Tags per row: ThreatConnect's plus the mapping's, trimmed, without blanks or case-insensitive repeats, sorted.
-
-    Sorted (case-insensitively, then by spelling) because ThreatConnect does not promise an order: a reordering
-    alone must not change the content hash and trigger an update of every indicator.
-    """
-    if isinstance(tags, pa.ChunkedArray):
-        tags = tags.combine_chunks()
-    n = len(tags)
-    values = pc.list_flatten(tags)
-    parents = _numpy(pc.list_parent_indices(tags)) if len(values) else np.empty(0, dtype=np.int64)
-    if extra:
-        values = pa.concat_arrays([values.cast(pa.string()), pa.array(list(extra) * n, pa.string())])
-        parents = np.concatenate([parents, np.repeat(np.arange(n, dtype=np.int64), len(extra))])
-    if not len(values):
-        return pa.array([[] for _ in range(n)], NORMALIZED_SCHEMA.field("tags").type)
-    values = pc.utf8_trim_whitespace(values)
-    keep = _numpy(pc.fill_null(pc.not_equal(values, ""), False))
-    work = pa.table({"parent": parents, "lower": pc.utf8_lower(values), "tag": values}).filter(keep)
-    work = work.take(pc.sort_indices(work, [("parent", "ascending"), ("lower", "ascending"), ("tag", "ascending")]))
-    parent = _numpy(work.column("parent"))
-    lower = work.column("lower")
-    first = np.ones(len(parent), dtype=bool)
-    if len(parent) > 1:
-        same_parent = parent[1:] == parent[:-1]
-        same_tag = _numpy(pc.equal(lower.slice(1), lower.slice(0, len(parent) - 1)))
-        first[1:] = ~(same_parent & same_tag)
-    parent = parent[first]
-    kept = work.column("tag").filter(pa.array(first)).combine_chunks()
-    offsets = np.zeros(n + 1, dtype=np.int32)
-    np.cumsum(np.bincount(parent, minlength=n), out=offsets[1:])
-    return pa.ListArray.from_arrays(pa.array(offsets), kept, type=NORMALIZED_SCHEMA.field("tags").type)
-
-
-def _compile(template: str) -> tuple[str, list[str]]:
-    """A template with named fields as a positional format string (faster per row) and its field order."""
-    fields: list[str] = []
-    out: list[str] = []
-    for literal, field, spec, conversion in string.Formatter().parse(template):
-        out.append(literal.replace("{", "{{").replace("}", "}}"))
-        if field is not None:
-            fields.append(field)
-            conv = f"!{conversion}" if conversion else ""
-            out.append(f"{{{len(fields) - 1}{conv}{':' + spec if spec else ''}}}")
-    return "".join(out), fields
-
-
-def _descriptions(
-    t: pa.Table,
-    m: Mapping,
-    values: list[str],
-    variants: list[str],
-    owners: list[str],
-    rating: np.ndarray,
-    rated: np.ndarray,
-    confidence: np.ndarray,
-    tlp: list[str],
-) -> list[str]:
-    n = t.num_rows
-    tc_descriptions = [_clean(d) for d in t.column("description").to_pylist()]
-    labels = np.asarray(RATING_LABELS, dtype=object)[np.where(rated, rating, 0)].tolist()
-    sources: dict[str, Callable[[], list]] = {
-        "indicator_type": lambda: [m.indicator_type] * n,
-        "kind": lambda: [m.kind] * n,
-        "value": lambda: values,
-        "owner": lambda: owners,
-        "description": lambda: tc_descriptions,
-        "rating_label": lambda: labels,
-        "confidence": lambda: confidence.astype(np.int64).tolist(),
-        "tlp": lambda: tlp,
-        "hash_type": lambda: variants if m.kind == "hash" else [""] * n,
-    }
-    with_fmt, with_fields = _compile(m.description_template)
-    without_fmt, without_fields = _compile(m.description_fallback)
-    cache: dict[str, list] = {}
-
-    def column(field: str) -> list:
-        if field not in cache:
-            cache[field] = sources[field]()
-        return cache[field]
-
-    rendered_with = zip(*(column(f) for f in with_fields), strict=True) if with_fields else repeat(())
-    rendered_without = zip(*(column(f) for f in without_fields), strict=True) if without_fields else repeat(())
-    # A template without the per-indicator fields renders the same few texts over and over: memoise those.
-    memo_with: dict[tuple, str] | None = {} if _PER_ROW.isdisjoint(with_fields) else None
-    memo_without: dict[tuple, str] | None = {} if _PER_ROW.isdisjoint(without_fields) else None
-    out: list[str] = []
-    for desc, args_with, args_without in zip(tc_descriptions, rendered_with, rendered_without, strict=False):
-        fmt, args, memo = (with_fmt, args_with, memo_with) if desc else (without_fmt, args_without, memo_without)
-        if memo is None:
-            out.append(fit(fmt.format(*args)))
-            continue
-        text = memo.get(args)
-        if text is None:
-            text = memo[args] = fit(fmt.format(*args))
-        out.append(text)
-    return out
-
-
-def _clean(text: str | None) -> str:
-    """A ThreatConnect description on one line: whitespace runs collapsed, control characters dropped."""
-    if not text:
-        return ""
-    text = " ".join(text.split())
-    if not text.isprintable():
-        text = _CONTROL.sub("", text)
-    return text
-
-
-def fit(text: str, limit: int = DESCRIPTION_MAX) -> str:
-    """Shorten text to ``limit`` UTF-16 code units (how Graph, a .NET service, counts), ending with an ellipsis.
-
-    The cut falls between code points, so a surrogate pair (an emoji, say) is never split in half.
-    """
-    if len(text) * 2 <= limit:
-        return text  # even all-astral text fits
-    if text.isascii():
-        return text if len(text) <= limit else text[: limit - 1].rstrip() + _ELLIPSIS
-    units = len(text.encode("utf-16-le")) // 2
-    if units <= limit:
-        return text
-    budget = limit - 1  # the ellipsis is one unit
-    used = 0
-    cut = 0
-    for ch in text:
-        width = 2 if ord(ch) > 0xFFFF else 1
-        if used + width > budget:
-            break
-        used += width
-        cut += 1
-    return text[:cut].rstrip() + _ELLIPSIS

@@ -8,6 +8,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from include.pipeline import times
 from include.pipeline.schema import RAW_SCHEMA
 
 # Where each type keeps its value in typed v2 items (which carry no ``summary``) and in v3 items.
@@ -19,7 +20,6 @@ VALUE_FIELDS: dict[str, tuple[str, ...]] = {
     "File": ("md5", "sha1", "sha256"),
 }
 _HASH_BY_LENGTH = {32: "md5", 40: "sha1", 64: "sha256"}
-_TS = RAW_SCHEMA.field("last_modified").type
 
 
 def summary_of(item: Mapping[str, Any], indicator_type: str | None) -> str | None:
@@ -99,26 +99,9 @@ def parse_timestamp(value: Any) -> dt.datetime | None:
         value: An ISO-8601 string, a datetime, or None.
 
     Returns:
-        An aware UTC datetime, or None for an empty value.
+        An aware UTC datetime, or None for an empty value (see :func:`include.pipeline.times.parse`).
     """
-    if value is None or value == "":
-        return None
-    if isinstance(value, dt.datetime):
-        parsed = value
-    else:
-        parsed = dt.datetime.fromisoformat(str(value).strip().replace(" ", "T", 1))
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=dt.UTC)
-    return parsed.astimezone(dt.UTC)
-
-
-def _timestamps(values: list[Any]) -> pa.Array:
-    # Arrow's C++ ISO parser handles "Z" and "+hh:mm" at full speed; only a page with zone-less
-    # or otherwise odd dates pays for the per-value Python path.
-    try:
-        return pa.array(values, type=pa.string()).cast(_TS)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):
-        return pa.array([parse_timestamp(value) for value in values], type=_TS)
+    return times.parse(value)
 
 
 def parse_page(
@@ -152,8 +135,8 @@ def parse_page(
         "md5": [h[0] for h in hashes],
         "sha1": [h[1] for h in hashes],
         "sha256": [h[2] for h in hashes],
-        "date_added": _timestamps([item.get("dateAdded") for item in items]),
-        "last_modified": _timestamps([item.get("lastModified") for item in items]),
+        "date_added": times.column([item.get("dateAdded") for item in items]),
+        "last_modified": times.column([item.get("lastModified") for item in items]),
         "rating": [_float(item.get("rating")) for item in items],
         "confidence": [_int(item.get("confidence")) for item in items],
         "threat_assess_score": [_int(item.get("threatAssessScore")) for item in items],
@@ -170,7 +153,7 @@ def parse_page(
         ],
         "description": [item.get("description") for item in items],
         "web_link": [item.get("webLink") for item in items],
-        "external_date_expires": _timestamps([item.get("externalDateExpires") for item in items]),
+        "external_date_expires": times.column([item.get("externalDateExpires") for item in items]),
         "page": [page] * len(items),
         "deleted": [False] * len(items),
     }

@@ -1,0 +1,123 @@
+"""Canonicalise whole columns: RE2 fast paths inside pyarrow for the common shapes, per-value rules for the rest.
+
+The per-value canonicalisers (``include.pipeline.canonical``) are the definition; everything here must give exactly
+their answers (property tests hold both paths to it), only faster on the values that need no work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from include.pipeline.canonical import (
+    CANONICALISERS,
+    EMPTY_FILE_DIGESTS,
+    HASH_TYPES,
+    IPV4_PATTERN,
+    URL_MAX,
+    Result,
+    canonical_hash,
+)
+
+# The common case, checked column-wise by RE2 inside pyarrow: plain ASCII LDH names whose last label starts with a
+# letter (so never all digits), no punycode, no surrounding whitespace. Anything else takes the per-value path, so
+# both paths give identical answers (a property test holds them to it).
+_FAST_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_FAST_TLD = r"[a-z](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_FAST_HOST = rf"(?:{_FAST_LABEL}\.)+{_FAST_TLD}"
+_FAST_PATTERNS = {
+    "host": rf"^{_FAST_HOST}\.?$",
+    # a conservative dot-atom local part (a subset of _LOCAL_RE) at a fast host
+    "email": rf"^[a-z0-9_%+-]+(?:\.[a-z0-9_%+-]+)*@{_FAST_HOST}\.?$",
+    # a plain dotted quad: canonical as it is (0.0.0.0 is refused separately)
+    "ip": rf"^{IPV4_PATTERN}$",
+}
+_FAST_VARIANT = {"host": "domain", "email": "email", "ip": "ipv4"}
+# http(s)/ftp at a plain host (any case, no port, userinfo, trailing dot or brackets), then a path of characters
+# that need no encoding and escapes already in upper case: only the scheme and host are lower-cased.
+_URL_TAIL = r"(?:[A-Za-z0-9\-._~!#$&'()*+,/:;=?@\[\]]|%[0-9A-F]{2})*"
+_FAST_URL = rf"^(?P<head>(?i:(?:https?|ftp)://{_FAST_HOST}))(?P<tail>/{_URL_TAIL})$"
+
+
+def _fast_url(values: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """``(fast, canonical)`` of URLs the column-wise path answers (canonical is null elsewhere)."""
+    parts = pc.extract_regex(values, _FAST_URL)
+    head, tail = pc.struct_field(parts, "head"), pc.struct_field(parts, "tail")
+    lowered = pc.ascii_lower(head)
+    host_length = pc.subtract(pc.utf8_length(head), pc.add(pc.find_substring(head, ":"), 3))
+    fast = pc.and_(
+        pc.and_(pc.is_valid(parts), pc.invert(pc.match_substring(lowered, "xn--"))),
+        pc.and_(pc.less_equal(host_length, 253), pc.less_equal(pc.utf8_length(values), URL_MAX)),
+    )
+    return fast, pc.binary_join_element_wise(lowered, tail, "")
+
+
+def canonicalize_many(kind: str, raws: list[str]) -> list[Result]:
+    """``[CANONICALISERS[kind](raw) for raw in raws]``, with the common shapes done column-wise (see
+    :func:`canonicalize_column`)."""
+    values, variants = canonicalize_column(kind, raws)
+    return list(zip(values, variants, strict=True))
+
+
+def canonicalize_column(kind: str, raws: list[str]) -> tuple[list[str | None], list[str]]:
+    """The canonical values (None for a reject) and the variants (for a reject: the reason) of many values.
+
+    Most of a feed is plain ASCII in a canonical or nearly canonical spelling: dotted-quad IPv4, LDH host names,
+    simple email addresses, http(s) URLs with plain paths. Their rules (lower-casing, the trailing root dot, label
+    and length limits) are checked for the whole column at once by RE2 inside pyarrow, and only the unusual values
+    (IDN, punycode, IPv6, whitespace, escapes to fix, anything a fast pattern does not accept) go through the
+    per-value canonicaliser. Both paths give identical answers (property tests hold them to it).
+    """
+    canon = CANONICALISERS[kind]
+    if (kind not in _FAST_PATTERNS and kind != "url") or len(raws) < 64:
+        results = [canon(raw) for raw in raws]
+        return [value for value, _ in results], [variant for _, variant in results]
+    values = pa.array(raws, pa.string())
+    if kind == "url":
+        fast, fast_values = _fast_url(values)
+        variant = "url"
+    elif kind == "ip":
+        fast = pc.and_(pc.match_substring_regex(values, _FAST_PATTERNS["ip"]), pc.not_equal(values, "0.0.0.0"))  # noqa: S104
+        fast_values, variant = values, "ipv4"
+    else:
+        lowered = pc.ascii_lower(values)
+        fast_values = pc.replace_substring_regex(lowered, r"\.$", "")
+        fast = pc.and_(
+            pc.and_(pc.string_is_ascii(values), pc.match_substring_regex(lowered, _FAST_PATTERNS[kind])),
+            pc.and_(pc.invert(pc.match_substring(lowered, "xn--")),
+                    pc.less_equal(pc.utf8_length(fast_values), 253)),
+        )
+        if kind == "email":
+            # local part at most 64 characters; the domain's own 253 limit is checked on the part after the '@'
+            at = pc.find_substring(lowered, "@")
+            domain_length = pc.subtract(pc.utf8_length(fast_values), pc.add(at, 1))
+            fast = pc.and_(fast, pc.and_(pc.less_equal(at, 64), pc.less_equal(domain_length, 253)))
+        variant = _FAST_VARIANT[kind]
+    return _patch(raws, fast, fast_values, variant, canon)
+
+
+def _patch(raws: list[str], fast: pa.Array, fast_values: pa.Array, variant: str,
+           canon: Callable[[str], Result]) -> tuple[list[str | None], list[str]]:
+    """The fast answers where ``fast``, the per-value canonicaliser's everywhere else."""
+    fast = pc.fill_null(fast, False)
+    out = pc.if_else(fast, fast_values, pa.nulls(len(raws), pa.string())).to_pylist()
+    variants = [variant] * len(raws)
+    slow = np.flatnonzero(~fast.to_numpy(zero_copy_only=False))
+    for i in slow.tolist():
+        out[i], variants[i] = canon(raws[i])
+    return out, variants
+
+
+def canonicalize_hashes(raws: pa.Array, expected: str) -> tuple[list[str | None], list[str]]:
+    """``canonical_hash(raw, expected)`` of each value of one hash column (no nulls), column-wise when plain."""
+    length = {kind: n for n, kind in HASH_TYPES.items()}[expected]
+    lowered = pc.ascii_lower(raws)
+    fast = pc.and_(
+        pc.and_(pc.match_substring_regex(raws, f"^[0-9A-Fa-f]{{{length}}}$"),
+                pc.invert(pc.match_substring_regex(raws, "^0+$"))),
+        pc.invert(pc.is_in(lowered, value_set=pa.array(sorted(EMPTY_FILE_DIGESTS), pa.string()))),
+    )
+    return _patch(raws.to_pylist(), fast, lowered, expected, lambda raw: canonical_hash(raw, expected))

@@ -1,0 +1,242 @@
+"""Derived fields of normalized rows: TLP, tags, description (rendered once per distinct input), deletion flag."""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from include.pipeline.mappings import DESCRIPTION_MAX, TLP_LEVELS, Mapping
+from include.pipeline.schema import NORMALIZED_SCHEMA
+
+#: ThreatConnect's threat-rating labels (threatconnect_api.md §5), by rating rounded half up.
+RATING_LABELS: tuple[str, ...] = ("Unknown", "Suspicious", "Low", "Moderate", "High", "Very High")
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_ELLIPSIS = "…"
+_KEY_LIMIT = 1 << 62  # mixed-radix keys of the description inputs must fit in int64
+
+
+def _numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    return column.to_numpy(zero_copy_only=False)
+
+
+def deleted(t: pa.Table) -> pa.ChunkedArray | pa.Array:
+    """Rows from ThreatConnect's deleted-indicators listing; batches without the column are live listings."""
+    if "deleted" not in t.column_names:
+        return pa.array([False] * t.num_rows, pa.bool_())
+    return pc.fill_null(t.column("deleted"), False)
+
+
+def tlp_rank(labels: pa.ChunkedArray | pa.Array, m: Mapping) -> np.ndarray:
+    """Index into ``TLP_LEVELS`` per row: the most restrictive TLP among its security labels, else the default."""
+    if isinstance(labels, pa.ChunkedArray):
+        labels = labels.combine_chunks()
+    n = len(labels)
+    default = TLP_LEVELS.index(m.tlp_default)
+    rank = np.full(n, -1, dtype=np.int64)
+    flat = pc.list_flatten(labels)
+    if len(flat):
+        keys = pc.utf8_upper(pc.replace_substring_regex(flat, r"\s+", ""))
+        known = pa.array([k for k, _ in m.tlp_labels], pa.string())
+        level_rank = np.array([TLP_LEVELS.index(level) for _, level in m.tlp_labels] + [-1], dtype=np.int64)
+        found = _numpy(pc.fill_null(pc.index_in(keys, value_set=known), len(m.tlp_labels)))
+        parents = _numpy(pc.list_parent_indices(labels))
+        np.maximum.at(rank, parents, level_rank[found])  # custom (non-TLP) labels rank -1: ignored
+    rank[rank < 0] = default
+    return rank
+
+
+def tlp(rank: np.ndarray) -> pa.Array:
+    """The TLP names of :func:`tlp_rank`."""
+    return pa.array(TLP_LEVELS, pa.string()).take(pa.array(rank, pa.int64()))
+
+
+def tags(column: pa.ChunkedArray | pa.Array, extra: tuple[str, ...]) -> pa.Array:
+    """Tags per row: ThreatConnect's plus the mapping's, trimmed, without blanks or case-insensitive repeats, sorted.
+
+    Sorted (case-insensitively, then by spelling) because ThreatConnect does not promise an order: a reordering
+    alone must not change the content hash and trigger an update of every indicator.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    n = len(column)
+    values = pc.list_flatten(column)
+    parents = _numpy(pc.list_parent_indices(column)) if len(values) else np.empty(0, dtype=np.int64)
+    if extra:
+        values = pa.concat_arrays([values.cast(pa.string()), pa.array(list(extra) * n, pa.string())])
+        parents = np.concatenate([parents, np.repeat(np.arange(n, dtype=np.int64), len(extra))])
+    if not len(values):
+        return pa.array([[] for _ in range(n)], NORMALIZED_SCHEMA.field("tags").type)
+    values = pc.utf8_trim_whitespace(values)
+    keep = _numpy(pc.fill_null(pc.not_equal(values, ""), False))
+    work = pa.table({"parent": parents, "lower": pc.utf8_lower(values), "tag": values}).filter(keep)
+    work = work.take(pc.sort_indices(work, [("parent", "ascending"), ("lower", "ascending"), ("tag", "ascending")]))
+    parent = _numpy(work.column("parent"))
+    lower = work.column("lower")
+    first = np.ones(len(parent), dtype=bool)
+    if len(parent) > 1:
+        same_parent = parent[1:] == parent[:-1]
+        same_tag = _numpy(pc.equal(lower.slice(1), lower.slice(0, len(parent) - 1)))
+        first[1:] = ~(same_parent & same_tag)
+    parent = parent[first]
+    kept = work.column("tag").filter(pa.array(first)).combine_chunks()
+    offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(np.bincount(parent, minlength=n), out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets), kept, type=NORMALIZED_SCHEMA.field("tags").type)
+
+
+def _compile(template: str) -> tuple[str, list[str]]:
+    """A template with named fields as a positional format string (faster per row) and its field order."""
+    names: list[str] = []
+    out: list[str] = []
+    for literal, name, spec, conversion in string.Formatter().parse(template):
+        out.append(literal.replace("{", "{{").replace("}", "}}"))
+        if name is not None:
+            names.append(name)
+            conv = f"!{conversion}" if conversion else ""
+            out.append(f"{{{len(names) - 1}{conv}{':' + spec if spec else ''}}}")
+    return "".join(out), names
+
+
+def _distinct(column: pa.ChunkedArray | pa.Array, fn: Callable[[Any], Any]) -> tuple[np.ndarray, list[Any]]:
+    """``(code per row, fn of each distinct value)``: ``fn`` runs once per distinct value (null included)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    encoded = pc.dictionary_encode(column)
+    distinct = encoded.dictionary.to_pylist()
+    codes = _numpy(pc.fill_null(encoded.indices.cast(pa.int64()), len(distinct))).astype(np.int64, copy=False)
+    return codes, [fn(v) for v in distinct] + [fn(None)]
+
+
+def distinct(values: pa.Array) -> tuple[pa.Array, list[Any]]:
+    """``(index per value, the distinct values)`` of a column without nulls (a few variants, say)."""
+    encoded = pc.dictionary_encode(values)
+    return encoded.indices, encoded.dictionary.to_pylist()
+
+
+def descriptions(
+    t: pa.Table,
+    m: Mapping,
+    values: list[str],
+    variants: list[str],
+    rating: np.ndarray,
+    rated: np.ndarray,
+    confidence: np.ndarray,
+    tlp_ranks: np.ndarray,
+) -> pa.Array:
+    """The description per row: the mapping's template when ThreatConnect has a description, else its fallback.
+
+    Every input of a template but the value comes from a small set (owners, cleaned descriptions, labels...):
+    each distinct combination of a row's inputs is rendered once and the texts are spread back to the rows.
+    """
+    n = t.num_rows
+    with_fmt, with_fields = _compile(m.description_template)
+    without_fmt, without_fields = _compile(m.description_fallback)
+    desc_codes, desc_texts = _distinct(t.column("description"), _clean)
+    zeros = np.zeros(n, dtype=np.int64)
+    coded: dict[str, Callable[[], tuple[np.ndarray, list[Any]]]] = {
+        "indicator_type": lambda: (zeros, [m.indicator_type]),
+        "kind": lambda: (zeros, [m.kind]),
+        "owner": lambda: _distinct(t.column("owner"), lambda owner: owner),
+        "description": lambda: (desc_codes, desc_texts),
+        "rating_label": lambda: (np.where(rated, rating, 0).astype(np.int64), list(RATING_LABELS)),
+        "confidence": lambda: _unique(confidence.astype(np.int64)),
+        "tlp": lambda: (tlp_ranks.astype(np.int64), list(TLP_LEVELS)),
+        "hash_type": lambda: (_distinct(pa.array(variants, pa.string()), lambda v: v) if m.kind == "hash"
+                              else (zeros, [""])),
+    }
+    has = np.fromiter((bool(text) for text in desc_texts), dtype=bool, count=len(desc_texts))[desc_codes]
+    names = sorted(set(with_fields) | set(without_fields))
+    if "value" in names or not set(names) <= coded.keys():
+        return _per_row(n, m, values, variants, has, desc_codes, desc_texts, coded)
+    inputs = {name: coded[name]() for name in names}
+    key = has.astype(np.int64)
+    size = 2
+    for name in names:
+        codes, distinct = inputs[name]
+        size *= len(distinct)
+        if size >= _KEY_LIMIT:
+            return _per_row(n, m, values, variants, has, desc_codes, desc_texts, coded)
+        used = np.where(has, codes if name in with_fields else 0, codes if name in without_fields else 0)
+        key = key * len(distinct) + used
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    texts = []
+    for row in first.tolist():
+        fmt, fields = (with_fmt, with_fields) if has[row] else (without_fmt, without_fields)
+        texts.append(fit(fmt.format(*(inputs[f][1][inputs[f][0][row]] for f in fields))))
+    return pa.array(texts, pa.string()).take(pa.array(inverse.reshape(-1), pa.int64()))
+
+
+def _unique(codes: np.ndarray) -> tuple[np.ndarray, list[Any]]:
+    distinct, inverse = np.unique(codes, return_inverse=True)
+    return inverse.reshape(-1).astype(np.int64), distinct.tolist()
+
+
+def _per_row(
+    n: int,
+    m: Mapping,
+    values: list[str],
+    variants: list[str],
+    has: np.ndarray,
+    desc_codes: np.ndarray,
+    desc_texts: list[str],
+    coded: dict[str, Callable[[], tuple[np.ndarray, list[Any]]]],
+) -> pa.Array:
+    """Descriptions rendered row by row (a template with the indicator's value in it)."""
+    with_fmt, with_fields = _compile(m.description_template)
+    without_fmt, without_fields = _compile(m.description_fallback)
+    cache: dict[str, list[Any]] = {"value": values}
+
+    def column(name: str) -> list[Any]:
+        if name not in cache:
+            codes, distinct = coded[name]()
+            cache[name] = [distinct[c] for c in codes.tolist()]
+        return cache[name]
+
+    out: list[str] = []
+    for row, with_description in enumerate(has.tolist()):
+        fmt, fields = (with_fmt, with_fields) if with_description else (without_fmt, without_fields)
+        out.append(fit(fmt.format(*(column(f)[row] for f in fields))))
+    return pa.array(out, pa.string())
+
+
+def _clean(text: str | None) -> str:
+    """A ThreatConnect description on one line: whitespace runs collapsed, control characters dropped."""
+    if not text:
+        return ""
+    text = " ".join(text.split())
+    if not text.isprintable():
+        text = _CONTROL.sub("", text)
+    return text
+
+
+def fit(text: str, limit: int = DESCRIPTION_MAX) -> str:
+    """Shorten text to ``limit`` UTF-16 code units (how Graph, a .NET service, counts), ending with an ellipsis.
+
+    The cut falls between code points, so a surrogate pair (an emoji, say) is never split in half.
+    """
+    if len(text) * 2 <= limit:
+        return text  # even all-astral text fits
+    if text.isascii():
+        return text if len(text) <= limit else text[: limit - 1].rstrip() + _ELLIPSIS
+    units = len(text.encode("utf-16-le")) // 2
+    if units <= limit:
+        return text
+    budget = limit - 1  # the ellipsis is one unit
+    used = 0
+    cut = 0
+    for ch in text:
+        width = 2 if ord(ch) > 0xFFFF else 1
+        if used + width > budget:
+            break
+        used += width
+        cut += 1
+    return text[:cut].rstrip() + _ELLIPSIS
