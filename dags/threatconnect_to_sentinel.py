@@ -1,9 +1,9 @@
 """
 ### ThreatConnect → Microsoft Sentinel
 
-Moves ThreatConnect indicators into Microsoft Sentinel, one mapped task instance per indicator type:
-**preflight → extract → normalize → dedupe → load → verify**, then the watermarks are committed and a summary is
-printed.
+Moves ThreatConnect indicators into Microsoft Sentinel: **preflight → plan_run**, then one mapped task group
+**prepare** per indicator type (**extract → normalize → dedupe**), then one mapped task group **deliver** per
+(type, target) (**load → verify**); then the watermarks are committed and a summary is printed.
 
 * **preflight** checks every Connection the run needs (fields, hosts, a signed ThreatConnect request, a token for
   the target) and fails with one message naming the Connection before anything is extracted or sent.
@@ -25,32 +25,53 @@ printed.
   not delivered, so the next run sends it again.
 
 Errors no retry can fix (credentials, permissions, configuration, the mass-retraction guard, a mapping the target
-refuses wholesale) fail the task at once; transient ones are retried. The mapped stages run for every upstream
-instance that succeeded (trigger rule `all_done`): one failing type or target fails the run and holds its own
-watermark, but never stops the others from loading, verifying and advancing theirs.
+refuses wholesale) fail the task at once; transient ones are retried. Inside a mapped task group each instance
+waits only for its own upstream instance, and the tasks that gather every instance (`fan_out`,
+`commit_watermarks`, `report`) run once all are done (trigger rule `all_done`): one failing type or target fails
+the run and holds its own watermark, but never stops the others from loading, verifying and advancing theirs.
 
 Each run covers its data interval; a live run also resumes from the last committed watermark of each type so a
 failed or skipped run leaves no gap, while a backfill reads exactly its interval and never moves the live watermark.
-Configuration: Connections `threatconnect_default`, `msgraph_default`, `sentinel_default`, `defender_default`; Variables
-`tc_sentinel_data_root`, `tc_sentinel_sink`, `tc_sentinel_indicator_types` (each overridable by the run param of the
-same name without the prefix). See the README.
+Configuration: Connections `threatconnect_default`, `msgraph_default`, `sentinel_default`, `defender_default`; the
+`tc_sentinel_*` Variables, each overridable by the run param of the same name without the prefix (a param left
+empty uses the Variable, else the default); run params `dry_run`, `allow_mass_retraction`, `reconcile`. See the
+README.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 from collections.abc import Iterator
 from typing import Any
 
-from airflow.sdk import CronDataIntervalTimetable, Param, TriggerRule, Variable, dag, get_current_context, task
+from airflow.sdk import (
+    CronDataIntervalTimetable,
+    Param,
+    TriggerRule,
+    Variable,
+    dag,
+    get_current_context,
+    task,
+    task_group,
+)
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.pipeline import config, summary, watermarks
-from include.pipeline import stages as st
+from include.pipeline import config, delivery, stages, summary, watermarks
 from include.pipeline.errors import PermanentError
+from include.pipeline.jobs import (
+    DeliveryJob,
+    ExtractedJob,
+    JobDocument,
+    LoadedJob,
+    NormalizedJob,
+    PreparedJob,
+    TypeJob,
+    VerifiedJob,
+)
 from include.pipeline.mappings import SUPPORTED_TYPES
 from include.pipeline.snapshots import SnapshotStore
 
@@ -75,6 +96,44 @@ LOAD_TIMEOUT = _hours("TC_SENTINEL_LOAD_TIMEOUT_HOURS", 4)
 VERIFY_TIMEOUT = _hours("TC_SENTINEL_VERIFY_TIMEOUT_HOURS", 2)
 CHECK_TIMEOUT = dt.timedelta(minutes=15)
 DAGRUN_TIMEOUT = _hours("TC_SENTINEL_DAGRUN_TIMEOUT_HOURS", 20)
+# Each mapped instance is named after its type, or "type → target" when the run has several targets.
+LABEL = "{{ type_label }}"
+
+
+def _overrides(name: str, json_type: str | list[str], description: str, **schema: Any) -> Param:
+    """A run param over the Variable ``tc_sentinel_<name>``. Its default is None on purpose: an empty param means
+    "not given", so the Variable applies, and without the Variable the documented default does."""
+    types = json_type if isinstance(json_type, list) else [json_type]
+    default = json.dumps(config.VARIABLE_DEFAULTS[name], ensure_ascii=False)
+    return Param(None, type=["null", *types], **schema,
+                 description=f"{description}. Empty: the Variable tc_sentinel_{name}, else {default}.")
+
+
+def _run_only(name: str, description: str) -> Param:
+    """A run param without a Variable: a real boolean with its real default."""
+    return Param(config.RUN_ONLY_DEFAULTS[name], type="boolean", description=description)
+
+
+PARAMS = {
+    "data_root": _overrides("data_root", "string", "snapshot root: a path or an fsspec URL"),
+    "sink": _overrides("sink", ["string", "array"], "the target(s): graph, sentinel or defender, kind@conn_id for "
+                       "another Connection, or a list of them, e.g. [\"sentinel\", \"defender\"]"),
+    "indicator_types": _overrides("indicator_types", "array", "ThreatConnect types to move"),
+    "failure_threshold": _overrides("failure_threshold", "number", "share of a type's writes that may fail before "
+                                    "load fails", minimum=0, maximum=1),
+    "rejection_threshold": _overrides("rejection_threshold", "number", "share of a type's writes the target may "
+                                      "refuse for their content (quarantined) before the run fails",
+                                      minimum=0, maximum=1),
+    "retraction_guard": _overrides("retraction_guard", "number", "largest share of the delivered live set one run "
+                                   "may retract", minimum=0, maximum=1),
+    "reconcile_every_days": _overrides("reconcile_every_days", "integer", "list the full active set every N days "
+                                       "(0: never)", minimum=0),
+    "refresh_within_days": _overrides("refresh_within_days", "integer", "re-send live indicators expiring within "
+                                      "N days", minimum=0),
+    "dry_run": _run_only("dry_run", "plan only: write the plan, send nothing"),
+    "allow_mass_retraction": _run_only("allow_mass_retraction", "let this run retract more than the guard allows"),
+    "reconcile": _run_only("reconcile", "list ThreatConnect's full active set this run and retract orphans"),
+}
 
 
 @contextlib.contextmanager
@@ -89,13 +148,31 @@ def _fail_fast() -> Iterator[None]:
         raise AirflowFailException(str(exc)) from exc
 
 
-def _label(job: dict[str, Any]) -> None:
+def _label(job: TypeJob) -> None:
     """Name the mapped instance after its indicator type (and target, with several) in the UI and logs."""
-    get_current_context()["type_label"] = summary.label(job)
+    get_current_context()["type_label"] = job.label
 
 
-def _store(job: dict[str, Any]) -> SnapshotStore:
-    return SnapshotStore(job["config"]["data_root"])
+def _store(job: TypeJob) -> SnapshotStore:
+    return SnapshotStore(job.config.data_root)
+
+
+def _resolve(context: Any) -> config.RunConfig:
+    with _fail_fast():
+        return config.resolve(context["params"], lambda key: Variable.get(key, default=None), SUPPORTED_TYPES)
+
+
+def _gathered(value: list[JobDocument] | JobDocument | None) -> list[JobDocument]:
+    """Every instance's document of a task inside a mapped task group, as a list.
+
+    Airflow 3.3 hands a task downstream of a mapped task group a list only when two or more instances pushed one:
+    the whole list pull (``xcom_pull`` without ``map_indexes``) returns a lone value bare, and None when no instance
+    succeeded (``PlainXComArg.resolve`` and ``RuntimeTaskInstance.xcom_pull`` in the task SDK). A job document is
+    always a dict, so the three cases cannot be confused.
+    """
+    if value is None:
+        return []
+    return [value] if isinstance(value, dict) else list(value)
 
 
 def _previous_watermarks(context: Any) -> dict[str, str]:
@@ -117,29 +194,7 @@ def _previous_watermarks(context: Any) -> dict[str, str]:
     dagrun_timeout=DAGRUN_TIMEOUT,
     default_args={"retries": 2, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": True,
                   "execution_timeout": TRANSFORM_TIMEOUT},
-    params={
-        "data_root": Param(None, type=["null", "string"], description="snapshot root: a path or an fsspec URL"),
-        "sink": Param(None, type=["null", "string", "array"],
-                      description="the target(s): graph, sentinel or defender, kind@conn_id for another "
-                                  "Connection, or a list of them, e.g. [\"sentinel\", \"defender\"]"),
-        "indicator_types": Param(None, type=["null", "array"], description="ThreatConnect types to move"),
-        "failure_threshold": Param(None, type=["null", "number"], minimum=0, maximum=1,
-                                   description="share of indicators that may fail to load before the task fails"),
-        "rejection_threshold": Param(None, type=["null", "number"], minimum=0, maximum=1,
-                                     description="share of a type's writes the target may refuse for their content "
-                                                 "(quarantined) before the run fails; default 0.01"),
-        "retraction_guard": Param(None, type=["null", "number"], minimum=0, maximum=1,
-                                  description="largest share of the delivered live set one run may retract"),
-        "reconcile_every_days": Param(None, type=["null", "integer"], minimum=0,
-                                      description="list the full active set every N days (0: never)"),
-        "refresh_within_days": Param(None, type=["null", "integer"], minimum=0,
-                                     description="re-send live indicators expiring within N days"),
-        "dry_run": Param(None, type=["null", "boolean"], description="plan only: write the plan, send nothing"),
-        "allow_mass_retraction": Param(None, type=["null", "boolean"],
-                                       description="let this run retract more than the guard allows"),
-        "reconcile": Param(None, type=["null", "boolean"],
-                           description="list ThreatConnect's full active set this run and retract orphans"),
-    },
+    params=PARAMS,
     render_template_as_native_obj=True,
 )
 def threatconnect_to_sentinel() -> None:
@@ -148,9 +203,8 @@ def threatconnect_to_sentinel() -> None:
         """Check the configuration and every Connection the run needs before anything is extracted or sent."""
         from tc_sentinel import preflight as checks
 
-        context = get_current_context()
+        cfg = _resolve(get_current_context())
         with _fail_fast():
-            cfg = config.resolve(context["params"], lambda key: Variable.get(key, default=None), SUPPORTED_TYPES)
             result = checks.report(checks.check_all(cfg.targets))
         if result["error"]:
             if result["transient"]:
@@ -159,142 +213,144 @@ def threatconnect_to_sentinel() -> None:
         return result["checks"]
 
     @task(multiple_outputs=False, execution_timeout=CHECK_TIMEOUT)
-    def plan_run() -> list[dict[str, Any]]:
+    def plan_run() -> list[JobDocument]:
         """Resolve the configuration and each type's extraction window (one job per type)."""
         context = get_current_context()
-        with _fail_fast():
-            cfg = config.resolve(context["params"], lambda key: Variable.get(key, default=None), SUPPORTED_TYPES)
+        cfg = _resolve(context)
         live = context["dag_run"].run_type != "backfill"
         previous = _previous_watermarks(context) if live else {}
         start, end = context["data_interval_start"], context["data_interval_end"]
-        jobs = []
         reconcile = config.reconcile_due(cfg, end.toordinal(), live)
+        jobs = []
         for indicator_type in cfg.indicator_types:
             # One extraction serves every target: it starts at the earliest of their marks (a new target: all).
             marks = watermarks.target_marks(previous, indicator_type, cfg.targets)
             joint = watermarks.joint_mark(marks)
             window = watermarks.extraction_window(indicator_type, start, end, {indicator_type: joint} if joint else {},
                                                   live)
-            jobs.append({"indicator_type": indicator_type, "run_id": context["run_id"], "live": live,
-                         "config": cfg.as_dict(), "window": window.as_dict(), "reconcile": reconcile,
-                         "interval": {"start": watermarks.iso(start), "end": watermarks.iso(end)},
-                         "previous_watermark": joint, "target_marks": marks})
-        log.info("run plan: %s", [(j["indicator_type"], j["window"]) for j in jobs])
-        return jobs
+            jobs.append(TypeJob(indicator_type, context["run_id"], live, cfg, window, start, end, reconcile, marks))
+        log.info("run plan: %s", [(j.indicator_type, j.window.as_dict()) for j in jobs])
+        return [j.to_xcom() for j in jobs]
 
-    @task(map_index_template="{{ type_label }}", multiple_outputs=False, execution_timeout=EXTRACT_TIMEOUT)
-    def extract(job: dict[str, Any]) -> dict[str, Any]:
+    # ------------------------------------------------------------------ per type: extract -> normalize -> dedupe
+    @task(map_index_template=LABEL, multiple_outputs=False, execution_timeout=EXTRACT_TIMEOUT)
+    def extract(document: JobDocument) -> JobDocument:
         from include.pipeline.mappings import load_mapping
         from include.pipeline.normalize import normalize as normalize_batch
         from tc_sentinel.hooks import ThreatConnectHook
 
+        job = TypeJob.from_xcom(document)
         _label(job)
-        window = watermarks.Window(watermarks.parse_iso(job["window"]["start"]),
-                                   watermarks.parse_iso(job["window"]["end"]), job["window"]["reason"])
         with _fail_fast():
             client = ThreatConnectHook().get_conn()
-            mapping = load_mapping(job["indicator_type"])
-            job["owner"] = client.owner
-            job["extract"] = st.extract(client, _store(job), job["run_id"], job["indicator_type"], window,
-                                        lambda batch: normalize_batch(batch, mapping), reconcile=job["reconcile"])
-        return job
+            mapping = load_mapping(job.indicator_type)
+            report = stages.extract(client, _store(job), job.run_id, job.indicator_type, job.window,
+                                    lambda batch: normalize_batch(batch, mapping), reconcile=job.reconcile,
+                                    deletions=client.iter_deleted_batches)
+        return job.extracted(client.owner, report).to_xcom()
 
-    @task(map_index_template="{{ type_label }}", trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
-    def normalize(job: dict[str, Any]) -> dict[str, Any]:
+    @task(map_index_template=LABEL, multiple_outputs=False)
+    def normalize(document: JobDocument) -> JobDocument:
         from include.pipeline.mappings import load_mapping
         from include.pipeline.normalize import normalize as normalize_batch
 
+        job = ExtractedJob.from_xcom(document)
         _label(job)
         with _fail_fast():
-            mapping = load_mapping(job["indicator_type"])
-            job["normalize"] = st.normalize(_store(job), job["run_id"], job["indicator_type"],
-                                            lambda batch: normalize_batch(batch, mapping))
-        return job
+            mapping = load_mapping(job.indicator_type)
+            report = stages.normalize(_store(job), job.run_id, job.indicator_type,
+                                      lambda batch: normalize_batch(batch, mapping))
+        return job.normalized(report).to_xcom()
 
-    @task(map_index_template="{{ type_label }}", trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
-    def dedupe(job: dict[str, Any]) -> dict[str, Any]:
+    @task(map_index_template=LABEL, multiple_outputs=False)
+    def dedupe(document: JobDocument) -> JobDocument:
         from include.pipeline.dedupe import winners
 
+        job = NormalizedJob.from_xcom(document)
         _label(job)
-        job["dedupe"] = st.dedupe(_store(job), job["run_id"], job["indicator_type"], winners)
-        return job
+        return job.deduped(stages.dedupe(_store(job), job.run_id, job.indicator_type, winners)).to_xcom()
+
+    # A mapped task group: each type's instances wait only for that type's upstream instance, so a type that fails
+    # (its later tasks upstream_failed) never holds the others back. Task ids stay unprefixed (extract, load...).
+    @task_group(prefix_group_id=False)
+    def prepare(document: JobDocument) -> Any:
+        """One indicator type: extract, normalize, dedupe."""
+        return dedupe(normalize(extract(document)))
 
     @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False, execution_timeout=CHECK_TIMEOUT)
-    def fan_out(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """One load per (type, target): each target keeps its own delivered state, watermark and quarantine."""
-        pairs = []
-        for job in jobs:
-            if not job:
-                continue  # this type failed before load; the report names it
-            for target in job["config"]["targets"]:
-                pairs.append({**job, "target": target, "previous_watermark": job["target_marks"][target]})
-        return pairs
+    def fan_out(prepared: list[JobDocument] | JobDocument | None) -> list[JobDocument]:
+        """One delivery per (type, target): each target keeps its own delivered state, watermark and quarantine.
+        Only the types whose prepare group succeeded are here; the report names the others."""
+        return [d.to_xcom() for document in _gathered(prepared) for d in PreparedJob.from_xcom(document).deliveries()]
 
-    @task(map_index_template="{{ type_label }}", trigger_rule=TriggerRule.ALL_DONE, pool=POOL, multiple_outputs=False,
-          execution_timeout=LOAD_TIMEOUT)
-    def load(job: dict[str, Any]) -> dict[str, Any]:
+    # ------------------------------------------------------------------ per (type, target): load -> verify
+    @task(map_index_template=LABEL, pool=POOL, multiple_outputs=False, execution_timeout=LOAD_TIMEOUT)
+    def load(document: JobDocument) -> JobDocument:
         from include.pipeline.lifecycle import Policy
         from include.pipeline.mappings import load_mapping
         from tc_sentinel.hooks import sink
 
+        job = DeliveryJob.from_xcom(document)
         _label(job)
-        cfg = job["config"]
-        expiry = load_mapping(job["indicator_type"]).expiration
+        cfg = job.config
         policy = Policy(
-            interval_start=watermarks.parse_iso(job["interval"]["start"]),
-            interval_end=watermarks.parse_iso(job["interval"]["end"]),
-            refresh_within=dt.timedelta(days=cfg["refresh_within_days"]),
-            expiry_days=expiry.days_for,
-            retraction_guard=cfg["retraction_guard"],
-            allow_mass_retraction=cfg["allow_mass_retraction"],
+            interval_start=job.interval_start,
+            interval_end=job.interval_end,
+            refresh_within=dt.timedelta(days=cfg.refresh_within_days),
+            expiry_days=load_mapping(job.indicator_type).expiration.days_for,
+            retraction_guard=cfg.retraction_guard,
+            allow_mass_retraction=cfg.allow_mass_retraction,
         )
         with _fail_fast():
-            target = sink(job["target"], job["owner"])
-            job["load"] = st.load(target, _store(job), job["run_id"], job["indicator_type"], policy,
-                                  failure_threshold=cfg["failure_threshold"], dry_run=cfg["dry_run"],
-                                  rejection_threshold=cfg["rejection_threshold"], target=job["target"])
-        return job
+            report = delivery.load(sink(job.target, job.owner), _store(job), job.run_id, job.indicator_type, policy,
+                                   failure_threshold=cfg.failure_threshold, dry_run=cfg.dry_run,
+                                   rejection_threshold=cfg.rejection_threshold, target=job.target)
+        return job.loaded(report).to_xcom()
 
-    @task(map_index_template="{{ type_label }}", trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False,
-          execution_timeout=VERIFY_TIMEOUT)
-    def verify(job: dict[str, Any]) -> dict[str, Any]:
+    @task(map_index_template=LABEL, multiple_outputs=False, execution_timeout=VERIFY_TIMEOUT)
+    def verify(document: JobDocument) -> JobDocument:
         from tc_sentinel.hooks import sink
 
+        job = LoadedJob.from_xcom(document)
         _label(job)
         with _fail_fast():
-            target = sink(job["target"], job["owner"])
-            job["verify"] = st.verify(target, _store(job), job["run_id"], job["indicator_type"],
-                                      job["previous_watermark"], dry_run=job["config"]["dry_run"],
-                                      target=job["target"])
-        return job
+            report = delivery.verify(sink(job.target, job.owner), _store(job), job.run_id, job.indicator_type,
+                                     job.previous_watermark, dry_run=job.config.dry_run, target=job.target)
+        return job.verified(report).to_xcom()
 
+    @task_group(prefix_group_id=False)
+    def deliver(document: JobDocument) -> Any:
+        """One (type, target): load, then verify; a failed load leaves only its own verify upstream_failed."""
+        return verify(load(document))
+
+    # ------------------------------------------------------------------ the whole run
     @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
-    def commit_watermarks(jobs: list[dict[str, Any]], planned: list[dict[str, Any]]) -> dict[str, str]:
-        """Advance each verified type's watermark; hold the others where this run started reading."""
+    def commit_watermarks(verified: list[JobDocument] | JobDocument | None,
+                          planned: list[JobDocument]) -> dict[str, str]:
+        """Advance each verified (type, target)'s watermark; hold the others where this run started reading."""
         context = get_current_context()
         live = context["dag_run"].run_type != "backfill"
         previous = _previous_watermarks(context) if live else {}
         held = {}
-        for p in planned:
-            targets = p["config"]["targets"]
-            for target in targets:
-                name = watermarks.key(p["indicator_type"], target, targets)
+        for job in (TypeJob.from_xcom(p) for p in planned):
+            for target in job.config.targets:
                 # A target that had a mark keeps it until verified; a new one holds where this run began reading.
-                held[name] = p["target_marks"].get(target) or p["window"]["start"]
+                held[watermarks.key(job.indicator_type, target, job.config.targets)] = (
+                    job.target_marks.get(target) or watermarks.iso(job.window.start))
         marks = watermarks.hold(previous, held)
-        for job in jobs:
-            if job and job.get("verify", {}).get("watermark"):
-                name = watermarks.key(job["indicator_type"], job["target"], job["config"]["targets"])
-                marks[name] = job["verify"]["watermark"]
+        for done in (VerifiedJob.from_xcom(v) for v in _gathered(verified)):
+            if done.verify.get("watermark"):
+                marks[done.watermark_key] = done.verify["watermark"]
         # Backfills keep their marks under another key: the live chain is never moved by replaying the past.
         context["ti"].xcom_push(key=WATERMARK_KEY if live else "backfill_watermarks", value=marks)
         log.info("watermarks (%s): %s", "live" if live else "backfill", marks)
         return marks
 
     @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
-    def report(jobs: list[dict[str, Any]], planned: list[dict[str, Any]]) -> dict[str, Any]:
-        """Print the per-type summary; fail the run when any type did not make it through verify."""
-        result = summary.summarize([j for j in jobs if j], summary.planned_labels(planned))
+    def report(verified: list[JobDocument] | JobDocument | None, planned: list[JobDocument]) -> dict[str, Any]:
+        """Print the per-type summary; fail the run when any (type, target) did not make it through verify."""
+        labels = [name for p in planned for name in TypeJob.from_xcom(p).delivery_labels()]
+        result = summary.summarize([VerifiedJob.from_xcom(v).to_xcom() for v in _gathered(verified)], labels)
         log.info("\n%s", summary.render(result))
         if result["failed_types"]:
             raise AirflowFailException(f"indicator types that did not complete: {result['failed_types']}")
@@ -303,8 +359,7 @@ def threatconnect_to_sentinel() -> None:
     checked = preflight()
     jobs = plan_run()
     checked >> jobs
-    deduped = dedupe.expand(job=normalize.expand(job=extract.expand(job=jobs)))
-    verified = verify.expand(job=load.expand(job=fan_out(deduped)))
+    verified = deliver.expand(document=fan_out(prepare.expand(document=jobs)))
     marks = commit_watermarks(verified, jobs)
     outcome = report(verified, jobs)
     marks >> outcome

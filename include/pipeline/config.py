@@ -14,6 +14,20 @@ SINKS = ("graph", "sentinel", "defender")
 VARIABLE_PREFIX = "tc_sentinel_"
 DEFAULT_DATA_ROOT = "/opt/airflow/data/tc-sentinel"
 
+#: What a setting is when neither the run's param nor its ``tc_sentinel_*`` Variable gives it (README: Variables).
+VARIABLE_DEFAULTS: dict[str, Any] = {
+    "data_root": DEFAULT_DATA_ROOT,
+    "sink": "graph",
+    "indicator_types": list(DEFAULT_INDICATOR_TYPES),
+    "failure_threshold": 0.0,
+    "rejection_threshold": 0.01,
+    "retraction_guard": 0.2,
+    "reconcile_every_days": 7,
+    "refresh_within_days": 3,
+}
+#: Run params without a Variable (README: "Run params without a Variable"), with their defaults.
+RUN_ONLY_DEFAULTS: dict[str, bool] = {"dry_run": False, "allow_mass_retraction": False, "reconcile": False}
+
 
 class ConfigError(ValueError, PermanentError):
     """A setting has a value the pipeline cannot run with."""
@@ -46,6 +60,14 @@ class RunConfig:
         data["indicator_types"] = list(self.indicator_types)
         data["targets"] = list(self.targets or (self.sink,))
         return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
+        """The inverse of :meth:`as_dict` (how a job carries its configuration through XCom)."""
+        values = dict(data)
+        values["indicator_types"] = tuple(values["indicator_types"])
+        values["targets"] = tuple(values.get("targets") or (values["sink"],))
+        return cls(**values)
 
 
 def target_kind(target: str) -> str:
@@ -149,35 +171,34 @@ def resolve(
     """Merge run params over Variables over defaults, and validate.
 
     Args:
-        params: the run's params; a value of None means "not given".
+        params: the run's params; a value of None means "not given": the Variable applies, else the default.
         variable: looks up an Airflow Variable by its full name, returning None when it is not set.
         supported_types: the ThreatConnect types that have a mapping file.
     """
 
-    def pick(name: str, default: Any) -> Any:
+    def pick(name: str) -> Any:
         value = params.get(name)
-        if value is None:
+        if value is None and name in VARIABLE_DEFAULTS:
             value = variable(VARIABLE_PREFIX + name)
+        default = VARIABLE_DEFAULTS[name] if name in VARIABLE_DEFAULTS else RUN_ONLY_DEFAULTS[name]
         return default if value is None or value == "" else value
 
-    targets = _as_targets(pick("sink", "graph"))
-    sink = targets[0]
-    types = _as_types(pick("indicator_types", list(DEFAULT_INDICATOR_TYPES)))
+    targets = _as_targets(pick("sink"))
+    types = _as_types(pick("indicator_types"))
     unknown = [t for t in types if t not in supported_types]
     if unknown:
         raise ConfigError(f"no mapping for indicator types {unknown}; supported: {list(supported_types)}")
-    reconcile = _as_days("reconcile_every_days", pick("reconcile_every_days", 7))
     return RunConfig(
-        data_root=str(pick("data_root", DEFAULT_DATA_ROOT)),
-        sink=sink,
+        data_root=str(pick("data_root")),
+        sink=targets[0],
         indicator_types=types,
         targets=targets,
-        failure_threshold=_as_fraction("failure_threshold", pick("failure_threshold", 0.0)),
-        rejection_threshold=_as_fraction("rejection_threshold", pick("rejection_threshold", 0.01)),
-        dry_run=_as_bool("dry_run", pick("dry_run", False)),
-        allow_mass_retraction=_as_bool("allow_mass_retraction", pick("allow_mass_retraction", False)),
-        retraction_guard=_as_fraction("retraction_guard", pick("retraction_guard", 0.2)),
-        reconcile_every_days=reconcile,
-        reconcile=_as_bool("reconcile", pick("reconcile", False)),
-        refresh_within_days=_as_days("refresh_within_days", pick("refresh_within_days", 3)),
+        failure_threshold=_as_fraction("failure_threshold", pick("failure_threshold")),
+        rejection_threshold=_as_fraction("rejection_threshold", pick("rejection_threshold")),
+        dry_run=_as_bool("dry_run", pick("dry_run")),
+        allow_mass_retraction=_as_bool("allow_mass_retraction", pick("allow_mass_retraction")),
+        retraction_guard=_as_fraction("retraction_guard", pick("retraction_guard")),
+        reconcile_every_days=_as_days("reconcile_every_days", pick("reconcile_every_days")),
+        reconcile=_as_bool("reconcile", pick("reconcile")),
+        refresh_within_days=_as_days("refresh_within_days", pick("refresh_within_days")),
     )

@@ -1,18 +1,36 @@
-"""What the core needs from its adapters: the load-target interface every sink implements (so a new target is
-one new module, not a new DAG), its result type and statuses. Adapters import this; the core imports no adapter."""
+"""What the core needs from its adapters: the source's listings, the load-target interface every sink implements
+(so a new target is one new module, not a new DAG), its result type and statuses. Adapters import this; the core
+imports no adapter."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import pandas as pd
+import pyarrow as pa
 
 # Statuses of one write (SinkResult.status, the ``loaded`` snapshot's ``status`` column).
 OK, REJECTED, FAILED = "ok", "rejected", "failed"
+
+
+class PageSource(Protocol):
+    """Where extract reads indicators from (the ThreatConnect client)."""
+
+    def iter_pages(self, indicator_type: str, modified_from: dt.datetime,
+                   modified_to: dt.datetime) -> Iterable[pa.RecordBatch]:
+        """The type's indicators modified in ``[modified_from, modified_to)`` as ``RAW_SCHEMA`` batches."""
+        ...
+
+
+#: The source's deleted-indicators listing: ``(indicator_type, deleted_since, stamp)`` -> ``RAW_SCHEMA`` batches of
+#: inactive rows flagged ``deleted``, each versioned ``stamp`` (the ThreatConnect client's
+#: ``iter_deleted_batches``). Optional: extract lists no deletions without it.
+DeletedListing = Callable[[str, dt.datetime, dt.datetime], Iterable[pa.RecordBatch]]
 
 
 @dataclass(frozen=True)
@@ -45,6 +63,8 @@ class Sink(Protocol):
     name: ClassVar[str]
     #: payload fields verify compares between what was sent and what the target holds
     verify_fields: ClassVar[tuple[str, ...]]
+    #: payload fields that change without a real change (a send time): left out of the lifecycle's content hash
+    volatile_fields: ClassVar[tuple[str, ...]]
 
     #: how many live indicators of ours the target may hold across every type (None: no limit)
     capacity: int | None
@@ -66,6 +86,11 @@ class Sink(Protocol):
 
     def retract(self, rows: pd.DataFrame) -> list[SinkResult]:
         """Withdraw every row from the target (only indicators this pipeline created); one result per row."""
+        ...
+
+    def same_value(self, field: str, sent: Any, stored: Any) -> bool:
+        """Whether the target holds what was sent for one of :attr:`verify_fields` (targets reformat some values:
+        timestamps, list order); a target that stores values as sent compares with ``==``."""
         ...
 
     def fetch(self, external_ids: Sequence[str]) -> dict[str, dict[str, Any]]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from include.pipeline import jobs
 
 #: (column, header) in table order. ``rejected`` counts values the pipeline refused (normalize, or the target's
 #: documented limits before sending); ``tgt_rejected`` the items the target refused this run (quarantined),
@@ -17,28 +19,21 @@ def _sum(*values: Any) -> int | None:
     return sum(present) if present else None
 
 
-def label(job: dict[str, Any]) -> str:
-    """How a job is named in the UI and the summary: its type, and its target when the run has several."""
-    targets = (job.get("config") or {}).get("targets") or []
-    if len(targets) > 1 and job.get("target"):
-        return f"{job['indicator_type']} → {job['target']}"
-    return str(job["indicator_type"])
+def label(job: Mapping[str, Any]) -> str:
+    """How a job document is named in the summary: its type, and its target when the run has several."""
+    return jobs.label(str(job["indicator_type"]), job.get("target"), (job.get("config") or {}).get("targets") or [])
 
 
-def planned_labels(planned: Sequence[dict[str, Any]]) -> list[str]:
-    """Every (type, target) a run's plan promised, as labels: what the summary must account for."""
-    labels = []
-    for job in planned:
-        for target in (job.get("config") or {}).get("targets") or [None]:
-            labels.append(label({**job, "target": target}))
-    return labels
+def summarize(done: Sequence[Mapping[str, Any]], planned_types: Sequence[str]) -> dict[str, Any]:
+    """Collect the counts of every stage's report, one row per label (type, or type → target).
 
-
-def summarize(jobs: Sequence[dict[str, Any]], planned_types: Sequence[str]) -> dict[str, Any]:
-    """Collect the counts each stage left in the job dicts, one row per label (type, or type → target); labels
-    without a verify result count as failed."""
+    Args:
+        done: the documents of the deliveries that finished (``VerifiedJob.to_xcom``).
+        planned_types: the label of every (type, target) the run planned; those without a verify report count as
+            failed.
+    """
     rows = {}
-    for job in jobs:
+    for job in done:
         load = job.get("load", {})
         verify = job.get("verify", {})
         rows[label(job)] = {

@@ -20,6 +20,11 @@ class Window:
     def as_dict(self) -> dict[str, str]:
         return {"start": iso(self.start), "end": iso(self.end), "reason": self.reason}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, str]) -> Window:
+        """The inverse of :meth:`as_dict`."""
+        return cls(parse_iso(data["start"]), parse_iso(data["end"]), data["reason"])
+
 
 def iso(value: dt.datetime) -> str:
     """ISO 8601 in UTC with a ``Z``, second precision when possible (what XCom and ThreatConnect get)."""

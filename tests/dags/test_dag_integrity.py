@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -29,9 +31,27 @@ def test_the_pipeline_maps_each_stage_over_indicator_types_in_order(dagbag) -> N
     chain = ["plan_run", "extract", "normalize", "dedupe", "fan_out", "load", "verify"]
     for upstream, downstream in itertools.pairwise(chain):
         assert downstream in dag.get_task(upstream).downstream_task_ids
-    for mapped in ("extract", "normalize", "dedupe", "load", "verify"):
-        assert dag.get_task(mapped).is_mapped
     assert {"commit_watermarks", "report"} <= set(dag.task_ids)
+
+
+@pytest.mark.parametrize(("group", "tasks"), [("prepare", ("extract", "normalize", "dedupe")),
+                                              ("deliver", ("load", "verify"))])
+def test_the_per_type_and_per_target_stages_are_one_mapped_task_group_each(dagbag, group, tasks) -> None:
+    dag = dagbag.dags["threatconnect_to_sentinel"]
+    for task_id in tasks:
+        task = dag.get_task(task_id)
+        mapped_group = task.get_closest_mapped_task_group()
+        assert mapped_group is not None, task_id
+        assert mapped_group.group_id == group, task_id
+        assert task.map_index_template == "{{ type_label }}", task_id  # "Host", "Host → defender" in the UI
+
+
+def test_the_tasks_that_gather_every_instance_run_when_all_are_done(dagbag) -> None:
+    # One failed type or (type, target) leaves only its own group instance upstream_failed: the gathering tasks
+    # must still run, so the others deliver and advance and the report names the failed one alone.
+    dag = dagbag.dags["threatconnect_to_sentinel"]
+    for task_id in ("fan_out", "commit_watermarks", "report"):
+        assert dag.get_task(task_id).trigger_rule == "all_done", task_id
 
 
 def test_the_schedule_has_real_daily_data_intervals_not_the_zero_width_cron_trigger(dagbag) -> None:
@@ -67,10 +87,49 @@ def test_every_task_has_an_execution_timeout_and_the_run_a_dagrun_timeout(dagbag
     assert dag.dagrun_timeout > longest
 
 
-def test_every_variable_the_readme_documents_is_a_run_param(dagbag) -> None:
-    import re
-
+def _readme_variables() -> dict[str, str]:
+    """The README's Variables table: name without the prefix -> the default column's text."""
     readme = (DAGS.parent / "README.md").read_text()
-    documented = set(re.findall(r"^\| `tc_sentinel_(\w+)` \|", readme, flags=re.MULTILINE))
-    assert documented
-    assert documented <= set(dagbag.dags["threatconnect_to_sentinel"].params.keys())
+    rows = re.findall(r"^\| `tc_sentinel_(\w+)` \| `([^`]*)` \|", readme, flags=re.MULTILINE)
+    assert rows, "the README's Variables table is gone"
+    return dict(rows)
+
+
+def _readme_run_only_params() -> set[str]:
+    readme = (DAGS.parent / "README.md").read_text()
+    line = re.search(r"^Run params without a Variable: (.*)$", readme, flags=re.MULTILINE)
+    assert line, "the README no longer lists the run params without a Variable"
+    return set(re.findall(r"`(\w+)`", line.group(1)))
+
+
+def test_the_readme_variables_and_the_dag_params_agree(dagbag) -> None:
+    from include.pipeline.config import RUN_ONLY_DEFAULTS, VARIABLE_DEFAULTS
+
+    params = dagbag.dags["threatconnect_to_sentinel"].params
+    documented = _readme_variables()
+    assert set(documented) | _readme_run_only_params() == set(params.keys())
+    assert set(documented) == set(VARIABLE_DEFAULTS)
+    assert _readme_run_only_params() == set(RUN_ONLY_DEFAULTS)
+    for name, default in documented.items():
+        try:
+            value = json.loads(default)  # numbers and lists; names and paths are plain text
+        except ValueError:
+            value = default
+        assert value == VARIABLE_DEFAULTS[name], name
+
+
+def test_every_param_is_typed_and_only_variable_overrides_default_to_empty(dagbag) -> None:
+    from include.pipeline.config import RUN_ONLY_DEFAULTS, VARIABLE_DEFAULTS
+
+    params = dagbag.dags["threatconnect_to_sentinel"].params
+    for name in params.keys():
+        param = params.get_param(name)
+        assert param.schema.get("type"), name
+        if name in VARIABLE_DEFAULTS:
+            # None means "not given": the Variable applies, else the default the description states.
+            assert param.value is None, name
+            assert "null" in param.schema["type"], name
+            assert f"tc_sentinel_{name}" in param.description, name
+        else:
+            assert param.value is RUN_ONLY_DEFAULTS[name], name
+            assert param.schema["type"] == "boolean", name
