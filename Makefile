@@ -9,13 +9,14 @@ STAMP := $(VENV)/.installed
 SINK ?= graph
 BUILD := build
 
-.PHONY: help venv demo test lint unit integration dags bench bench-smoke scheduler-test compose-check lock clean
+.PHONY: help venv demo test lint unit integration dags bench bench-smoke scheduler-test celery-test compose-check lock clean
 
 help:
 	@echo "make demo       run the DAG once against the bundled simulators (SINK=graph|sentinel|defender, or several: SINK=sentinel,defender)"
 	@echo "make test       ruff + the whole pytest suite (what CI runs)"
 	@echo "make bench      benchmark suite (table + $(BUILD)/bench/results.json)"
 	@echo "make scheduler-test  real scheduler + backfill on a private PostgreSQL (2-4 min; part of make test)"
+	@echo "make celery-test     CeleryExecutor cluster: Redis, PostgreSQL, two workers, one request budget (part of make test)"
 	@echo "make compose-check   validate docker-compose.yaml with the real Compose binary (part of make test)"
 	@echo "make lock       re-resolve requirements*.lock from requirements*.txt"
 	@echo "make clean      remove .venv and build/"
@@ -47,6 +48,9 @@ bench-smoke: $(STAMP)
 
 scheduler-test: $(STAMP)
 	$(PY) -m pytest -m scheduler tests/scheduler
+
+celery-test: $(STAMP)
+	$(PY) -m pytest -m celery tests/celery
 
 compose-check: $(STAMP)
 	$(PY) -m pytest tests/deploy

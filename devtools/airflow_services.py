@@ -27,8 +27,9 @@ log = logging.getLogger(__name__)
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor")
 POOL = "tc_sentinel_load"
-POOL_SLOTS = 1
-POOL_DESCRIPTION = "tc-sentinel loads: one at a time, so concurrent runs never create the same indicator twice"
+# One slot unless the request budget is shared across hosts (Redis): see the README's deployment section.
+POOL_SLOTS = int(os.environ.get("TC_SENTINEL_LOAD_POOL_SLOTS", "1"))
+POOL_DESCRIPTION = "tc-sentinel loads (TC_SENTINEL_LOAD_POOL_SLOTS at a time, within the targets' budgets)"
 TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 _ADMIN = "admin"
 
@@ -90,6 +91,10 @@ class AirflowServices:
     port: int
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     sessions: set[int] = field(default_factory=set)  # session ids (= leader pids) of every component ever started
+    # Per component: the ``airflow`` arguments (default: the name split on spaces) and environment overrides, e.g.
+    # two ``celery worker`` processes with their own hostnames and directories, as two hosts would have.
+    commands: dict[str, list[str]] = field(default_factory=dict)
+    component_env: dict[str, dict[str, str]] = field(default_factory=dict)
     _token: str | None = field(default=None, repr=False)
 
     @property
@@ -108,14 +113,14 @@ class AirflowServices:
         for name in components:
             if name in self.processes:
                 continue
-            args = [airflow_bin, *name.split()]
+            args = [airflow_bin, *self.commands.get(name, name.split())]
             if name == "api-server":
                 args += ["--host", "127.0.0.1", "--port", str(self.port)]
             with open(self.log_dir / f"{name}.log", "ab") as out:
                 # start_new_session: the component and every worker it forks share a process group we can kill.
                 self.processes[name] = subprocess.Popen(
-                    args, env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, start_new_session=True,
+                    args, env={**env, **self.component_env.get(name, {})}, cwd=REPO_ROOT, stdout=out,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
                 )
             self.sessions.add(self.processes[name].pid)
             log.info("started airflow %s (pid %s)", name, self.processes[name].pid)
@@ -124,7 +129,7 @@ class AirflowServices:
 
     def wait_healthy(self, timeout: float = 180) -> dict[str, Any]:
         """Wait until ``/api/v2/monitor/health`` says every started component is healthy."""
-        wanted = {"scheduler": "scheduler", "dag-processor": "dag_processor"}
+        wanted = {"scheduler": "scheduler", "dag-processor": "dag_processor", "triggerer": "triggerer"}
         deadline = time.monotonic() + timeout
         last: Any = None
         while time.monotonic() < deadline:
@@ -158,6 +163,18 @@ class AirflowServices:
                 proc.kill()
         psutil.wait_procs(leftovers, timeout=10)
         return [p.pid for p in leftovers if p.is_running()]
+
+    def kill(self, name: str) -> list[int]:
+        """SIGKILL one component and everything it started, at once (a host that dies); return the pids killed."""
+        proc = self.processes.pop(name)
+        members = _session_members(proc.pid)
+        for member in members:
+            with contextlib.suppress(psutil.Error):
+                member.kill()
+        psutil.wait_procs(members, timeout=10)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+        return [m.pid for m in members]
 
     def running_processes(self) -> list[psutil.Process]:
         """Every live process these services started, however deep: there should be none after ``stop()``."""

@@ -6,12 +6,14 @@ import logging
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from airflow.sdk import BaseHook
 
 from include.microsoft.auth import ARM_SCOPE, GRAPH_SCOPE, MICROSOFT_AUTHORITY_HOST, TokenProvider
 from include.pipeline.ports import Sink
 from include.threatconnect.client import ThreatConnectClient
+from include.transport.http import RequestBudget
 from include.transport.limiter import SharedRateLimiter, limiter_path
 from tc_sentinel import redaction
 
@@ -54,6 +56,47 @@ def _mask(token: str) -> None:
 def limiter_dir() -> Path:
     """Where the client-side rate limiters of one machine keep their shared state."""
     return Path(os.environ.get("TC_SENTINEL_LIMITER_DIR", "/tmp/tc-sentinel-limiters"))  # noqa: S108
+
+
+#: The Connection of the Redis that keeps the request budgets when several hosts load (conn_type redis).
+REDIS_CONN_ID = "tc_sentinel_redis"
+
+
+def request_budget(identity: str, max_requests: int, per_seconds: float = 60.0) -> RequestBudget:
+    """The request budget of one identity: in Redis when one is configured, else in a locked file of this machine.
+
+    Redis is the Connection ``tc_sentinel_redis`` (host, port, password, extra ``db`` and ``ssl``) or, without it,
+    the Celery broker when the executor is Celery and its broker is Redis: then every task of the identity on every
+    worker draws from one budget. Otherwise the budget is a file under ``TC_SENTINEL_LIMITER_DIR``, shared only by
+    the task processes of one machine.
+    """
+    url = _redis_url()
+    if url is not None:
+        from include.transport.redis_limiter import RedisRateLimiter
+
+        return RedisRateLimiter(url, identity, max_requests, per_seconds)
+    return SharedRateLimiter(limiter_path(limiter_dir(), identity), max_requests=max_requests, per_seconds=per_seconds)
+
+
+def _redis_url() -> str | None:
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        connection = BaseHook.get_connection(REDIS_CONN_ID)
+    except AirflowNotFoundException:
+        from airflow.configuration import conf
+
+        if "CeleryExecutor" not in str(conf.get("core", "executor", fallback="")):
+            return None
+        broker = str(conf.get("celery", "broker_url", fallback="") or "")
+        return broker if broker.startswith(("redis://", "rediss://")) else None
+    if connection.host and "://" in connection.host:
+        return connection.host  # a whole URL in host
+    scheme = "rediss" if str(connection.extra_dejson.get("ssl", "")).lower() in ("true", "1") else "redis"
+    auth = f"{quote(connection.login or '', safe='')}:{quote(connection.password, safe='')}@" if (
+        connection.password) else ""
+    db = connection.extra_dejson.get("db", connection.schema or 0)
+    return f"{scheme}://{auth}{connection.host or '127.0.0.1'}:{connection.port or 6379}/{db}"
 
 
 class ThreatConnectHook(BaseHook):
@@ -109,9 +152,11 @@ class MsGraphHook(BaseHook):
             extra["tenant_id"], connection.login, connection.password, GRAPH_SCOPE,
             authority_host=extra.get("authority_host") or MICROSOFT_AUTHORITY_HOST, on_new_token=_mask,
         )
-        limiter = SharedRateLimiter(
-            limiter_path(limiter_dir(), f"{connection.login}|{extra['tenant_id']}|graph"),
-            max_requests=int(extra.get("requests_per_minute") or DEFAULT_REQUESTS_PER_MINUTE), per_seconds=60.0,
+        limiter = request_budget(
+            f"{connection.login}|{extra['tenant_id']}|graph",
+            int(extra.get("requests_per_minute") or DEFAULT_REQUESTS_PER_MINUTE),
+            # The window requests_per_minute counts over; only a scaled-down test budget changes it.
+            float(extra.get("budget_window_seconds") or 60),
         )
         return GraphClient(base_url(connection, "https://graph.microsoft.com"), tokens, limiter=limiter)
 
@@ -149,6 +194,7 @@ class SentinelHook(BaseHook):
             owner=owner,
             limiter_root=limiter_dir(),
             scope=ARM_SCOPE,
+            budget=request_budget,
             on_new_token=_mask,
         )
 
@@ -191,6 +237,7 @@ class DefenderHook(BaseHook):
             "extra": _require(connection, "tenant_id"),
             "limiter_root": limiter_dir(),
             "scope": DEFENDER_SCOPE,
+            "budget": request_budget,
             "on_new_token": _mask,
         }
 

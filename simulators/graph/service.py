@@ -55,6 +55,7 @@ class LoggedRequest:
     items: int  # indicators (or ids) carried by the request; 1 for single-entity writes, 0 for reads
     status: int
     client_id: str | None
+    at: float = 0.0  # the service's clock when the request was admitted or refused
 
 
 @dataclass
@@ -91,6 +92,7 @@ class GraphService:
 
     login: LoginService
     rate_limit_per_minute: int | None = None  # per app; None = off (the real budget is 1000/min on tiIndicator)
+    rate_window_seconds: float = 60.0  # the window rate_limit_per_minute counts over (shorter: a scaled-down budget)
     page_size: int = DEFAULT_PAGE_SIZE
     clock: Callable[[], float] = time.monotonic
     indicators: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> stored entity (no owner inside)
@@ -178,16 +180,17 @@ class GraphService:
         if not (request.path == PREFIX or request.path.startswith(PREFIX + "/")):
             return None
         with self._lock:
-            response, items, client_id = self._handle(request)
-            self.requests.append(LoggedRequest(request.method, request.path, items, response.status, client_id))
+            at = self.clock()
+            response, items, client_id = self._handle(request, at)
+            self.requests.append(LoggedRequest(request.method, request.path, items, response.status, client_id, at))
             return response
 
-    def _handle(self, request: Request) -> tuple[Response, int, str | None]:
+    def _handle(self, request: Request, now: float) -> tuple[Response, int, str | None]:
         items = count_items(request)
         issued = self.login.authenticate(request, GRAPH_AUDIENCE)
         if isinstance(issued, Response):
             return issued, items, None
-        limited = self._rate_limited(issued.client_id)
+        limited = self._rate_limited(issued.client_id, now)
         if limited is not None:
             return limited, items, issued.client_id
         fault = self._take_fault(request.path)
@@ -233,15 +236,14 @@ class GraphService:
         return method_not_allowed()
 
     # ----------------------------------------------------------------- throttling and faults
-    def _rate_limited(self, client_id: str) -> Response | None:
+    def _rate_limited(self, client_id: str, now: float) -> Response | None:
         if not self.rate_limit_per_minute:
             return None
-        now = self.clock()
         window = self._recent.setdefault(client_id, deque())
-        while window and window[0] <= now - 60:
+        while window and window[0] <= now - self.rate_window_seconds:
             window.popleft()
         if len(window) >= self.rate_limit_per_minute:
-            wait = max(1, int(window[0] + 60 - now + 0.999))
+            wait = max(1, int(window[0] + self.rate_window_seconds - now + 0.999))
             return too_many_requests(wait)
         window.append(now)
         return None

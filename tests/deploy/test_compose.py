@@ -224,3 +224,13 @@ def test_airflow_init_creates_the_pool_the_load_tasks_use(resolved: dict[str, An
     for name in AIRFLOW_SERVICES[:-1]:
         assert resolved["services"][name]["depends_on"]["airflow-init"]["condition"] == \
             "service_completed_successfully"
+
+
+def test_every_airflow_service_keeps_the_request_budgets_in_the_compose_redis(resolved: dict[str, Any]) -> None:
+    from tc_sentinel.hooks import REDIS_CONN_ID
+
+    for name in AIRFLOW_SERVICES:
+        env = resolved["services"][name]["environment"]
+        url = env[f"AIRFLOW_CONN_{REDIS_CONN_ID.upper()}"]
+        assert url.startswith("redis://redis:6379/"), name
+        assert not url.endswith("/0"), "db 0 is the Celery broker's"

@@ -25,6 +25,7 @@ from include.microsoft.defender.client import (
 )
 from include.microsoft.defender.payload import build_payload, indicator_key, severity_name
 from include.microsoft.defender.sink import DefenderSink
+from include.transport.http import RequestBudget
 from include.transport.limiter import SharedRateLimiter, limiter_path
 
 #: One budget for every call keeps the tightest one (import: 30 a minute per app).
@@ -46,11 +47,13 @@ def client_from_settings(
     scope: str = DEFENDER_SCOPE,
     requests_per_minute: int = REQUESTS_PER_MINUTE,
     on_new_token: Callable[[str], None] | None = None,
+    budget: Callable[[str, int, float], RequestBudget] | None = None,
 ) -> DefenderClient:
     """Build the Defender client from connection settings (what the Airflow hook reads).
 
     The limiter's state is keyed on the identity (client id + tenant): the API budget is per app, so every load task
     of that identity on this machine draws from one budget. ``extra["requests_per_minute"]`` overrides the default.
+    ``budget(identity, max_requests, per_seconds)``, when given, builds the limiter instead (the hook's choice).
     """
     from include.microsoft.auth import MICROSOFT_AUTHORITY_HOST, TokenProvider
 
@@ -59,11 +62,14 @@ def client_from_settings(
         tenant_id, client_id, client_secret, scope,
         authority_host=str(extra.get("authority_host") or MICROSOFT_AUTHORITY_HOST), on_new_token=on_new_token,
     )
-    limiter = None
-    if limiter_root is not None:
+    limiter: RequestBudget | None = None
+    max_requests = int(extra.get("requests_per_minute") or requests_per_minute)
+    if budget is not None:
+        limiter = budget(f"{client_id}|{tenant_id}|defender", max_requests, 60.0)
+    elif limiter_root is not None:
         limiter = SharedRateLimiter(
-            limiter_path(limiter_root, f"{client_id}|{tenant_id}|defender"),
-            max_requests=int(extra.get("requests_per_minute") or requests_per_minute), per_seconds=60.0,
+            limiter_path(limiter_root, f"{client_id}|{tenant_id}|defender"), max_requests=max_requests,
+            per_seconds=60.0,
         )
     return DefenderClient(endpoint or DEFAULT_HOST, tokens, client_id=client_id, limiter=limiter)
 
@@ -77,11 +83,12 @@ def sink_from_settings(
     scope: str = DEFENDER_SCOPE,
     requests_per_minute: int = REQUESTS_PER_MINUTE,
     on_new_token: Callable[[str], None] | None = None,
+    budget: Callable[[str, int, float], RequestBudget] | None = None,
 ) -> DefenderSink:
     """Build the Defender sink from connection settings; ``extra`` may set ``action`` (default ``Alert``),
     ``rbac_group_names`` (a list, or one comma-separated string) and ``capacity`` (default 15,000)."""
     client = client_from_settings(endpoint, client_id, client_secret, extra, limiter_root, scope,
-                                  requests_per_minute, on_new_token)
+                                  requests_per_minute, on_new_token, budget)
     groups = extra.get("rbac_group_names") or []
     if isinstance(groups, str):
         groups = [g.strip() for g in groups.split(",") if g.strip()]

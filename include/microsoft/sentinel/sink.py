@@ -29,6 +29,7 @@ from include.microsoft.sentinel.stix import (
 from include.pipeline.errors import PermanentError
 from include.pipeline.ports import OK, REJECTED, SinkResult
 from include.transport.batch import BatchRefused, ItemAnswer, ItemOutcome, send_in_batches
+from include.transport.http import RequestBudget
 from include.transport.limiter import SharedRateLimiter, limiter_path
 
 log = logging.getLogger(__name__)
@@ -247,11 +248,13 @@ def sink_from_settings(
     scope: str,
     requests_per_minute: int = DEFAULT_REQUESTS_PER_MINUTE,
     on_new_token: Callable[[str], None] | None = None,
+    budget: Callable[[str, int, float], RequestBudget] | None = None,
 ) -> SentinelSink:
     """Build the Sentinel sink from connection settings (what the Airflow hook reads), with the shared limiter.
 
     The limiter's state is keyed on the identity (client id + workspace): the API budget is per identity, so every
-    load task of that identity on this machine draws from one budget.
+    load task of that identity on this machine draws from one budget. ``budget(identity, max_requests,
+    per_seconds)``, when given, builds the limiter instead (the hook's choice: Redis across hosts, or this file).
     """
     from include.microsoft.auth import MICROSOFT_AUTHORITY_HOST, TokenProvider
 
@@ -266,9 +269,10 @@ def sink_from_settings(
             host=str(extra.get("management_host") or DEFAULT_MANAGEMENT_HOST),
         )
     workspace_id = str(extra["workspace_id"])
-    limiter = SharedRateLimiter(
-        limiter_path(limiter_root, f"{client_id}|{workspace_id}"),
-        max_requests=int(extra.get("requests_per_minute", requests_per_minute)), per_seconds=60.0,
-    )
+    max_requests = int(extra.get("requests_per_minute", requests_per_minute))
+    limiter: RequestBudget = (
+        budget(f"{client_id}|{workspace_id}", max_requests, 60.0) if budget is not None
+        else SharedRateLimiter(limiter_path(limiter_root, f"{client_id}|{workspace_id}"), max_requests=max_requests,
+                               per_seconds=60.0))
     client = SentinelClient(endpoint, workspace_id, tokens, limiter=limiter, management=management)
     return SentinelSink(client, sourcesystem=source_system(owner))
