@@ -294,10 +294,15 @@ def threatconnect_to_sentinel() -> None:
     @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
     def report(jobs: list[dict[str, Any]], planned: list[dict[str, Any]]) -> dict[str, Any]:
         """Print the per-type summary; fail the run when any type did not make it through verify."""
+        from include.report.publish import publish_from_context
+
         result = summary.summarize([j for j in jobs if j], summary.planned_labels(planned))
         log.info("\n%s", summary.render(result))
+        report_error = publish_from_context(get_current_context(), planned, jobs, result["failed_types"])
         if result["failed_types"]:
             raise AirflowFailException(f"indicator types that did not complete: {result['failed_types']}")
+        if report_error is not None:
+            raise report_error  # after the run's own verdict: a broken report never hides which types failed
         return result
 
     checked = preflight()
