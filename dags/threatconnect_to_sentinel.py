@@ -348,12 +348,19 @@ def threatconnect_to_sentinel() -> None:
 
     @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
     def report(verified: list[JobDocument] | JobDocument | None, planned: list[JobDocument]) -> dict[str, Any]:
-        """Print the per-type summary; fail the run when any (type, target) did not make it through verify."""
+        """Print the per-type summary, record the run (runs dataset and HTML report); fail the run when any
+        (type, target) did not make it through verify."""
+        from include.report.publish import publish_from_context
+
         labels = [name for p in planned for name in TypeJob.from_xcom(p).delivery_labels()]
-        result = summary.summarize([VerifiedJob.from_xcom(v).to_xcom() for v in _gathered(verified)], labels)
+        finished = [VerifiedJob.from_xcom(v).to_xcom() for v in _gathered(verified)]
+        result = summary.summarize(finished, labels)
         log.info("\n%s", summary.render(result))
+        report_error = publish_from_context(get_current_context(), planned, finished, result["failed_types"])
         if result["failed_types"]:
             raise AirflowFailException(f"indicator types that did not complete: {result['failed_types']}")
+        if report_error is not None:
+            raise report_error  # after the run's own verdict: a broken report never hides which types failed
         return result
 
     checked = preflight()
