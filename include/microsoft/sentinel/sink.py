@@ -269,7 +269,7 @@ def sink_from_settings(
             host=str(extra.get("management_host") or DEFAULT_MANAGEMENT_HOST),
         )
     workspace_id = str(extra["workspace_id"])
-    max_requests = int(extra.get("requests_per_minute", requests_per_minute))
+    max_requests = int(extra.get("requests_per_minute") or requests_per_minute)
     limiter: RequestBudget = (
         budget(f"{client_id}|{workspace_id}", max_requests, 60.0) if budget is not None
         else SharedRateLimiter(limiter_path(limiter_root, f"{client_id}|{workspace_id}"), max_requests=max_requests,

@@ -7,7 +7,8 @@ import datetime as dt
 
 import pytest
 
-from include.pipeline.canonical import canonical_hash, canonicalize, canonicalize_many
+from include.pipeline.canonical import canonical_hash, canonicalize
+from include.pipeline.canonical_columns import canonicalize_many
 from simulators.dataset import REJECTED, Dataset, generate_dataset
 
 START = dt.datetime(2024, 3, 1, tzinfo=dt.UTC)

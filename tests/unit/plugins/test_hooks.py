@@ -377,10 +377,7 @@ def test_one_identity_shares_one_budget_file_whatever_its_secret_and_another_ide
 @pytest.mark.parametrize("empty", ["", None])
 @pytest.mark.parametrize("kind", [
     "graph",
-    pytest.param("sentinel", marks=pytest.mark.xfail(strict=True, raises=(ValueError, TypeError), reason=(
-        "include/microsoft/sentinel/sink.py sink_from_settings reads int(extra.get('requests_per_minute', 95)): "
-        "an empty or null extra raises (int('') / int(None)) instead of falling back to the default budget, "
-        "unlike the Graph hook and Defender's client_from_settings, which use `or` and fall back"))),
+    "sentinel",
     "defender",
 ])
 def test_an_empty_requests_per_minute_extra_falls_back_to_the_default_budget(
