@@ -293,11 +293,13 @@ def threatconnect_to_sentinel() -> None:
         job = DeliveryJob.from_xcom(document)
         _label(job)
         cfg = job.config
+        expiry = load_mapping(job.indicator_type).expiration
         policy = Policy(
             interval_start=job.interval_start,
             interval_end=job.interval_end,
             refresh_within=dt.timedelta(days=cfg.refresh_within_days),
-            expiry_days=load_mapping(job.indicator_type).expiration.days_for,
+            expiry_days=expiry.days_for,
+            expiration=expiry,  # a refresh follows the rule normalize followed (use_threatconnect_expiry)
             retraction_guard=cfg.retraction_guard,
             allow_mass_retraction=cfg.allow_mass_retraction,
         )

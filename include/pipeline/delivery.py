@@ -294,7 +294,7 @@ def _compare(sink: Sink, row: dict[str, Any], stored: dict[str, Any] | None) -> 
         return ("missing", "acknowledged, but the target does not hold it")
     sent = sink.payload(row)
     for name in sink.verify_fields:
-        if not _same(sink, name, sent.get(name), stored.get(name)):
+        if not sink.same_value(name, sent.get(name), stored.get(name)):
             return ("different", name, sent.get(name), stored.get(name))
     return None
 
@@ -320,12 +320,3 @@ def _window_outcomes(store: SnapshotStore, run_id: str, indicator_type: str, loa
     planned["status"] = [status.get(e, OK) if a in lifecycle.WRITE_ACTIONS else OK
                          for e, a in zip(planned["external_id"], planned["action"], strict=True)]
     return planned[["last_modified", "status"]]
-
-
-def _same(sink: Sink, field: str, sent: Any, stored: Any) -> bool:
-    # TODO(issue 10): call sink.same_value directly once SentinelSink declares it (ports.Sink requires it; Graph
-    # and Defender have it). Until then Sentinel, which stores values as sent, compares with ==.
-    same_value = getattr(sink, "same_value", None)  # the one probe left: see the TODO
-    if same_value is not None:
-        return bool(same_value(field, sent, stored))
-    return sent == stored

@@ -76,8 +76,7 @@ class Policy:
         retraction_guard_min: below this many retractions the guard does not apply (small sets).
         allow_mass_retraction: let this run pass the guard (an explicit run param).
         expiration: the mapping's expiration policy, so that a refresh follows the rule normalize followed
-            (``use_threatconnect_expiry``); when None, taken from ``expiry_days`` if that is an
-            ``ExpirationPolicy.days_for``.
+            (``use_threatconnect_expiry``); None: refresh grants ``expiry_days`` alone.
     """
 
     interval_start: dt.datetime
@@ -89,13 +88,6 @@ class Policy:
     allow_mass_retraction: bool = False
     expiration: ExpirationPolicy | None = None
 
-    @property
-    def expiry_policy(self) -> ExpirationPolicy | None:
-        """The mapping's expiration policy: ``expiration``, else the one ``expiry_days`` is a method of."""
-        if self.expiration is not None:
-            return self.expiration
-        owner = getattr(self.expiry_days, "__self__", None)
-        return owner if isinstance(owner, ExpirationPolicy) else None
 
 
 @dataclass
@@ -284,7 +276,7 @@ def _held_rows(
             rows.append({**resent, "action": "create" if drift[0] == "missing" else "update",
                          "reason": f"heal: {drift[1]}", "content_hash": digest})
         elif pd.Timestamp(held["expiration"]) < horizon:
-            expiration = expiry.refreshed(held, policy.interval_end, policy.expiry_policy, policy.expiry_days)
+            expiration = expiry.refreshed(held, policy.interval_end, policy.expiration, policy.expiry_days)
             if expiration is None:
                 continue  # ThreatConnect's own expiry stands: nothing to refresh
             refreshed = {**base, "expiration": expiration, "stix_modified": version}

@@ -44,7 +44,8 @@ def run_once(stack, root: str, run_id: str) -> dict:
     stages.extract(client, store, run_id, "Host", window)
     stages.normalize(store, run_id, "Host", lambda batch: normalize(batch, mapping))
     stages.dedupe(store, run_id, "Host", winners)
-    policy = lifecycle.Policy(interval_start=START, interval_end=END, expiry_days=mapping.expiration.days_for)
+    policy = lifecycle.Policy(interval_start=START, interval_end=END, expiry_days=mapping.expiration.days_for,
+                              expiration=mapping.expiration)
     loaded = stages.load(sink, store, run_id, "Host", policy)
     verified = stages.verify(sink, store, run_id, "Host", None)
     return {"load": loaded, "verify": verified}

@@ -48,7 +48,8 @@ def delivered(tmp_path, mapping) -> pd.DataFrame:
 
 def refresh_plan(state: pd.DataFrame, mapping) -> dict[int, pd.Timestamp]:
     policy = lifecycle.Policy(interval_start=INTERVAL_END - dt.timedelta(days=1), interval_end=INTERVAL_END,
-                              refresh_within=dt.timedelta(days=3), expiry_days=mapping.expiration.days_for)
+                              refresh_within=dt.timedelta(days=3), expiry_days=mapping.expiration.days_for,
+                              expiration=mapping.expiration)
     planned = lifecycle.plan(state.iloc[:0], state, GRAPH.payload, "graph", policy, GRAPH.volatile_fields)
     assert set(planned["action"]) <= {"refresh"}
     return dict(zip(planned["tc_id"], planned["expiration"], strict=True))
