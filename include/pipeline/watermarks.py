@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from include.pipeline import times
+
 
 @dataclass(frozen=True)
 class Window:
@@ -28,14 +30,15 @@ class Window:
 
 def iso(value: dt.datetime) -> str:
     """ISO 8601 in UTC with a ``Z``, second precision when possible (what XCom and ThreatConnect get)."""
-    value = value.astimezone(dt.UTC)
-    text = value.isoformat(timespec="microseconds" if value.microsecond else "seconds")
-    return text.replace("+00:00", "Z")
+    return times.iso(value)
 
 
 def parse_iso(value: str) -> dt.datetime:
-    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    """The inverse of :func:`iso` (any ISO 8601 zone or fraction; no zone is UTC)."""
+    parsed = times.parse(value)
+    if parsed is None:
+        raise ValueError("an empty watermark")
+    return parsed
 
 
 def extraction_window(

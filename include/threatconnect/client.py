@@ -13,10 +13,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import requests
 
+from include.pipeline import times
 from include.pipeline.errors import PermanentError
 from include.pipeline.mappings import load_all
 from include.threatconnect.auth import HmacAuth
-from include.threatconnect.parse import parse_page, parse_timestamp, summary_of
+from include.threatconnect.parse import parse_page, summary_of
 from include.transport.http import RetryPolicy, TlsError, Transport, TransportClient, TransportError
 
 log = logging.getLogger(__name__)
@@ -53,9 +54,7 @@ def iso_z(moment: dt.datetime) -> str:
     Returns:
         The formatted string, truncated to whole seconds.
     """
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=dt.UTC)
-    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return times.iso(moment, "seconds")
 
 
 def _query(params: list[tuple[str, str]]) -> str:
@@ -71,10 +70,7 @@ def _flag_deleted(batch: pa.RecordBatch) -> pa.RecordBatch:
 
 def _lenient_timestamp(value: Any) -> dt.datetime | None:
     # Informational only: an unreadable date must not cost the deletion it travels with.
-    try:
-        return parse_timestamp(value)
-    except (TypeError, ValueError):
-        return None
+    return times.parse_or_none(value)
 
 
 def _error_message(response: requests.Response) -> str:
@@ -188,8 +184,8 @@ class ThreatConnectClient(TransportClient):
         pages = self._iter_v2(indicator_type, modified_from) if self.api_version == "v2" else (
             self._iter_v3(indicator_type, modified_from, modified_to)
         )
-        low = pa.scalar(parse_timestamp(modified_from), type=pa.timestamp("us", tz="UTC"))
-        high = pa.scalar(parse_timestamp(modified_to), type=pa.timestamp("us", tz="UTC"))
+        low = pa.scalar(times.parse(modified_from), type=pa.timestamp("us", tz="UTC"))
+        high = pa.scalar(times.parse(modified_to), type=pa.timestamp("us", tz="UTC"))
         for batch in pages:
             # v2 has no upper bound on lastModified; v3's TQL does, but the same filter costs nothing there.
             lm = batch.column("last_modified")

@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from include.pipeline import times
 from include.pipeline.errors import NotSupported
 from include.pipeline.mappings import DEFENDER_INDICATOR_TYPES, MappingError, mapping_for, variant_of
 
@@ -157,25 +158,12 @@ def build_payload(
 
 def iso_utc(value: Any) -> str | None:
     """ISO 8601 in UTC with ``Z`` and whole seconds, or None for a missing timestamp."""
-    if _missing(value):
-        return None
-    stamp = pd.Timestamp(value)
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    return stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if _missing(value) else times.iso(times.parse(value), "seconds")
 
 
 def parse_time(value: Any) -> dt.datetime | None:
     """An aware UTC datetime from Defender's date-times (``Z``, offsets, 7 fractional digits), None if unreadable."""
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    text = text[:-1] + "+00:00" if text.endswith("Z") else text
-    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
-    try:
-        parsed = dt.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
+    return times.parse_or_none(value) if isinstance(value, str) else None
 
 
 def same_value(field: str, sent: Any, stored: Any) -> bool:

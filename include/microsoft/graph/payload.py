@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
 
+from include.pipeline import times
 from include.pipeline.mappings import DESCRIPTION_MAX, GRAPH_OBSERVABLES
 
 TARGET_PRODUCT = "Azure Sentinel"  # "Microsoft Sentinel" is rejected by Graph (connect-threat-intelligence-tip.md)
@@ -24,34 +24,20 @@ UPDATE_FIELDS = (
     "expirationDateTime", "tags", "isActive", "additionalInformation", "lastReportedDateTime",
 )
 DATETIME_FIELDS = frozenset({"expirationDateTime", "lastReportedDateTime"})
-_OFFSET_RE = re.compile(r"([+-])(\d{2}):?(\d{2})$")
 
 
 def iso_utc(value: Any) -> str | None:
-    """ISO 8601 in UTC with ``Z`` (microseconds only when present), or None for a missing timestamp."""
+    """ISO 8601 in UTC with ``Z`` (a fraction only when present, without trailing zeros), or None when missing."""
     if value is None or (not isinstance(value, str) and pd.isna(value)):
         return None
-    stamp = pd.Timestamp(value)
-    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    text = stamp.strftime("%Y-%m-%dT%H:%M:%S")
-    if stamp.microsecond:
-        text += f".{stamp.microsecond:06d}".rstrip("0")
-    return text + "Z"
+    text = times.iso(times.parse(value))
+    head, dot, fraction = text[:-1].partition(".")
+    return f"{head}.{fraction.rstrip('0')}Z" if dot else text
 
 
 def parse_datetime(value: Any) -> dt.datetime | None:
-    """Parse Graph's date-times (``Z``, ``+00:00``, ``+0000``, 7 fractional digits) to an aware UTC datetime."""
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    text = text[:-1] + "+00:00" if text.endswith("Z") else _OFFSET_RE.sub(lambda m: f"{m[1]}{m[2]}:{m[3]}", text)
-    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
-    try:
-        parsed = dt.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).astimezone(dt.UTC)
-
+    """Graph's date-times (``Z``, ``+00:00``, ``+0000``, 7 fractional digits) as aware UTC; None if unreadable."""
+    return times.parse_or_none(value) if isinstance(value, str) else None
 
 
 def build_payload(row: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from include.pipeline import times
 from include.pipeline.mappings import MappingError, load_mapping, mapping_for, variant_of
 
 STIX_ID_PREFIX = "indicator--"
@@ -67,23 +68,12 @@ def external_id_of(stix_object_id: str) -> str:
 
 def format_timestamp(value: dt.datetime) -> str:
     """A STIX timestamp: UTC, millisecond precision (truncated), ``Z`` suffix."""
-    utc = _as_utc(value)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+    return times.iso(value, "milliseconds")
 
 
 def parse_timestamp(value: str) -> dt.datetime:
     """Parse an RFC 3339 timestamp (``Z`` or an offset, any fraction length) into an aware UTC datetime."""
-    text = value.strip()
-    if text.endswith(("Z", "z")):
-        text = text[:-1] + "+00:00"
-    # fromisoformat (3.11) takes 1-6 fraction digits; STIX allows more, which carry no meaning for us.
-    head, sep, tail = text.partition(".")
-    if sep:
-        digits = len(tail) - len(tail.lstrip("0123456789"))
-        tail = tail[: min(digits, 6)] + tail[digits:]
-        text = f"{head}.{tail}"
-    parsed = dt.datetime.fromisoformat(text)
-    return _as_utc(parsed)
+    return times.parse(value)
 
 
 def escape_pattern_value(value: str) -> str:
@@ -250,23 +240,7 @@ def _list(value: object) -> list[Any]:
 
 
 def _timestamp(value: object) -> dt.datetime | None:
-    if not _present(value):
-        return None
-    if isinstance(value, str):
-        return parse_timestamp(value)
-    to_pydatetime = getattr(value, "to_pydatetime", None)  # pandas.Timestamp
-    if callable(to_pydatetime):
-        value = to_pydatetime()
-    if isinstance(value, dt.datetime):
-        return _as_utc(value)
-    raise TypeError(f"not a timestamp: {value!r}")
-
-
-def _as_utc(value: dt.datetime) -> dt.datetime:
-    # The snapshots hold tz-aware UTC; a naive value can only have come from UTC too.
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC)
+    return times.parse(value) if _present(value) else None
 
 
 def _truncate_ms(value: dt.datetime) -> dt.datetime:
