@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import functools
-import string
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from include.pipeline.errors import PermanentError
+from include.pipeline.mapping_schema import (  # noqa: F401 (MappingError and DESCRIPTION_FIELDS are re-exported)
+    DESCRIPTION_FIELDS,
+    SCHEMA,
+    MappingError,
+    check_shape,
+    check_template,
+    one_of,
+)
 
 #: Where the shipped mapping files live: one ``<type in lowercase>.yaml`` per ThreatConnect type.
 DEFAULT_DIRECTORY = Path(__file__).resolve().parent.parent / "mappings"
@@ -69,17 +74,8 @@ STIX_INDICATOR_TYPES = frozenset(
     {"anomalous-activity", "anonymization", "benign", "compromised", "malicious-activity", "attribution", "unknown"}
 )
 
-#: Fields a description template may use; normalize supplies exactly these.
-DESCRIPTION_FIELDS = frozenset(
-    {"indicator_type", "value", "owner", "description", "rating_label", "confidence", "tlp", "kind", "hash_type"}
-)
-
 #: Graph's documented limit for tiIndicator.description (microsoft_api.md §1.2).
 DESCRIPTION_MAX = 100
-
-
-class MappingError(ValueError, PermanentError):
-    """A mapping file is missing, unreadable or breaks a rule; the message names the file and the key."""
 
 
 #: The ThreatConnect indicator types this pipeline carries, in the order the DAG maps over them: one
@@ -199,86 +195,10 @@ def variant_of(kind: str, value: str, hash_type: str | None = None) -> str:
     return KIND_VARIANTS[kind][0]
 
 
-# --- validation -------------------------------------------------------------------------------------------------
-
-_SCHEMA: dict[str, Any] = {
-    "order": int,
-    "threatconnect": {"type": str, "v2_branch": str, "v2_entity": str, "v3_type": str, "value_fields": list},
-    "kind": str,
-    "graph": {"observables": dict, "threat_type": str},
-    "stix": {"indicator_types": list, "observables": dict},
-    "defender": {"indicator_types": dict},
-    "tlp": {"default": str, "labels": dict},
-    "confidence": {"default": int},
-    "severity": {"default": int, "zero_rating_is_unset": bool},
-    "expiration": {"days": int, "by_rating": dict, "use_threatconnect_expiry": bool},
-    "tags": {"extra": list},
-    "description": {"template": str, "fallback": str},
-}
-_OPTIONAL = frozenset(
-    {
-        "tlp.labels",
-        "severity.zero_rating_is_unset",
-        "expiration.by_rating",
-        "expiration.use_threatconnect_expiry",
-        "tags",
-        "tags.extra",
-        "order",
-    }
-)
-
-
-def _check_shape(data: Any, schema: dict[str, Any], where: str, prefix: str = "") -> None:
-    """Refuse unknown keys, missing keys and wrongly typed values, naming the dotted key path."""
-    if not isinstance(data, dict):
-        raise MappingError(f"{where}: {prefix.rstrip('.') or 'the document'} must be a mapping")
-    unknown = sorted(str(k) for k in data if k not in schema)
-    if unknown:
-        raise MappingError(
-            f"{where}: unknown key {prefix}{unknown[0]!s} (expected one of: {', '.join(sorted(schema))})"
-        )
-    for key, expected in schema.items():
-        path = f"{prefix}{key}"
-        if key not in data:
-            if path in _OPTIONAL:
-                continue
-            raise MappingError(f"{where}: missing required key {path}")
-        value = data[key]
-        if isinstance(expected, dict):
-            _check_shape(value, expected, where, f"{path}.")
-        elif expected is int and (isinstance(value, bool) or not isinstance(value, int)):
-            # bool is an int in Python; `default: yes` must not pass as 1
-            raise MappingError(f"{where}: {path} must be an integer, got {value!r}")
-        elif not isinstance(value, expected):
-            raise MappingError(f"{where}: {path} must be a {expected.__name__}, got {value!r}")
-
-
-def _one_of(value: str, allowed: Iterable[str], path: str, where: str) -> str:
-    allowed = sorted(allowed)
-    if value not in allowed:
-        raise MappingError(f"{where}: {path} is {value!r}, expected one of: {', '.join(allowed)}")
-    return value
-
-
-def _check_template(template: str, path: str, where: str) -> str:
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as exc:
-        raise MappingError(f"{where}: {path} is not a valid template: {exc}") from exc
-    for field in fields:
-        if field not in DESCRIPTION_FIELDS:
-            raise MappingError(
-                f"{where}: {path} uses unknown field {{{field}}} (allowed: {', '.join(sorted(DESCRIPTION_FIELDS))})"
-            )
-    if not template.strip():
-        raise MappingError(f"{where}: {path} is empty")
-    return template
-
-
 def _build(data: dict[str, Any], where: str) -> Mapping:
-    _check_shape(data, _SCHEMA, where)
+    check_shape(data, SCHEMA, where)
     tc = data["threatconnect"]
-    kind = _one_of(data["kind"], KIND_VARIANTS, "kind", where)
+    kind = one_of(data["kind"], KIND_VARIANTS, "kind", where)
 
     observables = data["graph"]["observables"]
     variants = KIND_VARIANTS[kind]
@@ -287,7 +207,7 @@ def _build(data: dict[str, Any], where: str) -> Mapping:
             f"{where}: graph.observables must name exactly the variants of kind {kind!r}: {', '.join(variants)}"
         )
     for variant in variants:
-        _one_of(observables[variant], GRAPH_OBSERVABLES, f"graph.observables.{variant}", where)
+        one_of(observables[variant], GRAPH_OBSERVABLES, f"graph.observables.{variant}", where)
 
     for target, table in (("stix.observables", data["stix"]["observables"]),
                           ("defender.indicator_types", data["defender"]["indicator_types"])):
@@ -298,7 +218,7 @@ def _build(data: dict[str, Any], where: str) -> Mapping:
     if missing:
         raise MappingError(f"{where}: stix.observables has no path for variant {missing[0]!r}")
     for variant, name in data["defender"]["indicator_types"].items():
-        _one_of(name, DEFENDER_INDICATOR_TYPES, f"defender.indicator_types.{variant}", where)
+        one_of(name, DEFENDER_INDICATOR_TYPES, f"defender.indicator_types.{variant}", where)
     fields = tc["value_fields"]
     if not fields or not all(isinstance(f, str) and f for f in fields):
         raise MappingError(f"{where}: threatconnect.value_fields must list the JSON keys of the value")
@@ -307,13 +227,13 @@ def _build(data: dict[str, Any], where: str) -> Mapping:
     if not stix_types:
         raise MappingError(f"{where}: stix.indicator_types must not be empty")
     for i, t in enumerate(stix_types):
-        _one_of(t, STIX_INDICATOR_TYPES, f"stix.indicator_types[{i}]", where)
+        one_of(t, STIX_INDICATOR_TYPES, f"stix.indicator_types[{i}]", where)
 
     tlp = data["tlp"]
     labels = dict(STANDARD_TLP_LABELS)
     for label, level in tlp.get("labels", {}).items():
         key = tlp_key(str(label))
-        labels[key] = _one_of(level, TLP_LEVELS, f"tlp.labels.{label}", where)
+        labels[key] = one_of(level, TLP_LEVELS, f"tlp.labels.{label}", where)
 
     confidence = data["confidence"]["default"]
     if not 0 <= confidence <= 100:
@@ -340,7 +260,7 @@ def _build(data: dict[str, Any], where: str) -> Mapping:
 
     desc = data["description"]
     return Mapping(
-        indicator_type=_one_of(tc["type"], SUPPORTED_TYPES, "threatconnect.type", where),
+        indicator_type=one_of(tc["type"], SUPPORTED_TYPES, "threatconnect.type", where),
         v2_branch=tc["v2_branch"],
         v2_entity=tc["v2_entity"],
         v3_type=tc["v3_type"],
@@ -348,11 +268,11 @@ def _build(data: dict[str, Any], where: str) -> Mapping:
         order=int(data.get("order", 1000)),
         kind=kind,
         observables=tuple((v, observables[v]) for v in variants),
-        threat_type=_one_of(data["graph"]["threat_type"], GRAPH_THREAT_TYPES, "graph.threat_type", where),
+        threat_type=one_of(data["graph"]["threat_type"], GRAPH_THREAT_TYPES, "graph.threat_type", where),
         stix_indicator_types=tuple(stix_types),
         stix_observables=tuple((v, str(data["stix"]["observables"][v])) for v in variants),
         defender_types=tuple((v, str(t)) for v, t in data["defender"]["indicator_types"].items()),
-        tlp_default=_one_of(tlp["default"], TLP_LEVELS, "tlp.default", where),
+        tlp_default=one_of(tlp["default"], TLP_LEVELS, "tlp.default", where),
         tlp_labels=tuple(sorted(labels.items())),
         confidence_default=confidence,
         severity_default=severity,
@@ -363,8 +283,8 @@ def _build(data: dict[str, Any], where: str) -> Mapping:
             use_threatconnect_expiry=exp.get("use_threatconnect_expiry", True),
         ),
         extra_tags=tuple(t.strip() for t in extra_tags),
-        description_template=_check_template(desc["template"], "description.template", where),
-        description_fallback=_check_template(desc["fallback"], "description.fallback", where),
+        description_template=check_template(desc["template"], "description.template", where),
+        description_fallback=check_template(desc["fallback"], "description.fallback", where),
     )
 
 
