@@ -110,7 +110,11 @@ def start_worker(task: str, args: dict[str, Any], workdir: Path, timeout: float 
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "bench.worker", task, str(args_path), str(out_path)],
-            cwd=REPO, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     timer = threading.Timer(timeout, process.kill)
     timer.daemon = True

@@ -16,10 +16,16 @@ FULL: dict[str, Any] = {
     "client": 100_000,
     "page_size": 10_000,
     # Load: the simulators enforce `limit` requests per `window` seconds; the client limiter gets `client_limit`.
-    "load": {"window": 10.0, "limit": 60, "client_limit": 57, "sentinel_rows": 16_000, "graph_rows": 2_600,
-             "deadline": 120.0,
-             # Defender's import budget (30 a minute) scaled like the others: a shorter window, smaller batches.
-             "defender": {"window": 2.0, "limit": 20, "client_limit": 19, "rows": 7_000, "batch": 20}},
+    "load": {
+        "window": 10.0,
+        "limit": 60,
+        "client_limit": 57,
+        "sentinel_rows": 16_000,
+        "graph_rows": 2_600,
+        "deadline": 120.0,
+        # Defender's import budget (30 a minute) scaled like the others: a shorter window, smaller batches.
+        "defender": {"window": 2.0, "limit": 20, "client_limit": 19, "rows": 7_000, "batch": 20},
+    },
     "delta": 20_000,
     # Whole DAG: 20,000 per type with limits off; fewer against Graph's real budget so it ends in about 2 minutes.
     "dag": {"free": 100_000, "limited": 40_000},
@@ -31,8 +37,15 @@ SMOKE: dict[str, Any] = {
     "parse": 2_000,
     "client": 2_000,
     "page_size": 500,
-    "load": {"window": 0.5, "limit": 10, "client_limit": 9, "sentinel_rows": 1_000, "graph_rows": 200,
-             "deadline": 30.0, "defender": {"window": 0.5, "limit": 10, "client_limit": 9, "rows": 250, "batch": 10}},
+    "load": {
+        "window": 0.5,
+        "limit": 10,
+        "client_limit": 9,
+        "sentinel_rows": 1_000,
+        "graph_rows": 200,
+        "deadline": 30.0,
+        "defender": {"window": 0.5, "limit": 10, "client_limit": 9, "rows": 250, "batch": 10},
+    },
     "delta": 1_000,
     "dag": {"free": 1_000, "limited": 500},
 }
@@ -58,7 +71,10 @@ class Context:
         """A snapshot root whose ``raw`` stage holds ``count`` extracted indicators (made once per session)."""
         if count not in self.raw_stores:
             root, run_id = self.store_dir(count), "bench"
-            run_worker("pipeline", {"root": str(root), "run_id": run_id, "seed": self.seed, "count": count,
-                                    "phases": ["extract"]}, self.workdir)
+            run_worker(
+                "pipeline",
+                {"root": str(root), "run_id": run_id, "seed": self.seed, "count": count, "phases": ["extract"]},
+                self.workdir,
+            )
             self.raw_stores[count] = (root, run_id)
         return self.raw_stores[count]

@@ -70,8 +70,10 @@ def _task_spans(database: Path) -> dict[str, list[tuple[float, float]]]:
     """``task_id -> [(start, end), ...]`` (epoch seconds) of every finished task instance of the run."""
     spans: dict[str, list[tuple[float, float]]] = {}
     with sqlite3.connect(database) as db:
-        rows = db.execute("SELECT task_id, start_date, end_date FROM task_instance "
-                          "WHERE start_date IS NOT NULL AND end_date IS NOT NULL").fetchall()
+        rows = db.execute(
+            "SELECT task_id, start_date, end_date FROM task_instance "
+            "WHERE start_date IS NOT NULL AND end_date IS NOT NULL"
+        ).fetchall()
     for task_id, start, end in rows:
         first = dt.datetime.fromisoformat(str(start)).replace(tzinfo=dt.UTC).timestamp()
         last = dt.datetime.fromisoformat(str(end)).replace(tzinfo=dt.UTC).timestamp()
@@ -100,8 +102,9 @@ def _run(ctx: Context, count: int, limited: bool) -> list[Figure]:
     label = "dag: graph, Graph's budget" if limited else "dag: graph, limits off"
     workdir = ctx.workdir / ("dag-limited" if limited else "dag-free")
     start = INTERVAL_END - dt.timedelta(days=1)
-    indicators = generate(seed=ctx.seed + 300, count=count, owner=OWNER, start=start,
-                          end=INTERVAL_END - dt.timedelta(hours=1))
+    indicators = generate(
+        seed=ctx.seed + 300, count=count, owner=OWNER, start=start, end=INTERVAL_END - dt.timedelta(hours=1)
+    )
     stack = start_stack(workdir, indicators)
     if limited:
         stack.graph.rate_limit_per_minute = GRAPH_BUDGET
@@ -131,27 +134,58 @@ def _run(ctx: Context, count: int, limited: bool) -> list[Figure]:
     load_spans = spans.get("load", [])
     load_wall = sum(e - s for s, e in load_spans)
     total = sum(sum(kinds.values()) - kinds.get("throttled", 0) for kinds in requests.values())
-    details = {"load_average": load_avg, "indicators": count, "succeeded": ok, "requests": requests,
-               "held_in_graph": held, "task_seconds": {k: sum(e - s for s, e in v) for k, v in spans.items()},
-               "output_tail": "" if ok else (result.stdout[-3000:] + result.stderr[-3000:])}
+    details = {
+        "load_average": load_avg,
+        "indicators": count,
+        "succeeded": ok,
+        "requests": requests,
+        "held_in_graph": held,
+        "task_seconds": {k: sum(e - s for s, e in v) for k, v in spans.items()},
+        "output_tail": "" if ok else (result.stdout[-3000:] + result.stderr[-3000:]),
+    }
     figures = [
         Figure(label, f"wall time, {count:,} fresh indicators", round(wall, 1), "s", "", None, details),
         Figure(label, "  run succeeded and Graph holds the indicators", f"{ok}, {held:,}", "", "", ok and held > 0),
-        Figure(label, "  Graph requests: write / read / answered 429",
-               f"{requests['graph']['write']} / {requests['graph']['read']} / {requests['graph']['throttled']}", ""),
-        Figure(label, "  ThreatConnect requests / token requests",
-               f"{requests['threatconnect']['read']} / {requests['login']['token']}", ""),
+        Figure(
+            label,
+            "  Graph requests: write / read / answered 429",
+            f"{requests['graph']['write']} / {requests['graph']['read']} / {requests['graph']['throttled']}",
+            "",
+        ),
+        Figure(
+            label,
+            "  ThreatConnect requests / token requests",
+            f"{requests['threatconnect']['read']} / {requests['login']['token']}",
+            "",
+        ),
         Figure(label, "  requests per indicator (all services)", round(total / max(count, 1), 4), "", ""),
         Figure(label, "  peak RSS of the Airflow process tree", round(memory.peak / 2**20, 1), "MiB", ""),
     ]
     if not limited:
         ratio = wall / transform_wall if transform_wall and not math.isnan(transform_wall) else math.nan
-        figures.append(Figure(label, "  wall time / extract+transform alone", round(ratio, 2), "x", "<= 2x",
-                              bool(ratio <= 2) if not math.isnan(ratio) else None,
-                              {"transform_seconds": transform_wall}))
+        figures.append(
+            Figure(
+                label,
+                "  wall time / extract+transform alone",
+                round(ratio, 2),
+                "x",
+                "<= 2x",
+                bool(ratio <= 2) if not math.isnan(ratio) else None,
+                {"transform_seconds": transform_wall},
+            )
+        )
     else:
         # Writes admitted per minute of load time, against the budget the client was given.
         rate = len(writes) / (load_wall / 60) if load_wall else math.nan
-        figures.append(Figure(label, "  write rate during the loads / budget", round(100 * rate / GRAPH_BUDGET, 1),
-                              "%", "", None, {"load_seconds": load_wall, "writes": len(writes)}))
+        figures.append(
+            Figure(
+                label,
+                "  write rate during the loads / budget",
+                round(100 * rate / GRAPH_BUDGET, 1),
+                "%",
+                "",
+                None,
+                {"load_seconds": load_wall, "writes": len(writes)},
+            )
+        )
     return figures

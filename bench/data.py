@@ -62,8 +62,9 @@ class SyntheticPages:
         size = min(self.page_size, self.counts[indicator_type] - first)
         if size <= 0:
             return []
-        records = generate(self.seed * 1_000_003 + type_index * 10_007 + page, size, self.owner, START, END,
-                           types=(indicator_type,))
+        records = generate(
+            self.seed * 1_000_003 + type_index * 10_007 + page, size, self.owner, START, END, types=(indicator_type,)
+        )
         base = 1_000_000 + (self.seed % 1000) * 10**9 + type_index * 10**8 + first
         for offset, record in enumerate(records):
             record["id"] = base + offset
@@ -76,8 +77,12 @@ class SyntheticPages:
         for page in range(pages):
             yield [render(record, fields) for record in self.records(indicator_type, page)]
 
-    def iter_pages(self, indicator_type: str, modified_from: Any = None, modified_to: Any = None,
-                   ) -> Iterator[pa.RecordBatch]:
+    def iter_pages(
+        self,
+        indicator_type: str,
+        modified_from: Any = None,
+        modified_to: Any = None,
+    ) -> Iterator[pa.RecordBatch]:
         """Parsed pages of one type (the window is the whole generated range; the arguments are ignored)."""
         for page, items in enumerate(self.pages(indicator_type)):
             yield parse_page(items, indicator_type, self.owner, page)
@@ -115,8 +120,9 @@ def transform_all(store: SnapshotStore, run_id: str, types: Sequence[str] = SUPP
     return totals
 
 
-def load_stage(sink: Any, store: SnapshotStore, run_id: str, indicator_type: str,
-               failure_threshold: float = 1.0) -> dict[str, Any]:
+def load_stage(
+    sink: Any, store: SnapshotStore, run_id: str, indicator_type: str, failure_threshold: float = 1.0
+) -> dict[str, Any]:
     """``stages.load`` as the DAG calls it, under a lifecycle policy for the generated range."""
     from include.pipeline import lifecycle
 

@@ -37,8 +37,12 @@ class ChangedPages:
         self.every = every
         self.types = source.types
 
-    def iter_pages(self, indicator_type: str, modified_from: Any = None, modified_to: Any = None,
-                   ) -> Iterator[pa.RecordBatch]:
+    def iter_pages(
+        self,
+        indicator_type: str,
+        modified_from: Any = None,
+        modified_to: Any = None,
+    ) -> Iterator[pa.RecordBatch]:
         for page, items in enumerate(self.source.pages(indicator_type)):
             for item in items:
                 if item["id"] % self.every == 0:
@@ -59,11 +63,18 @@ def delta(ctx: Context) -> list[Figure]:
 def _changed_per_type(store: SnapshotStore, first: str, later: str) -> dict[str, int]:
     changed: dict[str, int] = {}
     for kind in SUPPORTED_TYPES:
-        before = dict(zip(*store.read("deduped", kind, first, columns=["external_id", "confidence"])
-                          .to_pydict().values(), strict=True))
+        before = dict(
+            zip(
+                *store.read("deduped", kind, first, columns=["external_id", "confidence"]).to_pydict().values(),
+                strict=True,
+            )
+        )
         after = store.read("deduped", kind, later, columns=["external_id", "confidence"]).to_pydict()
-        changed[kind] = sum(1 for eid, conf in zip(after["external_id"], after["confidence"], strict=True)
-                            if eid in before and before[eid] != conf)
+        changed[kind] = sum(
+            1
+            for eid, conf in zip(after["external_id"], after["confidence"], strict=True)
+            if eid in before and before[eid] != conf
+        )
     return changed
 
 
@@ -94,8 +105,17 @@ def _delta(ctx: Context, sink_name: str) -> list[Figure]:
     reads_by_run: dict[str, int] = {}
     loaded: dict[str, dict[str, int]] = {}
     try:
-        sink, _, _ = make_sink({"sink": sink_name, "base_url": server.base_url, "ca_file": str(tls.ca_file),
-                                "tenant": TENANT, "client_id": CLIENT, "secret": secret, "workspace": WORKSPACE})
+        sink, _, _ = make_sink(
+            {
+                "sink": sink_name,
+                "base_url": server.base_url,
+                "ca_file": str(tls.ca_file),
+                "tenant": TENANT,
+                "client_id": CLIENT,
+                "secret": secret,
+                "workspace": WORKSPACE,
+            }
+        )
         for run_id, pages in (("first", source), ("unchanged", source), ("changed", ChangedPages(source))):
             before = len(logged.entries)
             extract_all(pages, store, run_id)  # type: ignore[arg-type]
@@ -115,22 +135,58 @@ def _delta(ctx: Context, sink_name: str) -> list[Figure]:
     changed = _changed_per_type(store, "first", "changed")
     minimum = sum(math.ceil(n / 100) for n in changed.values())
     total_changed = sum(changed.values())
-    details = {"load_average": load_avg, "indicators": count, "write_requests_by_run": requests_by_run,
-               "read_requests_by_run": reads_by_run, "loads": loaded, "changed_per_type": changed}
+    details = {
+        "load_average": load_avg,
+        "indicators": count,
+        "write_requests_by_run": requests_by_run,
+        "read_requests_by_run": reads_by_run,
+        "loads": loaded,
+        "changed_per_type": changed,
+    }
     types = len(SUPPORTED_TYPES)
     unchanged = requests_by_run["unchanged"]
     after_change = requests_by_run["changed"]
     return [
-        Figure(f"delta: {sink_name}", f"first load of {count:,}: write requests (for scale)", requests_by_run["first"],
-               "requests", "", None, details),
-        Figure(f"delta: {sink_name}", f"first load of {count:,}: read requests (look-ups, verify)",
-               reads_by_run["first"], "requests", "", None),
-        Figure(f"delta: {sink_name}", "  rerun, unchanged source: write requests", unchanged, "requests",
-               f"= {UNCHANGED_TARGET}", unchanged == UNCHANGED_TARGET),
-        Figure(f"delta: {sink_name}", "  rerun, unchanged source: read requests (what the target holds)",
-               reads_by_run["unchanged"], "requests", f"<= {types} (one per type)",
-               reads_by_run["unchanged"] <= types),
-        Figure(f"delta: {sink_name}", f"  rerun, 1% changed ({total_changed:,} indicators): write requests",
-               after_change, "requests", f"<= {minimum} (ceil(changed/100) per type)", after_change <= minimum,
-               {"changed": total_changed, "minimum": minimum, "sent": loaded["changed"].get("sent")}),
+        Figure(
+            f"delta: {sink_name}",
+            f"first load of {count:,}: write requests (for scale)",
+            requests_by_run["first"],
+            "requests",
+            "",
+            None,
+            details,
+        ),
+        Figure(
+            f"delta: {sink_name}",
+            f"first load of {count:,}: read requests (look-ups, verify)",
+            reads_by_run["first"],
+            "requests",
+            "",
+            None,
+        ),
+        Figure(
+            f"delta: {sink_name}",
+            "  rerun, unchanged source: write requests",
+            unchanged,
+            "requests",
+            f"= {UNCHANGED_TARGET}",
+            unchanged == UNCHANGED_TARGET,
+        ),
+        Figure(
+            f"delta: {sink_name}",
+            "  rerun, unchanged source: read requests (what the target holds)",
+            reads_by_run["unchanged"],
+            "requests",
+            f"<= {types} (one per type)",
+            reads_by_run["unchanged"] <= types,
+        ),
+        Figure(
+            f"delta: {sink_name}",
+            f"  rerun, 1% changed ({total_changed:,} indicators): write requests",
+            after_change,
+            "requests",
+            f"<= {minimum} (ceil(changed/100) per type)",
+            after_change <= minimum,
+            {"changed": total_changed, "minimum": minimum, "sent": loaded["changed"].get("sent")},
+        ),
     ]

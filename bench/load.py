@@ -108,8 +108,9 @@ def _defender_can_hold(table: Any) -> Any:
                 return False
         return True
 
-    return pa.array([holdable(k, v) for k, v in zip(table["kind"].to_pylist(), table["value"].to_pylist(),
-                                                     strict=True)])
+    return pa.array(
+        [holdable(k, v) for k, v in zip(table["kind"].to_pylist(), table["value"].to_pylist(), strict=True)]
+    )
 
 
 def prepare(ctx: Context, rows: int, tag: str, sink: str = "") -> tuple[Path, list[str], set[str]]:
@@ -133,8 +134,9 @@ def prepare(ctx: Context, rows: int, tag: str, sink: str = "") -> tuple[Path, li
                 # What has already expired is not sent to Defender (it would refuse it); some values have no type.
                 from bench.data import END
 
-                unexpired = pc.fill_null(pc.greater(table["expiration"], pa.scalar(END, table["expiration"].type)),
-                                         True)
+                unexpired = pc.fill_null(
+                    pc.greater(table["expiration"], pa.scalar(END, table["expiration"].type)), True
+                )
                 live = pc.and_(pc.and_(live, _defender_can_hold(table)), unexpired)
             expected.update(table.filter(live).column("external_id").to_pylist())
     return root, run_ids, expected
@@ -158,8 +160,9 @@ def _variant(ctx: Context, variant: str) -> list[Figure]:
     sink = variant
     limited = True
     # A store per variant: with the lifecycle feature, a second load into the same store plans nothing to send.
-    root, run_ids, expected = prepare(ctx, settings[f"{sink}_rows"], f"{sink}-{'limited' if limited else 'plain'}",
-                                      sink)
+    root, run_ids, expected = prepare(
+        ctx, settings[f"{sink}_rows"], f"{sink}-{'limited' if limited else 'plain'}", sink
+    )
     tls = make_tls_material(ctx.workdir / "tls-ms")
     secret = secrets.token_urlsafe(24)
     login = LoginService()
@@ -172,8 +175,13 @@ def _variant(ctx: Context, variant: str) -> list[Figure]:
         from bench.data import END
 
         offset = time.time() - END.timestamp()
-        service = DefenderService(login, clock=lambda: time.time() - offset, capacity=10**7,
-                                  rate_limits={"import": ((limit, 1.0),)}, minute_seconds=window)
+        service = DefenderService(
+            login,
+            clock=lambda: time.time() - offset,
+            capacity=10**7,
+            rate_limits={"import": ((limit, 1.0),)},
+            minute_seconds=window,
+        )
         logged = RequestLog(service)
     else:
         speed = 60.0 / window
@@ -185,12 +193,26 @@ def _variant(ctx: Context, variant: str) -> list[Figure]:
     try:
         load_avg = load_average()
         workers = [
-            start_worker("loader", {
-                "sink": sink, "base_url": server.base_url, "ca_file": str(tls.ca_file), "tenant": TENANT,
-                "client_id": CLIENT, "secret": secret, "workspace": WORKSPACE, "root": str(root), "run_id": run_id,
-                "limiter_path": str(limiter_path) if limited else None, "client_limit": settings["client_limit"],
-                "window": window, "batch": settings.get("batch"),
-            }, ctx.workdir, timeout=settings["deadline"] * 3)
+            start_worker(
+                "loader",
+                {
+                    "sink": sink,
+                    "base_url": server.base_url,
+                    "ca_file": str(tls.ca_file),
+                    "tenant": TENANT,
+                    "client_id": CLIENT,
+                    "secret": secret,
+                    "workspace": WORKSPACE,
+                    "root": str(root),
+                    "run_id": run_id,
+                    "limiter_path": str(limiter_path) if limited else None,
+                    "client_limit": settings["client_limit"],
+                    "window": window,
+                    "batch": settings.get("batch"),
+                },
+                ctx.workdir,
+                timeout=settings["deadline"] * 3,
+            )
             for run_id in run_ids
         ]
         results = [worker.wait() for worker in workers]
@@ -219,28 +241,68 @@ def _variant(ctx: Context, variant: str) -> list[Figure]:
     lost = len(expected - stored)
     errors = [e for r in results for e in r["errors"]]
     details = {
-        "load_average": load_avg, "server_limit": f"{limit} per {window:g} s", "client_limit":
-            f"{settings['client_limit']} per {window:g} s" if limited else None,
-        "loaders": LOADERS, "requests": total, "throttled": throttled, "admitted": len(admitted),
-        "admitted_writes": writes, "whole_windows": whole, "admitted_in_whole_windows": inside,
-        "elapsed_s": round(elapsed, 2), "indicators": len(expected), "stored": len(stored),
-        "graph_duplicates": duplicates, "indicators_per_s": round(len(expected) / elapsed) if elapsed else None,
+        "load_average": load_avg,
+        "server_limit": f"{limit} per {window:g} s",
+        "client_limit": f"{settings['client_limit']} per {window:g} s" if limited else None,
+        "loaders": LOADERS,
+        "requests": total,
+        "throttled": throttled,
+        "admitted": len(admitted),
+        "admitted_writes": writes,
+        "whole_windows": whole,
+        "admitted_in_whole_windows": inside,
+        "elapsed_s": round(elapsed, 2),
+        "indicators": len(expected),
+        "stored": len(stored),
+        "graph_duplicates": duplicates,
+        "indicators_per_s": round(len(expected) / elapsed) if elapsed else None,
         "indicators_per_request": round(len(expected) / len(admitted), 1) if admitted else None,
-        "loader_errors": errors[:5], "loaders_detail": [
-            {k: r.get(k) for k in ("seconds", "requests_sent", "throttled", "limiter_waited_s", "peak_rss_mb",
-                                   "failed")} for r in results],
+        "loader_errors": errors[:5],
+        "loaders_detail": [
+            {
+                k: r.get(k)
+                for k in ("seconds", "requests_sent", "throttled", "limiter_waited_s", "peak_rss_mb", "failed")
+            }
+            for r in results
+        ],
     }
     share = throttled / total if total else 0.0
     return [
-        Figure(f"load: {variant}", "admitted request rate / permitted (whole windows)",
-               None if efficiency is None else round(efficiency * 100, 1), "%", f">= {EFFICIENCY_TARGET:.0%}",
-               None if efficiency is None else efficiency >= EFFICIENCY_TARGET, details),
-        Figure(f"load: {variant}", "  requests answered 429", round(share * 100, 2), "%",
-               f"<= {THROTTLED_TARGET:.0%}", share <= THROTTLED_TARGET, {"throttled": throttled, "requests": total}),
-        Figure(f"load: {variant}", "  indicators lost", lost, "indicators", "= 0", lost == 0 and not errors,
-               {"expected": len(expected), "stored": len(stored), "errors": errors[:5]}),
-        Figure(f"load: {variant}", "  write requests / all admitted", round(writes / len(admitted) * 100, 1)
-               if admitted else None, "%", "", None),
+        Figure(
+            f"load: {variant}",
+            "admitted request rate / permitted (whole windows)",
+            None if efficiency is None else round(efficiency * 100, 1),
+            "%",
+            f">= {EFFICIENCY_TARGET:.0%}",
+            None if efficiency is None else efficiency >= EFFICIENCY_TARGET,
+            details,
+        ),
+        Figure(
+            f"load: {variant}",
+            "  requests answered 429",
+            round(share * 100, 2),
+            "%",
+            f"<= {THROTTLED_TARGET:.0%}",
+            share <= THROTTLED_TARGET,
+            {"throttled": throttled, "requests": total},
+        ),
+        Figure(
+            f"load: {variant}",
+            "  indicators lost",
+            lost,
+            "indicators",
+            "= 0",
+            lost == 0 and not errors,
+            {"expected": len(expected), "stored": len(stored), "errors": errors[:5]},
+        ),
+        Figure(
+            f"load: {variant}",
+            "  write requests / all admitted",
+            round(writes / len(admitted) * 100, 1) if admitted else None,
+            "%",
+            "",
+            None,
+        ),
     ]
 
 
@@ -254,6 +316,7 @@ def make_sink(args: dict[str, Any]) -> tuple[Any, Any, SharedRateLimiter | None]
     limiter = None
     if args.get("limiter_path"):
         limiter = SharedRateLimiter(Path(args["limiter_path"]), args["client_limit"], args["window"])
+
     def trusting(session: requests.Session) -> requests.Session:
         # requests lets REQUESTS_CA_BUNDLE (set machine-wide here) override a session's CA file; without
         # trust_env the session keeps the simulator's CA. Loopback needs no proxy settings either.
@@ -263,20 +326,37 @@ def make_sink(args: dict[str, Any]) -> tuple[Any, Any, SharedRateLimiter | None]
 
     session = trusting(requests.Session())
     if args["sink"] == "defender":
-        provider = TokenProvider(args["tenant"], args["client_id"], args["secret"], DEFENDER_SCOPE,
-                                 authority_host=args["base_url"], http_client=session)
+        provider = TokenProvider(
+            args["tenant"],
+            args["client_id"],
+            args["secret"],
+            DEFENDER_SCOPE,
+            authority_host=args["base_url"],
+            http_client=session,
+        )
         api = trusting(requests.Session())
-        client = DefenderClient(args["base_url"], provider, client_id=args["client_id"], session=api,
-                                limiter=limiter)
+        client = DefenderClient(args["base_url"], provider, client_id=args["client_id"], session=api, limiter=limiter)
         return DefenderSink(client, batch_size=int(args.get("batch") or 500), capacity=10**7), client, limiter
     if args["sink"] == "sentinel":
-        provider = TokenProvider(args["tenant"], args["client_id"], args["secret"], ARM_SCOPE,
-                                 authority_host=args["base_url"], http_client=session)
+        provider = TokenProvider(
+            args["tenant"],
+            args["client_id"],
+            args["secret"],
+            ARM_SCOPE,
+            authority_host=args["base_url"],
+            http_client=session,
+        )
         api = trusting(requests.Session())
         client: Any = SentinelClient(args["base_url"], args["workspace"], provider, session=api, limiter=limiter)
         return SentinelSink(client), client, limiter
-    provider = TokenProvider(args["tenant"], args["client_id"], args["secret"], GRAPH_SCOPE,
-                             authority_host=args["base_url"], http_client=session)
+    provider = TokenProvider(
+        args["tenant"],
+        args["client_id"],
+        args["secret"],
+        GRAPH_SCOPE,
+        authority_host=args["base_url"],
+        http_client=session,
+    )
     api = trusting(requests.Session())
     client = GraphClient(args["base_url"], provider, session=api, limiter=limiter)
     return GraphSink(client), client, limiter
@@ -296,7 +376,10 @@ def run_loader(args: dict[str, Any]) -> dict[str, Any]:
         except Exception as exc:  # the figure is what was lost; the error is reported, not raised
             errors.append(f"{kind}: {type(exc).__name__}: {str(exc)[:200]}")
     return {
-        "seconds": round(time.perf_counter() - started, 3), "requests_sent": client.requests_sent,
-        "throttled": getattr(client, "throttled", None), "failed": failed, "errors": errors,
+        "seconds": round(time.perf_counter() - started, 3),
+        "requests_sent": client.requests_sent,
+        "throttled": getattr(client, "throttled", None),
+        "failed": failed,
+        "errors": errors,
         "limiter_waited_s": round(limiter.waited, 2) if limiter is not None else None,
     }

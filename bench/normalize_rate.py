@@ -20,8 +20,13 @@ from include.pipeline.snapshots import SnapshotStore
 def main(argv: list[str]) -> int:
     root, run_id, repeats = argv[0], argv[1] if len(argv) > 1 else "bench", int(argv[2]) if len(argv) > 2 else 3
     store = SnapshotStore(root)
-    batches = {kind: [b.append_column("indicator_type", pa.array([kind] * b.num_rows, pa.string()))
-                      for b in store.iter_batches("raw", kind, run_id)] for kind in SUPPORTED_TYPES}
+    batches = {
+        kind: [
+            b.append_column("indicator_type", pa.array([kind] * b.num_rows, pa.string()))
+            for b in store.iter_batches("raw", kind, run_id)
+        ]
+        for kind in SUPPORTED_TYPES
+    }
     rows = sum(b.num_rows for parts in batches.values() for b in parts)
     best_wall = best_cpu = float("inf")
     for _ in range(repeats):
@@ -32,8 +37,10 @@ def main(argv: list[str]) -> int:
                 normalize(batch, mapping)
         best_wall = min(best_wall, time.perf_counter() - wall)
         best_cpu = min(best_cpu, time.process_time() - cpu)
-    print(f"{rows:,} rows: best wall {best_wall:.3f} s ({rows / best_wall:,.0f}/s), "
-          f"best CPU {best_cpu:.3f} s ({rows / best_cpu:,.0f}/s) of {repeats}")
+    print(
+        f"{rows:,} rows: best wall {best_wall:.3f} s ({rows / best_wall:,.0f}/s), "
+        f"best CPU {best_cpu:.3f} s ({rows / best_cpu:,.0f}/s) of {repeats}"
+    )
     return 0
 
 

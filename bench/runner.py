@@ -28,8 +28,14 @@ def _benchmarks() -> dict[str, Callable[[Context], list[Figure]]]:
     from bench.load import load
     from bench.transform import memory_scaling, transform
 
-    return {"memory_scaling": memory_scaling, "transform": transform, "extract": extract, "load": load,
-            "delta": delta, "dag": dag}
+    return {
+        "memory_scaling": memory_scaling,
+        "transform": transform,
+        "extract": extract,
+        "load": load,
+        "delta": delta,
+        "dag": dag,
+    }
 
 
 def table(figures: list[dict[str, Any]]) -> str:
@@ -44,8 +50,9 @@ def table(figures: list[dict[str, Any]]) -> str:
         elif value is None:
             value = "n/a"
         met = {True: "yes", False: "**no**", None: ""}[f["met"]]
-        lines.append(f"| {f['benchmark']} | {f['figure'].strip()} | {value} {f['unit']} | {f['target']} | {met} "
-                     f"| {f['cores']} |")
+        lines.append(
+            f"| {f['benchmark']} | {f['figure'].strip()} | {value} {f['unit']} | {f['target']} | {met} | {f['cores']} |"
+        )
     return "\n".join(lines)
 
 
@@ -68,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {
         "mode": "smoke" if options.smoke else "full",
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "environment": env, "load_average_at_start": load_average(), "benchmarks": {},
+        "environment": env,
+        "load_average_at_start": load_average(),
+        "benchmarks": {},
     }
     failures = 0
     try:
@@ -82,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
                 entry: dict[str, Any] = {"figures": [f.as_dict(env) for f in figures]}
             except Exception as exc:  # one broken benchmark must not hide the others' figures
                 failures += 1
-                entry = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-4000:],
-                         "figures": []}
+                entry = {
+                    "error": f"{type(exc).__name__}: {exc}",
+                    "traceback": traceback.format_exc()[-4000:],
+                    "figures": [],
+                }
                 print(f"[bench] {name} FAILED: {type(exc).__name__}: {exc}", flush=True)
             entry["seconds"] = round(time.perf_counter() - began, 2)
             results["benchmarks"][name] = entry
@@ -98,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     all_figures = [f for entry in results["benchmarks"].values() for f in entry["figures"]]
     print()
     print(table(all_figures))
-    print(f"\n{env['cores']} cores, Python {env['python']}, pyarrow {env['pyarrow']}, pandas {env['pandas']}; "
-          f"load average at start {results['load_average_at_start']}; {results['seconds']:.0f} s; "
-          f"results in {options.out}")
+    print(
+        f"\n{env['cores']} cores, Python {env['python']}, pyarrow {env['pyarrow']}, pandas {env['pandas']}; "
+        f"load average at start {results['load_average_at_start']}; {results['seconds']:.0f} s; "
+        f"results in {options.out}"
+    )
     return 1 if failures else 0

@@ -18,8 +18,11 @@ def memory_scaling(ctx: Context) -> list[Figure]:
     for count in ctx.sizes["scaling"]:
         root, run_id = ctx.store_dir(count), "bench"
         load = load_average()
-        result = run_worker("pipeline", {"root": str(root), "run_id": run_id, "seed": ctx.seed, "count": count,
-                                         "phases": ["extract", "transform"]}, ctx.workdir)
+        result = run_worker(
+            "pipeline",
+            {"root": str(root), "run_id": run_id, "seed": ctx.seed, "count": count, "phases": ["extract", "transform"]},
+            ctx.workdir,
+        )
         result["load_average"] = load
         runs[count] = result
         ctx.raw_stores[count] = (root, run_id)
@@ -33,12 +36,29 @@ def memory_scaling(ctx: Context) -> list[Figure]:
         "ratio_above_interpreter_baseline": round(above[1] / above[0], 2),
     }
     figures = [
-        Figure("memory scaling", f"peak RSS extract->normalize->dedupe, {small:,}", runs[small]["peak_rss_mb"],
-               "MiB", details={"phases": runs[small]["phases"]}),
-        Figure("memory scaling", f"peak RSS extract->normalize->dedupe, {large:,}", runs[large]["peak_rss_mb"],
-               "MiB", details={"phases": runs[large]["phases"]}),
-        Figure("memory scaling", f"peak RSS ratio {large:,} / {small:,}", round(ratio, 2), "x",
-               f"<= {SCALING_TARGET:g}x", ratio <= SCALING_TARGET, details),
+        Figure(
+            "memory scaling",
+            f"peak RSS extract->normalize->dedupe, {small:,}",
+            runs[small]["peak_rss_mb"],
+            "MiB",
+            details={"phases": runs[small]["phases"]},
+        ),
+        Figure(
+            "memory scaling",
+            f"peak RSS extract->normalize->dedupe, {large:,}",
+            runs[large]["peak_rss_mb"],
+            "MiB",
+            details={"phases": runs[large]["phases"]},
+        ),
+        Figure(
+            "memory scaling",
+            f"peak RSS ratio {large:,} / {small:,}",
+            round(ratio, 2),
+            "x",
+            f"<= {SCALING_TARGET:g}x",
+            ratio <= SCALING_TARGET,
+            details,
+        ),
     ]
     return figures
 
@@ -58,18 +78,29 @@ def transform(ctx: Context) -> list[Figure]:
     phase = result["phases"]["transform"]
     seconds = phase["seconds"]
     rate = phase["raw"] / seconds
-    floor = run_worker("floor", {"root": str(root), "run_id": run_id, "out_dir": str(ctx.workdir / "floor")},
-                       ctx.workdir)
-    details = {"load_average": load, "counts": {k: phase[k] for k in ("raw", "normalized", "rejected",
-                                                                         "deduplicated")},
-               "seconds": seconds, "baseline_rss_mb": result["baseline_rss_mb"],
-               "floor_seconds": floor["seconds"], "floor_rows": floor["rows"],
-               "times_the_floor": round(seconds / floor["seconds"], 1) if floor["seconds"] else None}
+    floor = run_worker(
+        "floor", {"root": str(root), "run_id": run_id, "out_dir": str(ctx.workdir / "floor")}, ctx.workdir
+    )
+    details = {
+        "load_average": load,
+        "counts": {k: phase[k] for k in ("raw", "normalized", "rejected", "deduplicated")},
+        "seconds": seconds,
+        "baseline_rss_mb": result["baseline_rss_mb"],
+        "floor_seconds": floor["seconds"],
+        "floor_rows": floor["rows"],
+        "times_the_floor": round(seconds / floor["seconds"], 1) if floor["seconds"] else None,
+    }
 
     load2 = load_average()
     claims = ctx.workdir / f"claims-{count}"
-    workers = [start_worker("pipeline", {"root": str(root), "run_id": run_id, "phases": ["transform"],
-                                         "claim_dir": str(claims)}, ctx.workdir) for _ in range(2)]
+    workers = [
+        start_worker(
+            "pipeline",
+            {"root": str(root), "run_id": run_id, "phases": ["transform"], "claim_dir": str(claims)},
+            ctx.workdir,
+        )
+        for _ in range(2)
+    ]
     pair = [w.wait() for w in workers]
     phases = [r["phases"]["transform"] for r in pair]
     wall = max(p["ended_at"] for p in phases) - min(p["started_at"] for p in phases)
@@ -77,26 +108,69 @@ def transform(ctx: Context) -> list[Figure]:
     rate2 = rows2 / wall
     peaks = [r["peak_rss_mb"] for r in pair]
     estimate2 = rows2 / max(p["cpu_seconds"] for p in phases)
-    details2 = {"load_average": load2, "seconds": round(wall, 3), "rows": rows2,
-                "types_per_process": [p["types"] for p in phases], "peak_rss_mb_per_process": peaks,
-                "seconds_per_process": [p["seconds"] for p in phases]}
+    details2 = {
+        "load_average": load2,
+        "seconds": round(wall, 3),
+        "rows": rows2,
+        "types_per_process": [p["types"] for p in phases],
+        "peak_rss_mb_per_process": peaks,
+        "seconds_per_process": [p["seconds"] for p in phases],
+    }
     figures = [
-        Figure("transform", f"normalize+validate+dedupe+write {count:,}, 1 process", round(rate), "indicators/s",
-               target, rate >= TRANSFORM_RATE_TARGET, details),
+        Figure(
+            "transform",
+            f"normalize+validate+dedupe+write {count:,}, 1 process",
+            round(rate),
+            "indicators/s",
+            target,
+            rate >= TRANSFORM_RATE_TARGET,
+            details,
+        ),
         Figure("transform", "  1 process: seconds", seconds, "s", ""),
         # The machine is shared: CPU time is the contention-free estimate of what an idle core does.
-        Figure("transform", "  1 process, per CPU-second", round(phase["raw"] / phase["cpu_seconds"]),
-               "indicators/s", target, phase["raw"] / phase["cpu_seconds"] >= TRANSFORM_RATE_TARGET,
-               {"cpu_seconds": phase["cpu_seconds"]}),
-        Figure("transform", "  1 process: peak RSS", result["peak_rss_mb"], "MiB",
-               f"<= {TRANSFORM_RSS_TARGET_MB:,} MiB", result["peak_rss_mb"] <= TRANSFORM_RSS_TARGET_MB),
-        Figure("transform", f"normalize+validate+dedupe+write {count:,}, 2 processes (types as mapped tasks)",
-               round(rate2), "indicators/s", target, rate2 >= TRANSFORM_RATE_TARGET, details2),
-        Figure("transform", "  2 processes, idle-machine estimate (rows / largest per-process CPU s)",
-               round(estimate2), "indicators/s", target, estimate2 >= TRANSFORM_RATE_TARGET,
-               {"cpu_seconds_per_process": [p["cpu_seconds"] for p in phases]}),
-        Figure("transform", "  2 processes: peak RSS, both together", round(sum(peaks), 1), "MiB",
-               f"<= {TRANSFORM_RSS_TARGET_MB:,} MiB", sum(peaks) <= TRANSFORM_RSS_TARGET_MB),
+        Figure(
+            "transform",
+            "  1 process, per CPU-second",
+            round(phase["raw"] / phase["cpu_seconds"]),
+            "indicators/s",
+            target,
+            phase["raw"] / phase["cpu_seconds"] >= TRANSFORM_RATE_TARGET,
+            {"cpu_seconds": phase["cpu_seconds"]},
+        ),
+        Figure(
+            "transform",
+            "  1 process: peak RSS",
+            result["peak_rss_mb"],
+            "MiB",
+            f"<= {TRANSFORM_RSS_TARGET_MB:,} MiB",
+            result["peak_rss_mb"] <= TRANSFORM_RSS_TARGET_MB,
+        ),
+        Figure(
+            "transform",
+            f"normalize+validate+dedupe+write {count:,}, 2 processes (types as mapped tasks)",
+            round(rate2),
+            "indicators/s",
+            target,
+            rate2 >= TRANSFORM_RATE_TARGET,
+            details2,
+        ),
+        Figure(
+            "transform",
+            "  2 processes, idle-machine estimate (rows / largest per-process CPU s)",
+            round(estimate2),
+            "indicators/s",
+            target,
+            estimate2 >= TRANSFORM_RATE_TARGET,
+            {"cpu_seconds_per_process": [p["cpu_seconds"] for p in phases]},
+        ),
+        Figure(
+            "transform",
+            "  2 processes: peak RSS, both together",
+            round(sum(peaks), 1),
+            "MiB",
+            f"<= {TRANSFORM_RSS_TARGET_MB:,} MiB",
+            sum(peaks) <= TRANSFORM_RSS_TARGET_MB,
+        ),
         Figure("transform", "  floor: plain pyarrow read+write of the raw rows", floor["seconds"], "s", ""),
     ]
     if min(rate, rate2, estimate2) < TRANSFORM_RATE_TARGET:

@@ -49,10 +49,13 @@ def pipeline(args: dict[str, Any]) -> dict[str, Any]:
         else:
             raise ValueError(f"unknown phase {phase!r}")
         result["phases"][phase] = {
-            "seconds": round(time.perf_counter() - started, 3), "peak_rss_mb_after": self_peak_rss_mb(),
+            "seconds": round(time.perf_counter() - started, 3),
+            "peak_rss_mb_after": self_peak_rss_mb(),
             # CPU time does not grow when other work shares the cores: the figure to compare across machines' loads.
             "cpu_seconds": round(time.process_time() - cpu_started, 3),
-            "ended_at": time.time(), "started_at": time.time() - (time.perf_counter() - started), **counts,
+            "ended_at": time.time(),
+            "started_at": time.time() - (time.perf_counter() - started),
+            **counts,
         }
     return result
 
@@ -106,13 +109,23 @@ def profile_transform(args: dict[str, Any]) -> dict[str, Any]:
     def top(key: int, limit: int) -> list[dict[str, Any]]:
         entries = sorted(stats.stats.items(), key=lambda item: item[1][key], reverse=True)  # type: ignore[attr-defined]
         return [
-            {"function": f"{Path(file).name}:{line} {name}", "calls": calls, "own_s": round(own, 3),
-             "cumulative_s": round(cum, 3), "own_share": round(own / total, 3) if total else None}
+            {
+                "function": f"{Path(file).name}:{line} {name}",
+                "calls": calls,
+                "own_s": round(own, 3),
+                "cumulative_s": round(cum, 3),
+                "own_share": round(own / total, 3) if total else None,
+            }
             for (file, line, name), (_, calls, own, cum, _) in entries[:limit]
         ]
 
-    return {"profiled_seconds": round(seconds, 3), "rows": counts["raw"], "own_time_total_s": round(total, 3),
-            "by_own_time": top(2, 15), "by_cumulative_time": top(3, 25)}
+    return {
+        "profiled_seconds": round(seconds, 3),
+        "rows": counts["raw"],
+        "own_time_total_s": round(total, 3),
+        "by_own_time": top(2, 15),
+        "by_cumulative_time": top(3, 25),
+    }
 
 
 def parse(args: dict[str, Any]) -> dict[str, Any]:
@@ -140,10 +153,15 @@ def parse(args: dict[str, Any]) -> dict[str, Any]:
         entry["cpu_rate"] = round(entry["rows"] / entry["cpu_seconds"]) if entry["cpu_seconds"] else None
         entry["seconds"] = round(entry["seconds"], 4)
         entry["cpu_seconds"] = round(entry["cpu_seconds"], 4)
-    return {"rows": total_rows, "pages": pages, "seconds": round(total_seconds, 4),
-            "cpu_seconds": round(total_cpu, 4),
-            "rate": round(total_rows / total_seconds) if total_seconds else None,
-            "cpu_rate": round(total_rows / total_cpu) if total_cpu else None, "per_type": per_type}
+    return {
+        "rows": total_rows,
+        "pages": pages,
+        "seconds": round(total_seconds, 4),
+        "cpu_seconds": round(total_cpu, 4),
+        "rate": round(total_rows / total_seconds) if total_seconds else None,
+        "cpu_rate": round(total_rows / total_cpu) if total_cpu else None,
+        "per_type": per_type,
+    }
 
 
 def tc_client(args: dict[str, Any]) -> dict[str, Any]:
@@ -155,9 +173,15 @@ def tc_client(args: dict[str, Any]) -> dict[str, Any]:
 
     session = requests.Session()
     session.verify = args["ca_file"]
-    client = ThreatConnectClient(args["base_url"], args["access_id"], args["secret"], args["owner"],
-                                 api_version=args.get("api_version", "v3"), page_size=args["page_size"],
-                                 session=session)
+    client = ThreatConnectClient(
+        args["base_url"],
+        args["access_id"],
+        args["secret"],
+        args["owner"],
+        api_version=args.get("api_version", "v3"),
+        page_size=args["page_size"],
+        session=session,
+    )
     rows: dict[str, int] = {}
     started = time.perf_counter()
     for kind in args["types"]:
@@ -181,8 +205,13 @@ def delta(args: dict[str, Any]) -> dict[str, Any]:
 
 
 TASKS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "pipeline": pipeline, "floor": floor, "profile_transform": profile_transform, "parse": parse,
-    "tc_client": tc_client, "loader": loader, "delta": delta,
+    "pipeline": pipeline,
+    "floor": floor,
+    "profile_transform": profile_transform,
+    "parse": parse,
+    "tc_client": tc_client,
+    "loader": loader,
+    "delta": delta,
 }
 
 

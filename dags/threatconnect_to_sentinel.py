@@ -105,8 +105,12 @@ def _overrides(name: str, json_type: str | list[str], description: str, **schema
     "not given", so the Variable applies, and without the Variable the documented default does."""
     types = json_type if isinstance(json_type, list) else [json_type]
     default = json.dumps(config.VARIABLE_DEFAULTS[name], ensure_ascii=False)
-    return Param(None, type=["null", *types], **schema,
-                 description=f"{description}. Empty: the Variable tc_sentinel_{name}, else {default}.")
+    return Param(
+        None,
+        type=["null", *types],
+        **schema,
+        description=f"{description}. Empty: the Variable tc_sentinel_{name}, else {default}.",
+    )
 
 
 def _run_only(name: str, description: str) -> Param:
@@ -116,20 +120,36 @@ def _run_only(name: str, description: str) -> Param:
 
 PARAMS = {
     "data_root": _overrides("data_root", "string", "snapshot root: a path or an fsspec URL"),
-    "sink": _overrides("sink", ["string", "array"], "the target(s): graph, sentinel or defender, kind@conn_id for "
-                       "another Connection, or a list of them, e.g. [\"sentinel\", \"defender\"]"),
+    "sink": _overrides(
+        "sink",
+        ["string", "array"],
+        "the target(s): graph, sentinel or defender, kind@conn_id for "
+        'another Connection, or a list of them, e.g. ["sentinel", "defender"]',
+    ),
     "indicator_types": _overrides("indicator_types", "array", "ThreatConnect types to move"),
-    "failure_threshold": _overrides("failure_threshold", "number", "share of a type's writes that may fail before "
-                                    "load fails", minimum=0, maximum=1),
-    "rejection_threshold": _overrides("rejection_threshold", "number", "share of a type's writes the target may "
-                                      "refuse for their content (quarantined) before the run fails",
-                                      minimum=0, maximum=1),
-    "retraction_guard": _overrides("retraction_guard", "number", "largest share of the delivered live set one run "
-                                   "may retract", minimum=0, maximum=1),
-    "reconcile_every_days": _overrides("reconcile_every_days", "integer", "list the full active set every N days "
-                                       "(0: never)", minimum=0),
-    "refresh_within_days": _overrides("refresh_within_days", "integer", "re-send live indicators expiring within "
-                                      "N days", minimum=0),
+    "failure_threshold": _overrides(
+        "failure_threshold", "number", "share of a type's writes that may fail before load fails", minimum=0, maximum=1
+    ),
+    "rejection_threshold": _overrides(
+        "rejection_threshold",
+        "number",
+        "share of a type's writes the target may refuse for their content (quarantined) before the run fails",
+        minimum=0,
+        maximum=1,
+    ),
+    "retraction_guard": _overrides(
+        "retraction_guard",
+        "number",
+        "largest share of the delivered live set one run may retract",
+        minimum=0,
+        maximum=1,
+    ),
+    "reconcile_every_days": _overrides(
+        "reconcile_every_days", "integer", "list the full active set every N days (0: never)", minimum=0
+    ),
+    "refresh_within_days": _overrides(
+        "refresh_within_days", "integer", "re-send live indicators expiring within N days", minimum=0
+    ),
     "dry_run": _run_only("dry_run", "plan only: write the plan, send nothing"),
     "allow_mass_retraction": _run_only("allow_mass_retraction", "let this run retract more than the guard allows"),
     "reconcile": _run_only("reconcile", "list ThreatConnect's full active set this run and retract orphans"),
@@ -192,8 +212,12 @@ def _previous_watermarks(context: Any) -> dict[str, str]:
     doc_md=__doc__,
     tags=["threat-intel", "threatconnect", "sentinel"],
     dagrun_timeout=DAGRUN_TIMEOUT,
-    default_args={"retries": 2, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": True,
-                  "execution_timeout": TRANSFORM_TIMEOUT},
+    default_args={
+        "retries": 2,
+        "retry_delay": RETRY_DELAY,
+        "retry_exponential_backoff": True,
+        "execution_timeout": TRANSFORM_TIMEOUT,
+    },
     params=PARAMS,
     render_template_as_native_obj=True,
 )
@@ -226,8 +250,9 @@ def threatconnect_to_sentinel() -> None:
             # One extraction serves every target: it starts at the earliest of their marks (a new target: all).
             marks = watermarks.target_marks(previous, indicator_type, cfg.targets)
             joint = watermarks.joint_mark(marks)
-            window = watermarks.extraction_window(indicator_type, start, end, {indicator_type: joint} if joint else {},
-                                                  live)
+            window = watermarks.extraction_window(
+                indicator_type, start, end, {indicator_type: joint} if joint else {}, live
+            )
             jobs.append(TypeJob(indicator_type, context["run_id"], live, cfg, window, start, end, reconcile, marks))
         log.info("run plan: %s", [(j.indicator_type, j.window.as_dict()) for j in jobs])
         return [j.to_xcom() for j in jobs]
@@ -244,9 +269,16 @@ def threatconnect_to_sentinel() -> None:
         with _fail_fast():
             client = ThreatConnectHook().get_conn()
             mapping = load_mapping(job.indicator_type)
-            report = stages.extract(client, _store(job), job.run_id, job.indicator_type, job.window,
-                                    lambda batch: normalize_batch(batch, mapping), reconcile=job.reconcile,
-                                    deletions=client.iter_deleted_batches)
+            report = stages.extract(
+                client,
+                _store(job),
+                job.run_id,
+                job.indicator_type,
+                job.window,
+                lambda batch: normalize_batch(batch, mapping),
+                reconcile=job.reconcile,
+                deletions=client.iter_deleted_batches,
+            )
         return job.extracted(client.owner, report).to_xcom()
 
     @task(map_index_template=LABEL, multiple_outputs=False)
@@ -258,8 +290,9 @@ def threatconnect_to_sentinel() -> None:
         _label(job)
         with _fail_fast():
             mapping = load_mapping(job.indicator_type)
-            report = stages.normalize(_store(job), job.run_id, job.indicator_type,
-                                      lambda batch: normalize_batch(batch, mapping))
+            report = stages.normalize(
+                _store(job), job.run_id, job.indicator_type, lambda batch: normalize_batch(batch, mapping)
+            )
         return job.normalized(report).to_xcom()
 
     @task(map_index_template=LABEL, multiple_outputs=False)
@@ -304,9 +337,17 @@ def threatconnect_to_sentinel() -> None:
             allow_mass_retraction=cfg.allow_mass_retraction,
         )
         with _fail_fast():
-            report = delivery.load(sink(job.target, job.owner), _store(job), job.run_id, job.indicator_type, policy,
-                                   failure_threshold=cfg.failure_threshold, dry_run=cfg.dry_run,
-                                   rejection_threshold=cfg.rejection_threshold, target=job.target)
+            report = delivery.load(
+                sink(job.target, job.owner),
+                _store(job),
+                job.run_id,
+                job.indicator_type,
+                policy,
+                failure_threshold=cfg.failure_threshold,
+                dry_run=cfg.dry_run,
+                rejection_threshold=cfg.rejection_threshold,
+                target=job.target,
+            )
         return job.loaded(report).to_xcom()
 
     @task(map_index_template=LABEL, multiple_outputs=False, execution_timeout=VERIFY_TIMEOUT)
@@ -316,8 +357,15 @@ def threatconnect_to_sentinel() -> None:
         job = LoadedJob.from_xcom(document)
         _label(job)
         with _fail_fast():
-            report = delivery.verify(sink(job.target, job.owner), _store(job), job.run_id, job.indicator_type,
-                                     job.previous_watermark, dry_run=job.config.dry_run, target=job.target)
+            report = delivery.verify(
+                sink(job.target, job.owner),
+                _store(job),
+                job.run_id,
+                job.indicator_type,
+                job.previous_watermark,
+                dry_run=job.config.dry_run,
+                target=job.target,
+            )
         return job.verified(report).to_xcom()
 
     @task_group(prefix_group_id=False)
@@ -327,8 +375,9 @@ def threatconnect_to_sentinel() -> None:
 
     # ------------------------------------------------------------------ the whole run
     @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
-    def commit_watermarks(verified: list[JobDocument] | JobDocument | None,
-                          planned: list[JobDocument]) -> dict[str, str]:
+    def commit_watermarks(
+        verified: list[JobDocument] | JobDocument | None, planned: list[JobDocument]
+    ) -> dict[str, str]:
         """Advance each verified (type, target)'s watermark; hold the others where this run started reading."""
         context = get_current_context()
         live = context["dag_run"].run_type != "backfill"
@@ -337,8 +386,9 @@ def threatconnect_to_sentinel() -> None:
         for job in (TypeJob.from_xcom(p) for p in planned):
             for target in job.config.targets:
                 # A target that had a mark keeps it until verified; a new one holds where this run began reading.
-                held[watermarks.key(job.indicator_type, target, job.config.targets)] = (
-                    job.target_marks.get(target) or watermarks.iso(job.window.start))
+                held[watermarks.key(job.indicator_type, target, job.config.targets)] = job.target_marks.get(
+                    target
+                ) or watermarks.iso(job.window.start)
         marks = watermarks.hold(previous, held)
         for done in (VerifiedJob.from_xcom(v) for v in _gathered(verified)):
             if done.verify.get("watermark"):

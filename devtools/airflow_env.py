@@ -49,7 +49,12 @@ class AirflowEnv:
         self.home.mkdir(parents=True, exist_ok=True)
         result = subprocess.run(
             [str(Path(sys.executable).parent / "airflow"), *args],
-            env=self.env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout, check=False,
+            env=self.env(),
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if check and result.returncode != 0:
             raise RuntimeError(
@@ -62,8 +67,9 @@ class AirflowEnv:
         if not (self.home / "airflow.db").exists() or self.sql_alchemy_conn:
             self.run("db", "migrate")
 
-    def dags_test(self, dag_id: str, logical_date: str, conf: dict | None = None,
-                  check: bool = False, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    def dags_test(
+        self, dag_id: str, logical_date: str, conf: dict | None = None, check: bool = False, timeout: float = 900
+    ) -> subprocess.CompletedProcess[str]:
         args = ["dags", "test", dag_id, logical_date]
         if conf:
             args += ["-c", json.dumps(conf)]

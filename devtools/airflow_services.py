@@ -60,26 +60,28 @@ def configure(airflow: AirflowEnv, api_port: int | None = None, parallelism: int
         passwords.write_text(json.dumps({_ADMIN: secrets.token_urlsafe(18)}))
         passwords.chmod(0o600)
     base_url = f"http://127.0.0.1:{port}"
-    airflow.extra.update({
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__PARALLELISM": str(parallelism),
-        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/",
-        "AIRFLOW__API__HOST": "127.0.0.1",
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": base_url,
-        "AIRFLOW__API__WORKERS": "1",
-        # One secret for every component: the scheduler signs task tokens that the api-server must accept.
-        "AIRFLOW__API_AUTH__JWT_SECRET": airflow.extra.get("AIRFLOW__API_AUTH__JWT_SECRET")
-        or secrets.token_urlsafe(32),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{_ADMIN}:admin",
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
-        # The log server's default 8793 would clash with any other Airflow on this machine.
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-        "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
-        # New DAG runs are picked up quickly; the defaults are tuned for big deployments, not a 2-core test box.
-        "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
-        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
-    })
+    airflow.extra.update(
+        {
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__CORE__PARALLELISM": str(parallelism),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{base_url}/execution/",
+            "AIRFLOW__API__HOST": "127.0.0.1",
+            "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__BASE_URL": base_url,
+            "AIRFLOW__API__WORKERS": "1",
+            # One secret for every component: the scheduler signs task tokens that the api-server must accept.
+            "AIRFLOW__API_AUTH__JWT_SECRET": airflow.extra.get("AIRFLOW__API_AUTH__JWT_SECRET")
+            or secrets.token_urlsafe(32),
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{_ADMIN}:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+            # The log server's default 8793 would clash with any other Airflow on this machine.
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+            "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
+            # New DAG runs are picked up quickly; the defaults are tuned for big deployments, not a 2-core test box.
+            "AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME": "0.5",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        }
+    )
     return port
 
 
@@ -119,8 +121,13 @@ class AirflowServices:
             with open(self.log_dir / f"{name}.log", "ab") as out:
                 # start_new_session: the component and every worker it forks share a process group we can kill.
                 self.processes[name] = subprocess.Popen(
-                    args, env={**env, **self.component_env.get(name, {})}, cwd=REPO_ROOT, stdout=out,
-                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                    args,
+                    env={**env, **self.component_env.get(name, {})},
+                    cwd=REPO_ROOT,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
                 )
             self.sessions.add(self.processes[name].pid)
             log.info("started airflow %s (pid %s)", name, self.processes[name].pid)
@@ -139,7 +146,8 @@ class AirflowServices:
                 last = response.json() if response.ok else response.status_code
                 if response.ok and all(
                     (last.get(key) or {}).get("status") == "healthy"
-                    for name, key in wanted.items() if name in self.processes
+                    for name, key in wanted.items()
+                    if name in self.processes
                 ):
                     return last
             except (requests.ConnectionError, requests.Timeout, ValueError) as exc:
@@ -201,18 +209,25 @@ class AirflowServices:
 
     def token(self) -> str:
         if self._token is None:
-            password = json.loads(Path(self.airflow.extra["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"])
-                                  .read_text())[_ADMIN]
-            response = requests.post(f"{self.base_url}/auth/token",
-                                     json={"username": _ADMIN, "password": password}, timeout=30)
+            password = json.loads(
+                Path(self.airflow.extra["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]).read_text()
+            )[_ADMIN]
+            response = requests.post(
+                f"{self.base_url}/auth/token", json={"username": _ADMIN, "password": password}, timeout=30
+            )
             response.raise_for_status()
             self._token = response.json()["access_token"]
         return self._token
 
     def api(self, method: str, path: str, **kwargs: Any) -> Any:
         """Call the public REST API (``/api/v2`` + ``path``) with a token; return the decoded JSON."""
-        response = requests.request(method, f"{self.base_url}/api/v2{path}",
-                                    headers={"Authorization": f"Bearer {self.token()}"}, timeout=30, **kwargs)
+        response = requests.request(
+            method,
+            f"{self.base_url}/api/v2{path}",
+            headers={"Authorization": f"Bearer {self.token()}"},
+            timeout=30,
+            **kwargs,
+        )
         if not response.ok:
             raise ServiceError(f"{method} {path} -> {response.status_code}: {response.text[:2000]}")
         return response.json() if response.content else None
@@ -226,21 +241,31 @@ class AirflowServices:
 
     def task_instances(self, dag_id: str, run_id: str) -> list[dict[str, Any]]:
         return self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances", params={"limit": 500})[
-            "task_instances"]
+            "task_instances"
+        ]
 
     def xcom(self, dag_id: str, run_id: str, task_id: str, key: str) -> Any:
         """One XCom value (deserialized), or None when the task pushed nothing under ``key``."""
         try:
-            entry = self.api("GET", f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
-                             params={"deserialize": "true", "stringify": "false"})
+            entry = self.api(
+                "GET",
+                f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/xcomEntries/{key}",
+                params={"deserialize": "true", "stringify": "false"},
+            )
         except ServiceError as exc:
             if " -> 404:" in str(exc):
                 return None
             raise
         return entry["value"]
 
-    def wait_for_runs(self, dag_id: str, expected: int, run_type: str | None = None, timeout: float = 600,
-                      progress: Callable[[list[dict[str, Any]]], None] | None = None) -> list[dict[str, Any]]:
+    def wait_for_runs(
+        self,
+        dag_id: str,
+        expected: int,
+        run_type: str | None = None,
+        timeout: float = 600,
+        progress: Callable[[list[dict[str, Any]]], None] | None = None,
+    ) -> list[dict[str, Any]]:
         """Wait until at least ``expected`` runs exist and all of them are finished (success or failed)."""
         deadline = time.monotonic() + timeout
         runs: list[dict[str, Any]] = []
@@ -281,16 +306,38 @@ class AirflowServices:
 
     # --- CLI ------------------------------------------------------------------------------------------------
 
-    def backfill(self, dag_id: str, from_date: dt.date | dt.datetime, to_date: dt.date | dt.datetime,
-                 max_active_runs: int = 1, reprocess_behavior: str = "none") -> None:
+    def backfill(
+        self,
+        dag_id: str,
+        from_date: dt.date | dt.datetime,
+        to_date: dt.date | dt.datetime,
+        max_active_runs: int = 1,
+        reprocess_behavior: str = "none",
+    ) -> None:
         """``airflow backfill create``: queue one backfill run per interval whose logical date is in the range."""
-        self.airflow.run("backfill", "create", "--dag-id", dag_id, "--from-date", from_date.isoformat(),
-                         "--to-date", to_date.isoformat(), "--max-active-runs", str(max_active_runs),
-                         "--reprocess-behavior", reprocess_behavior)
+        self.airflow.run(
+            "backfill",
+            "create",
+            "--dag-id",
+            dag_id,
+            "--from-date",
+            from_date.isoformat(),
+            "--to-date",
+            to_date.isoformat(),
+            "--max-active-runs",
+            str(max_active_runs),
+            "--reprocess-behavior",
+            reprocess_behavior,
+        )
 
 
-def start_services(airflow: AirflowEnv, api_port: int | None = None, parallelism: int = 4,
-                   components: Iterable[str] = COMPONENTS, timeout: float = 180) -> AirflowServices:
+def start_services(
+    airflow: AirflowEnv,
+    api_port: int | None = None,
+    parallelism: int = 4,
+    components: Iterable[str] = COMPONENTS,
+    timeout: float = 180,
+) -> AirflowServices:
     """Configure ``airflow`` for LocalExecutor behind a local api-server, start the components, wait for health.
 
     The metadata database (``airflow.sql_alchemy_conn``) must already be migrated (``airflow.migrate()``).

@@ -41,9 +41,16 @@ class Host:
         return f"celery worker {self.name}"
 
 
-def configure_celery(airflow: AirflowEnv, postgres: PostgresServer, redis: RedisServer, root: Path,
-                     workers: Sequence[str] = ("worker-a", "worker-b"), concurrency: int = 3,
-                     parallelism: int = 8, heartbeat_timeout: int = 20) -> tuple[AirflowServices, list[Host]]:
+def configure_celery(
+    airflow: AirflowEnv,
+    postgres: PostgresServer,
+    redis: RedisServer,
+    root: Path,
+    workers: Sequence[str] = ("worker-a", "worker-b"),
+    concurrency: int = 3,
+    parallelism: int = 8,
+    heartbeat_timeout: int = 20,
+) -> tuple[AirflowServices, list[Host]]:
     """Configure ``airflow`` for CeleryExecutor (Redis db 0 as broker, PostgreSQL as result backend) and return the
     services (not started) with one ``celery worker`` component per name.
 
@@ -51,17 +58,19 @@ def configure_celery(airflow: AirflowEnv, postgres: PostgresServer, redis: Redis
     """
     port = configure(airflow, parallelism=parallelism)
     result_backend = "db+" + postgres.url  # postgresql+psycopg2: a bare postgresql:// would want psycopg 3
-    airflow.extra.update({
-        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
-        "AIRFLOW__CELERY__BROKER_URL": redis.url(0),
-        "AIRFLOW__CELERY__RESULT_BACKEND": result_backend,
-        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(concurrency),
-        "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(heartbeat_timeout),
-        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
-        "AIRFLOW__TRIGGERER__CAPACITY": "10",
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),  # 8794 would clash with any other Airflow
-    })
+    airflow.extra.update(
+        {
+            "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+            "AIRFLOW__CELERY__BROKER_URL": redis.url(0),
+            "AIRFLOW__CELERY__RESULT_BACKEND": result_backend,
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(concurrency),
+            "AIRFLOW__CELERY__WORKER_PREFETCH_MULTIPLIER": "1",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(heartbeat_timeout),
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "3",
+            "AIRFLOW__TRIGGERER__CAPACITY": "10",
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),  # 8794 would clash with any other Airflow
+        }
+    )
     services = AirflowServices(airflow, port)
     hosts = []
     for name in workers:
@@ -72,9 +81,16 @@ def configure_celery(airflow: AirflowEnv, postgres: PostgresServer, redis: Redis
         if config.exists():  # cluster policy and local settings: every host has the same deployment
             shutil.copytree(config, home / "config", dirs_exist_ok=True)
         home.mkdir(parents=True, exist_ok=True)
-        services.commands[host.component] = ["celery", "worker", "--celery-hostname", f"{name}@%h",
-                                             "--concurrency", str(concurrency), "--without-mingle",
-                                             "--without-gossip"]
+        services.commands[host.component] = [
+            "celery",
+            "worker",
+            "--celery-hostname",
+            f"{name}@%h",
+            "--concurrency",
+            str(concurrency),
+            "--without-mingle",
+            "--without-gossip",
+        ]
         services.component_env[host.component] = {
             "AIRFLOW_HOME": str(home),
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
@@ -94,8 +110,9 @@ def log_size(services: AirflowServices, host: Host) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
-def wait_for_workers(services: AirflowServices, hosts: Sequence[Host], timeout: float = 180,
-                     since: dict[str, int] | None = None) -> None:
+def wait_for_workers(
+    services: AirflowServices, hosts: Sequence[Host], timeout: float = 180, since: dict[str, int] | None = None
+) -> None:
     """Wait until each worker's log (after byte ``since[name]``) says Celery is ready to take tasks."""
     deadline = time.monotonic() + timeout
     pending = list(hosts)
@@ -108,8 +125,9 @@ def wait_for_workers(services: AirflowServices, hosts: Sequence[Host], timeout: 
         if pending:
             time.sleep(1)
     if pending:
-        raise ServiceError(f"celery workers not ready within {timeout}s: {[h.name for h in pending]}\n"
-                           f"{services.logs_tail()}")
+        raise ServiceError(
+            f"celery workers not ready within {timeout}s: {[h.name for h in pending]}\n{services.logs_tail()}"
+        )
 
 
 def _ready(services: AirflowServices, host: Host, offset: int) -> bool:

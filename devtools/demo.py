@@ -29,8 +29,11 @@ def _renumber(indicators: list[dict]) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--sink", default="graph",
-                        help="graph, sentinel or defender, or several separated by commas (sentinel,defender)")
+    parser.add_argument(
+        "--sink",
+        default="graph",
+        help="graph, sentinel or defender, or several separated by commas (sentinel,defender)",
+    )
     parser.add_argument("--count", type=int, default=4000, help="indicators in the seeded data set")
     parser.add_argument("--api-version", choices=("v2", "v3"), default="v3")
     parser.add_argument("--workdir", type=Path, default=REPO_ROOT / "build" / "demo")
@@ -43,16 +46,23 @@ def main(argv: list[str] | None = None) -> int:
     interval_start = today - dt.timedelta(days=1)
     shutil.rmtree(args.workdir, ignore_errors=True)
     data_root = args.workdir / "data"
-    print(f"seeding {args.count} ThreatConnect indicators; "
-          f"the run covers [{interval_start:%Y-%m-%d}, {today:%Y-%m-%d})")
+    print(
+        f"seeding {args.count} ThreatConnect indicators; the run covers [{interval_start:%Y-%m-%d}, {today:%Y-%m-%d})"
+    )
     # Most changes fall inside the data interval; some are older, so the window visibly bounds the read.
     recent = generate(seed=2026, count=args.count * 3 // 4, owner=OWNER, start=interval_start, end=today)
-    older = generate(seed=2027, count=args.count - len(recent), owner=OWNER,
-                     start=interval_start - dt.timedelta(days=5), end=interval_start)
+    older = generate(
+        seed=2027,
+        count=args.count - len(recent),
+        owner=OWNER,
+        start=interval_start - dt.timedelta(days=5),
+        end=interval_start,
+    )
     indicators = _renumber(recent + older)
     stack = start_stack(args.workdir, indicators, api_version=args.api_version)
-    airflow = AirflowEnv(args.workdir / "airflow-home",
-                         extra=stack.env(str(data_root), args.sink, list(DEFAULT_INDICATOR_TYPES)))
+    airflow = AirflowEnv(
+        args.workdir / "airflow-home", extra=stack.env(str(data_root), args.sink, list(DEFAULT_INDICATOR_TYPES))
+    )
     try:
         print("preparing Airflow's metadata database ...")
         airflow.migrate()
@@ -66,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
 
     store = SnapshotStore(str(data_root))
     ok = result.returncode == 0
-    print(f"\n{'type → target':<24}{'extracted':>10}{'rejected':>10}{'deduped':>10}{'not sent':>10}{'loaded':>10}"
-          f"{'failed':>8}{'in target':>10}")
+    print(
+        f"\n{'type → target':<24}{'extracted':>10}{'rejected':>10}{'deduped':>10}{'not sent':>10}{'loaded':>10}"
+        f"{'failed':>8}{'in target':>10}"
+    )
     for indicator_type in DEFAULT_INDICATOR_TYPES:
         runs = store.runs("loaded", indicator_type)
         if not runs:
@@ -86,10 +98,14 @@ def main(argv: list[str] | None = None) -> int:
             failed = loaded.num_rows - good.num_rows
             ok = ok and verified == len(ids)
             # not sent: the plan's skips (inactive or false positive and never delivered, unchanged, not supported)
-            print(f"{indicator_type + ' → ' + sink:<24}{counts[0]:>10}{counts[1]:>10}{counts[2]:>10}"
-                  f"{counts[2] - loaded.num_rows:>10}{good.num_rows:>10}{failed:>8}{verified:>10}")
-    print(f"\nParquet snapshots: {data_root}/<stage>/indicator_type=<type>/run_id=<run>/  "
-          "(stages: raw, normalized, rejected, deduped, plan, loaded, verified)")
+            print(
+                f"{indicator_type + ' → ' + sink:<24}{counts[0]:>10}{counts[1]:>10}{counts[2]:>10}"
+                f"{counts[2] - loaded.num_rows:>10}{good.num_rows:>10}{failed:>8}{verified:>10}"
+            )
+    print(
+        f"\nParquet snapshots: {data_root}/<stage>/indicator_type=<type>/run_id=<run>/  "
+        "(stages: raw, normalized, rejected, deduped, plan, loaded, verified)"
+    )
     print(f"Airflow output: {args.workdir / 'dags-test.log'}")
     if not ok:
         print("\nDEMO FAILED: the DAG run did not succeed or the target does not hold every loaded indicator.")

@@ -145,18 +145,45 @@ class PostgresServer:
             os.chown(pwfile, owner.pw_uid, owner.pw_gid)
         pwfile.chmod(0o600)
         try:
-            self._run("initdb", "-D", str(self.datadir), "-U", "postgres", "--pwfile", str(pwfile),
-                      "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--no-sync",
-                      timeout=timeout)
+            self._run(
+                "initdb",
+                "-D",
+                str(self.datadir),
+                "-U",
+                "postgres",
+                "--pwfile",
+                str(pwfile),
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                timeout=timeout,
+            )
         finally:
             pwfile.unlink(missing_ok=True)
         for attempt in range(3):
             self.port = self.port if attempt == 0 and self.port else free_port()
             # fsync off: the cluster dies with the test, durability buys nothing and costs seconds.
-            options = (f"-p {self.port} -k {self.sockdir} -c listen_addresses=127.0.0.1 -c fsync=off "
-                       "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-            result = self._run("pg_ctl", "-D", str(self.datadir), "-l", str(self.root / "server.log"), "-w",
-                               "-t", str(int(timeout)), "-o", options, "start", timeout=timeout + 10, check=False)
+            options = (
+                f"-p {self.port} -k {self.sockdir} -c listen_addresses=127.0.0.1 -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            )
+            result = self._run(
+                "pg_ctl",
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(self.root / "server.log"),
+                "-w",
+                "-t",
+                str(int(timeout)),
+                "-o",
+                options,
+                "start",
+                timeout=timeout + 10,
+                check=False,
+            )
             if result.returncode == 0:
                 break
             log.warning("pg_ctl start on port %s failed (attempt %s)", self.port, attempt + 1)
@@ -164,15 +191,26 @@ class PostgresServer:
             raise PostgresError(f"pg_ctl start failed:\n{result.stdout}{result.stderr}\n{self.server_log()}")
         self._running = True
         self._psql(f"CREATE ROLE \"{self.user}\" LOGIN PASSWORD '{self.password}'")
-        self._psql(f"CREATE DATABASE \"{self.database}\" OWNER \"{self.user}\"")
+        self._psql(f'CREATE DATABASE "{self.database}" OWNER "{self.user}"')
         log.info("PostgreSQL running on 127.0.0.1:%s (data in %s)", self.port, self.datadir)
         return self
 
     def stop(self, timeout: float = 30) -> None:
         """Stop the server (fast shutdown) and delete the cluster's files; safe to call more than once."""
         if self._running:
-            result = self._run("pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "-t", str(int(timeout)),
-                               "stop", timeout=timeout + 10, check=False)
+            result = self._run(
+                "pg_ctl",
+                "-D",
+                str(self.datadir),
+                "-m",
+                "fast",
+                "-w",
+                "-t",
+                str(int(timeout)),
+                "stop",
+                timeout=timeout + 10,
+                check=False,
+            )
             if result.returncode != 0:
                 # A stuck server still must not outlive the test: kill it by the pid its data dir records.
                 _kill_postmaster(self.datadir)
@@ -191,8 +229,23 @@ class PostgresServer:
         self.stop()
 
     def _psql(self, sql: str) -> None:
-        self._run("psql", "-h", str(self.sockdir), "-p", str(self.port), "-U", "postgres", "-d", "postgres",
-                  "-v", "ON_ERROR_STOP=1", "-q", "-c", sql, timeout=30)
+        self._run(
+            "psql",
+            "-h",
+            str(self.sockdir),
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-q",
+            "-c",
+            sql,
+            timeout=30,
+        )
 
     def _run(self, tool: str, *args: str, timeout: float, check: bool = True) -> subprocess.CompletedProcess[str]:
         assert self.bindir is not None
@@ -201,17 +254,23 @@ class PostgresServer:
         kwargs: dict = {}
         if owner is not None:
             kwargs = {"user": owner.pw_uid, "group": owner.pw_gid, "extra_groups": []}
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8",
-               "HOME": str(self.root)}
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "LC_ALL": "C.UTF-8",
+            "LANG": "C.UTF-8",
+            "HOME": str(self.root),
+        }
         try:
-            result = subprocess.run(cmd, env=env, cwd=self.root, capture_output=True, text=True,
-                                    timeout=timeout, check=False, **kwargs)
+            result = subprocess.run(
+                cmd, env=env, cwd=self.root, capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+            )
         except subprocess.TimeoutExpired as exc:
             raise PostgresError(f"{tool} timed out after {timeout}s\n{self.server_log()}") from exc
         if check and result.returncode != 0:
             shown = [a if "PASSWORD" not in a else "<sql with a password>" for a in args]
-            raise PostgresError(f"{tool} {' '.join(shown)} exited {result.returncode}:\n{result.stderr[-3000:]}"
-                                f"\n{self.server_log()}")
+            raise PostgresError(
+                f"{tool} {' '.join(shown)} exited {result.returncode}:\n{result.stderr[-3000:]}\n{self.server_log()}"
+            )
         return result
 
 

@@ -30,13 +30,16 @@ def ensure_installed(timeout: float = 900) -> Path:
     Raises:
         RedisError: when it is missing and cannot be installed (needs root and apt-get).
     """
-    found = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists()
-                                             else None)
+    found = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
     if found:
         return Path(found)
     if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise RedisError("redis-server was not found and cannot be installed automatically (needs root and "
-                         "apt-get); install it with: sudo apt-get install -y redis-server")
+        raise RedisError(
+            "redis-server was not found and cannot be installed automatically (needs root and "
+            "apt-get); install it with: sudo apt-get install -y redis-server"
+        )
     log.info("redis-server is missing: apt-get install -y redis-server")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "redis-server"]):
@@ -79,15 +82,31 @@ class RedisServer:
             self.port = self.port if attempt == 0 and self.port else free_port()
             conf = self.root / "redis.conf"
             # The password goes into a 0600 file, not the command line other users could read in ps.
-            conf.write_text("\n".join([
-                "bind 127.0.0.1", f"port {self.port}", f"dir {self.root}", "save \"\"", "appendonly no",
-                "daemonize no", f"requirepass {self.password}", "protected-mode yes",
-                f"logfile {self.root / 'server.log'}", "",
-            ]))
+            conf.write_text(
+                "\n".join(
+                    [
+                        "bind 127.0.0.1",
+                        f"port {self.port}",
+                        f"dir {self.root}",
+                        'save ""',
+                        "appendonly no",
+                        "daemonize no",
+                        f"requirepass {self.password}",
+                        "protected-mode yes",
+                        f"logfile {self.root / 'server.log'}",
+                        "",
+                    ]
+                )
+            )
             conf.chmod(0o600)
-            self.process = subprocess.Popen([str(binary), str(conf)], cwd=self.root, stdin=subprocess.DEVNULL,
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                [str(binary), str(conf)],
+                cwd=self.root,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
             if self._wait_ready(timeout):
                 log.info("redis-server running on 127.0.0.1:%s (pid %s)", self.port, self.process.pid)
                 return self

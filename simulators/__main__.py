@@ -27,8 +27,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     end = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    indicators = generate(seed=args.seed, count=args.count, owner=OWNER, start=end - dt.timedelta(days=args.days),
-                          end=end)
+    indicators = generate(
+        seed=args.seed, count=args.count, owner=OWNER, start=end - dt.timedelta(days=args.days), end=end
+    )
     stack = start_stack(args.workdir.resolve(), indicators, api_version=args.api_version)
     env = stack.env()
     lines = [f"{key}={shlex.quote(value)}" for key, value in sorted(env.items())]

@@ -20,21 +20,83 @@ INACTIVE_RATE = 0.05
 FALSE_POSITIVE_RATE = 0.02
 
 _WORDS = (
-    "alpha", "bravo", "cloud", "secure", "login", "update", "cdn", "mail", "portal", "account", "verify",
-    "office", "files", "static", "api", "track", "pay", "bank", "shop", "news", "media", "sync", "drive",
-    "support", "service", "online", "web", "my", "get", "free", "best", "global", "net", "data", "app",
+    "alpha",
+    "bravo",
+    "cloud",
+    "secure",
+    "login",
+    "update",
+    "cdn",
+    "mail",
+    "portal",
+    "account",
+    "verify",
+    "office",
+    "files",
+    "static",
+    "api",
+    "track",
+    "pay",
+    "bank",
+    "shop",
+    "news",
+    "media",
+    "sync",
+    "drive",
+    "support",
+    "service",
+    "online",
+    "web",
+    "my",
+    "get",
+    "free",
+    "best",
+    "global",
+    "net",
+    "data",
+    "app",
 )
 _TLDS = ("com", "net", "org", "info", "ru", "cn", "io", "biz", "xyz", "top", "co.uk", "de", "fr", "online")
 _IDN = ("bücher", "müller", "straße", "пример", "испытание", "例え", "münchen", "café", "παράδειγμα", "köln")
 _IDN_TLDS = ("de", "рф", "com", "jp", "net")
-_PATHS = ("login.php", "index.html", "wp-admin/admin.php", "download/setup.exe", "a/b/c", "update", "verify",
-          "Account/Login.aspx", "images/logo.png", "api/v1/beacon", "gate.php", "invoice.pdf")
+_PATHS = (
+    "login.php",
+    "index.html",
+    "wp-admin/admin.php",
+    "download/setup.exe",
+    "a/b/c",
+    "update",
+    "verify",
+    "Account/Login.aspx",
+    "images/logo.png",
+    "api/v1/beacon",
+    "gate.php",
+    "invoice.pdf",
+)
 _QUERIES = ("", "", "", "?id=123", "?user=alice&token=ABC", "?q=test%20page", "?ref=mail&utm_source=x", "?a=1")
-_TAGS = ("APT28", "APT29", "Phishing", "Malware", "C2", "Botnet", "Ransomware", "Emotet", "TrickBot",
-         "Cobalt Strike", "Spam", "Scanner", "Tor Exit", "Credential Harvesting", "Targeted Attack")
+_TAGS = (
+    "APT28",
+    "APT29",
+    "Phishing",
+    "Malware",
+    "C2",
+    "Botnet",
+    "Ransomware",
+    "Emotet",
+    "TrickBot",
+    "Cobalt Strike",
+    "Spam",
+    "Scanner",
+    "Tor Exit",
+    "Credential Harvesting",
+    "Targeted Attack",
+)
 _DESCRIPTIONS = (
-    "Observed in phishing campaign", "C2 server for commodity malware", "Seen in honeypot logs",
-    "Reported by partner feed", "Hosting exploit kit landing page",
+    "Observed in phishing campaign",
+    "C2 server for commodity malware",
+    "Seen in honeypot logs",
+    "Reported by partner feed",
+    "Hosting exploit kit landing page",
     "A rather long analyst note that goes on to describe the infrastructure, its hosting provider, the "
     "campaign it belongs to and why it matters, well over a hundred characters long",
 )
@@ -155,10 +217,15 @@ def _address(rng: random.Random) -> tuple[str, str]:
 # so the random sequence (and every seeded data set) is unchanged.
 def _bad_address(rng: random.Random) -> tuple[str, str]:
     return rng.choice(
-        ((f"256.{_below(rng, 256)}.1.{_below(rng, 256)}", "ipv4-octet-out-of-range"),
-         (f"10.{_below(rng, 256)}.1", "ipv4-octet-count"), ("1.2.3.999", "ipv4-octet-out-of-range"),
-         ("192.168.1.1.5", "ipv4-octet-count"), ("2001:db8::g1", "ipv6-syntax"), ("not-an-ip", "ipv4-octet-count"),
-         (f"300.300.300.{_below(rng, 256)}", "ipv4-octet-out-of-range"))
+        (
+            (f"256.{_below(rng, 256)}.1.{_below(rng, 256)}", "ipv4-octet-out-of-range"),
+            (f"10.{_below(rng, 256)}.1", "ipv4-octet-count"),
+            ("1.2.3.999", "ipv4-octet-out-of-range"),
+            ("192.168.1.1.5", "ipv4-octet-count"),
+            ("2001:db8::g1", "ipv6-syntax"),
+            ("not-an-ip", "ipv4-octet-count"),
+            (f"300.300.300.{_below(rng, 256)}", "ipv4-octet-out-of-range"),
+        )
     )
 
 
@@ -175,9 +242,14 @@ def _hostname(rng: random.Random) -> tuple[str, str]:
 
 def _bad_host(rng: random.Random) -> tuple[str, str]:
     return rng.choice(
-        ((f"bad host{_below(rng, 1000)}.com", "host-bad-character"), (f"___.{_host(rng)}", "host-bad-character"),
-         (f"{_host(rng)}..", "host-empty-label"), ("-leading.example.com", "host-hyphen"),
-         (f"exa mple{_below(rng, 1000)}.net", "host-bad-character"), ("no_tld", "host-single-label"))
+        (
+            (f"bad host{_below(rng, 1000)}.com", "host-bad-character"),
+            (f"___.{_host(rng)}", "host-bad-character"),
+            (f"{_host(rng)}..", "host-empty-label"),
+            ("-leading.example.com", "host-hyphen"),
+            (f"exa mple{_below(rng, 1000)}.net", "host-bad-character"),
+            ("no_tld", "host-single-label"),
+        )
     )
 
 
@@ -195,9 +267,14 @@ def _url(rng: random.Random) -> tuple[str, str]:
 
 def _bad_url(rng: random.Random) -> tuple[str, str]:
     return rng.choice(
-        ((f"www.{_host(rng)}/login.php", "url-no-scheme"), ("http:///path/only", "url-no-host"),
-         (f"{_host(rng)}", "url-no-scheme"), ("http://", "url-no-host"), ("ht!tp://x y.com/", "url-whitespace"),
-         (f"//{_host(rng)}/a", "url-no-scheme"))
+        (
+            (f"www.{_host(rng)}/login.php", "url-no-scheme"),
+            ("http:///path/only", "url-no-host"),
+            (f"{_host(rng)}", "url-no-scheme"),
+            ("http://", "url-no-host"),
+            ("ht!tp://x y.com/", "url-whitespace"),
+            (f"//{_host(rng)}/a", "url-no-scheme"),
+        )
     )
 
 
@@ -210,9 +287,13 @@ def _email(rng: random.Random) -> tuple[str, str]:
 
 def _bad_email(rng: random.Random) -> tuple[str, str]:
     return rng.choice(
-        ((f"{_USERS[_below(rng, len(_USERS))]}.{_host(rng)}", "email-at-count"), (f"a@@{_host(rng)}", "email-at-count"),
-         ("@example.com", "email-empty-local-part"), (f"user@{_below(rng, 1000)}", "email-bad-domain"),
-         ("user name@example.com", "email-whitespace"))
+        (
+            (f"{_USERS[_below(rng, len(_USERS))]}.{_host(rng)}", "email-at-count"),
+            (f"a@@{_host(rng)}", "email-at-count"),
+            ("@example.com", "email-empty-local-part"),
+            (f"user@{_below(rng, 1000)}", "email-bad-domain"),
+            ("user name@example.com", "email-whitespace"),
+        )
     )
 
 
@@ -405,8 +486,10 @@ def _generate(
             label_roll = random_()
             tag_count = int(random_() * 3.4)
             tags = (
-                [] if tag_count == 0
-                else [_TAGS[int(random_() * n_tags)]] if tag_count == 1
+                []
+                if tag_count == 0
+                else [_TAGS[int(random_() * n_tags)]]
+                if tag_count == 1
                 else sorted({_TAGS[int(random_() * n_tags)] for _ in range(tag_count)})
             )
             rating = random_()
@@ -451,8 +534,9 @@ def _generate(
                     outcome = LOADED
                 if observables:
                     canonical[record["id"]] = observables
-                intents[record["id"]] = Intent(record["id"], kind, record["lastModified"], outcome, observables,
-                                               reason, duplicate_of)
+                intents[record["id"]] = Intent(
+                    record["id"], kind, record["lastModified"], outcome, observables, reason, duplicate_of
+                )
     finally:
         if gc_was_enabled:
             gc.enable()

@@ -46,8 +46,7 @@ class LoginService:
         self.clients[client_id] = client_secret
 
     def authenticate(self, request: Request, audience: str) -> IssuedToken | Response:
-        """Check a ``Bearer`` token; answer Graph's 401 shape when it is missing, unknown, expired or for another API.
-        """
+        """Check a ``Bearer`` token; answer Graph's 401 shape when missing, unknown, expired or for another API."""
         header = request.header("Authorization") or ""
         scheme, _, token = header.partition(" ")
         issued = self.tokens.get(token) if scheme.lower() == "bearer" else None
@@ -125,25 +124,38 @@ class LoginService:
         self.tokens[token] = IssuedToken(client_id, tenant, audience, time.time() + self.token_lifetime)
         return Response(
             200,
-            {"token_type": "Bearer", "expires_in": self.token_lifetime, "ext_expires_in": self.token_lifetime,
-             "access_token": token},
+            {
+                "token_type": "Bearer",
+                "expires_in": self.token_lifetime,
+                "ext_expires_in": self.token_lifetime,
+                "access_token": token,
+            },
         )
 
 
 def _aad_error(status: int, error: str, description: str) -> Response:
     return Response(
         status,
-        {"error": error, "error_description": description,
-         "error_codes": [int(description[len("AADSTS"):description.index(":")])],
-         "timestamp": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()), "trace_id": secrets.token_hex(16),
-         "correlation_id": secrets.token_hex(16)},
+        {
+            "error": error,
+            "error_description": description,
+            "error_codes": [int(description[len("AADSTS") : description.index(":")])],
+            "timestamp": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
+            "trace_id": secrets.token_hex(16),
+            "correlation_id": secrets.token_hex(16),
+        },
     )
 
 
 def _unauthorized(message: str) -> Response:
     return Response(
         401,
-        {"error": {"code": "InvalidAuthenticationToken", "message": message,
-                   "innerError": {"request-id": secrets.token_hex(16), "date": time.strftime("%Y-%m-%dT%H:%M:%S")}}},
+        {
+            "error": {
+                "code": "InvalidAuthenticationToken",
+                "message": message,
+                "innerError": {"request-id": secrets.token_hex(16), "date": time.strftime("%Y-%m-%dT%H:%M:%S")},
+            }
+        },
         {"WWW-Authenticate": 'Bearer realm="", error="invalid_token"'},
     )

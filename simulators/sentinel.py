@@ -108,8 +108,12 @@ class SentinelService:
         with self._lock:
             self._injected.extend([status] * count)
 
-    def fail_records(self, predicate: Callable[[dict[str, Any]], bool], count: int = 1,
-                     message: str = "Error for Property=pattern: Injected failure.") -> None:
+    def fail_records(
+        self,
+        predicate: Callable[[dict[str, Any]], bool],
+        count: int = 1,
+        message: str = "Error for Property=pattern: Injected failure.",
+    ) -> None:
         """Reject the next ``count`` objects matching ``predicate`` with a per-record error."""
         with self._lock:
             self._record_failures.append([predicate, count, message])
@@ -135,8 +139,9 @@ class SentinelService:
                 del self.objects[key]
             return len(doomed)
 
-    def register_management(self, workspace_id: str, subscription_id: str, resource_group: str,
-                            workspace_name: str) -> None:
+    def register_management(
+        self, workspace_id: str, subscription_id: str, resource_group: str, workspace_name: str
+    ) -> None:
         """Make a workspace reachable on the management plane under its ARM path."""
         with self._lock:
             key = (subscription_id.lower(), resource_group.lower(), workspace_name.lower())
@@ -169,8 +174,9 @@ class SentinelService:
     def _logged(self, request: Request, handler: Callable[[Request], tuple[Response, int, str | None]]) -> Response:
         response, count, client_id = handler(request)
         with self._lock:
-            self.requests.append(RequestLogEntry(request.method, request.path, response.status, count, client_id,
-                                                 time.time()))
+            self.requests.append(
+                RequestLogEntry(request.method, request.path, response.status, count, client_id, time.time())
+            )
         return response
 
     def _upload(self, request: Request) -> tuple[Response, int, str | None]:
@@ -183,8 +189,11 @@ class SentinelService:
         assert match is not None
         workspace = match["ws"]
         if workspace not in self.workspaces:
-            return Response(404, {"statusCode": 404, "message": f"Workspace {workspace} was not found."}), 0, \
-                issued.client_id
+            return (
+                Response(404, {"statusCode": 404, "message": f"Workspace {workspace} was not found."}),
+                0,
+                issued.client_id,
+            )
         with self._lock:
             if self._injected:
                 status = self._injected.popleft()
@@ -200,18 +209,19 @@ class SentinelService:
             return _bad_request("The request body must be a JSON object."), 0, issued.client_id
         sourcesystem = body.get("sourcesystem")
         if not isinstance(sourcesystem, str) or not sourcesystem.strip():
-            return _bad_request("Error for Property=sourcesystem: Required property is missing."), 0, \
-                issued.client_id
+            return _bad_request("Error for Property=sourcesystem: Required property is missing."), 0, issued.client_id
         if sourcesystem.strip().lower() == "microsoft sentinel":
             # The docs call this value restricted; the real answer is UNCONFIRMED, a 400 is the tolerant guess.
             return _bad_request("The sourcesystem 'Microsoft Sentinel' is restricted."), 0, issued.client_id
         objects = body.get("stixobjects")
         if not isinstance(objects, list):
-            return _bad_request("Error for Property=stixobjects: Required property is missing."), 0, \
-                issued.client_id
+            return _bad_request("Error for Property=stixobjects: Required property is missing."), 0, issued.client_id
         if len(objects) > MAX_OBJECTS:
-            return _bad_request(f"At most {MAX_OBJECTS} objects per request; got {len(objects)}."), len(objects), \
-                issued.client_id
+            return (
+                _bad_request(f"At most {MAX_OBJECTS} objects per request; got {len(objects)}."),
+                len(objects),
+                issued.client_id,
+            )
 
         errors = []
         with self._lock:
@@ -270,8 +280,11 @@ class SentinelService:
 
     def _query(self, request: Request) -> tuple[Response, int, str | None]:
         if request.query_one("api-version") != QUERY_API_VERSION:
-            return _arm_error(400, "InvalidApiVersionParameter", "The api-version is missing or not supported."), \
-                0, None
+            return (
+                _arm_error(400, "InvalidApiVersionParameter", "The api-version is missing or not supported."),
+                0,
+                None,
+            )
         issued = self.login.authenticate(request, ARM_AUDIENCE)
         if isinstance(issued, Response):
             return issued, 0, None
@@ -303,11 +316,14 @@ class SentinelService:
 
         with self._lock:
             matches = sorted(
-                ((source, obj) for (ws, source, _), obj in self.objects.items()
-                 if ws == target.workspace_id and _matches(condition, source, obj)),
+                (
+                    (source, obj)
+                    for (ws, source, _), obj in self.objects.items()
+                    if ws == target.workspace_id and _matches(condition, source, obj)
+                ),
                 key=lambda pair: (pair[0], pair[1]["id"]),
             )
-        page = matches[offset:offset + size]
+        page = matches[offset : offset + size]
         arm_root = request.path.rsplit("/threatIntelligence/", 1)[0]
         result: dict[str, Any] = {"value": [_resource(arm_root, source, obj) for source, obj in page]}
         if offset + size < len(matches):
@@ -352,18 +368,21 @@ def validate_object(obj: object) -> list[str]:
     if "created" in stamps and "modified" in stamps and stamps["modified"] < stamps["created"]:
         errors.append("Error for Property=modified: The value must be later than or equal to created.")
     confidence = obj.get("confidence")
-    if confidence is not None and (isinstance(confidence, bool) or not isinstance(confidence, int)
-                                   or not 0 <= confidence <= 100):
-        errors.append(f"Error for Property=confidence: The value must be an integer from 0 to 100. "
-                      f"Actual value: {confidence}.")
+    if confidence is not None and (
+        isinstance(confidence, bool) or not isinstance(confidence, int) or not 0 <= confidence <= 100
+    ):
+        errors.append(
+            f"Error for Property=confidence: The value must be an integer from 0 to 100. Actual value: {confidence}."
+        )
     if "revoked" in obj and not isinstance(obj["revoked"], bool):
         errors.append(f"Error for Property=revoked: The value must be a boolean. Actual value: {obj['revoked']}.")
     labels = obj.get("labels")
     if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
         errors.append("Error for Property=labels: The value must be a list of strings.")
     markings = obj.get("object_marking_refs")
-    if markings is not None and (not isinstance(markings, list)
-                                 or not all(isinstance(m, str) and _MARKING.match(m) for m in markings)):
+    if markings is not None and (
+        not isinstance(markings, list) or not all(isinstance(m, str) and _MARKING.match(m) for m in markings)
+    ):
         errors.append("Error for Property=object_marking_refs: The value must be a list of marking-definition ids.")
 
     if object_type == "indicator":
@@ -378,13 +397,17 @@ def validate_object(obj: object) -> list[str]:
             version = "2.0" if obj.get("spec_version") == "2.0" else "2.1"
             problems = run_validator(pattern, stix_version=version)
             if problems:
-                errors.append(f"Error for Property=pattern: The STIX pattern is not valid: {problems[0]}. "
-                              f"Actual value: {pattern}.")
+                errors.append(
+                    f"Error for Property=pattern: The STIX pattern is not valid: {problems[0]}. "
+                    f"Actual value: {pattern}."
+                )
             else:
                 longest = max(map(len, url_values(pattern, version)), default=0)
                 if longest > MAX_URL:
-                    errors.append(f"Error for Property=pattern: The url:value is longer than {MAX_URL} characters "
-                                  f"({longest}). Actual value: {pattern}.")
+                    errors.append(
+                        f"Error for Property=pattern: The url:value is longer than {MAX_URL} characters "
+                        f"({longest}). Actual value: {pattern}."
+                    )
     return errors
 
 

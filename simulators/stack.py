@@ -48,27 +48,46 @@ class Stack:
         ms = self.ms_server.base_url
         return {
             "threatconnect_default": {
-                "conn_type": "http", "host": f"{self.tc_server.base_url}/api", "login": TC_ACCESS_ID,
-                "password": self.tc_secret, "extra": {"owner": OWNER, "api_version": self.api_version},
+                "conn_type": "http",
+                "host": f"{self.tc_server.base_url}/api",
+                "login": TC_ACCESS_ID,
+                "password": self.tc_secret,
+                "extra": {"owner": OWNER, "api_version": self.api_version},
             },
             "msgraph_default": {
-                "conn_type": "http", "host": ms, "login": CLIENT_ID, "password": self.client_secret,
+                "conn_type": "http",
+                "host": ms,
+                "login": CLIENT_ID,
+                "password": self.client_secret,
                 "extra": {"tenant_id": TENANT_ID, "authority_host": ms},
             },
             "sentinel_default": {
-                "conn_type": "http", "host": ms, "login": CLIENT_ID, "password": self.client_secret,
-                "extra": {"tenant_id": TENANT_ID, "workspace_id": WORKSPACE_ID, "authority_host": ms,
-                          "subscription_id": SUBSCRIPTION_ID, "resource_group": RESOURCE_GROUP,
-                          "workspace_name": WORKSPACE_NAME, "management_host": ms},
+                "conn_type": "http",
+                "host": ms,
+                "login": CLIENT_ID,
+                "password": self.client_secret,
+                "extra": {
+                    "tenant_id": TENANT_ID,
+                    "workspace_id": WORKSPACE_ID,
+                    "authority_host": ms,
+                    "subscription_id": SUBSCRIPTION_ID,
+                    "resource_group": RESOURCE_GROUP,
+                    "workspace_name": WORKSPACE_NAME,
+                    "management_host": ms,
+                },
             },
             "defender_default": {
-                "conn_type": "http", "host": ms, "login": CLIENT_ID, "password": self.client_secret,
+                "conn_type": "http",
+                "host": ms,
+                "login": CLIENT_ID,
+                "password": self.client_secret,
                 "extra": {"tenant_id": TENANT_ID, "authority_host": ms},
             },
         }
 
-    def env(self, data_root: str | None = None, sink: str | None = None,
-            indicator_types: list[str] | None = None) -> dict[str, str]:
+    def env(
+        self, data_root: str | None = None, sink: str | None = None, indicator_types: list[str] | None = None
+    ) -> dict[str, str]:
         """Environment variables that point a plain Airflow at the simulators."""
         env = {f"AIRFLOW_CONN_{name.upper()}": json.dumps(conn) for name, conn in self.connections().items()}
         env["REQUESTS_CA_BUNDLE"] = str(self.tls.ca_file)
@@ -92,22 +111,31 @@ class Stack:
         """External ids the target holds; without ``include_retracted`` only live ones (Graph isActive, STIX not
         revoked)."""
         if sink == "graph":
-            return {i.get("externalId") for i in self.graph.owned_by(CLIENT_ID)
-                    if include_retracted or i.get("isActive", True) is not False}
+            return {
+                i.get("externalId")
+                for i in self.graph.owned_by(CLIENT_ID)
+                if include_retracted or i.get("isActive", True) is not False
+            }
         if sink == "defender":  # Defender deletes on retraction; our id travels as the description's tag
-            found = (re.search(r"\[tc:([^\]\s]+)\]\s*$", str(i.get("description") or ""))
-                     for i in self.defender.created_by(CLIENT_ID))
+            found = (
+                re.search(r"\[tc:([^\]\s]+)\]\s*$", str(i.get("description") or ""))
+                for i in self.defender.created_by(CLIENT_ID)
+            )
             return {m.group(1) for m in found if m}
-        return {sid.removeprefix("indicator--") for sid, obj in self.sentinel_objects().items()
-                if include_retracted or not obj.get("revoked")}
+        return {
+            sid.removeprefix("indicator--")
+            for sid, obj in self.sentinel_objects().items()
+            if include_retracted or not obj.get("revoked")
+        }
 
     def stop(self) -> None:
         self.tc_server.stop()
         self.ms_server.stop()
 
 
-def start_stack(workdir: Path, indicators: list[dict[str, Any]], api_version: str = "v3",
-                sentinel_rate_limit: int = 100) -> Stack:
+def start_stack(
+    workdir: Path, indicators: list[dict[str, Any]], api_version: str = "v3", sentinel_rate_limit: int = 100
+) -> Stack:
     """Start the simulators on loopback ports with a fresh CA under ``workdir``."""
     from simulators.defender import DefenderService
     from simulators.graph import GraphService
@@ -127,5 +155,16 @@ def start_stack(workdir: Path, indicators: list[dict[str, Any]], api_version: st
     defender = DefenderService(login)
     ms_server = HttpsServer([login, graph, sentinel, defender], tls).start()
     login.base_url = ms_server.base_url
-    return Stack(tls, tc_server, tc, ms_server, login, graph, sentinel, tc_secret=tc_secret,
-                 client_secret=client_secret, api_version=api_version, defender=defender)
+    return Stack(
+        tls,
+        tc_server,
+        tc,
+        ms_server,
+        login,
+        graph,
+        sentinel,
+        tc_secret=tc_secret,
+        client_secret=client_secret,
+        api_version=api_version,
+        defender=defender,
+    )

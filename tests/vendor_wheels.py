@@ -26,8 +26,18 @@ def wheel(project: str, version: str) -> Path:
     if found:
         return found[0]
     WHEELS.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", f"{project}=={version}", "--no-deps",
-               "--only-binary=:all:", "--disable-pip-version-check", "-d", str(WHEELS)]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        f"{project}=={version}",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--disable-pip-version-check",
+        "-d",
+        str(WHEELS),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
     found = sorted(WHEELS.glob(f"{stem}*.whl"))
     if done.returncode != 0 or not found:

@@ -18,8 +18,12 @@ MICROSOFT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 ARM_SCOPE = "https://management.azure.com/.default"
 _MICROSOFT_LOGIN_HOSTS = {
-    "login.microsoftonline.com", "login.microsoft.com", "login.windows.net", "sts.windows.net",
-    "login.microsoftonline.us", "login.chinacloudapi.cn",
+    "login.microsoftonline.com",
+    "login.microsoft.com",
+    "login.windows.net",
+    "sts.windows.net",
+    "login.microsoftonline.us",
+    "login.chinacloudapi.cn",
 }
 
 

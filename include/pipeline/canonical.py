@@ -292,8 +292,9 @@ def canonical_url(raw: str) -> Result:
         tail = "/" + tail  # "http://a.example?q" is "http://a.example/?q"
     url = f"{scheme}://{userinfo}{host}{port}{_encode_part(tail)}"
     if len(url) > URL_MAX:
-        return None, (f"invalid url: {len(url):,} characters, more than the {URL_MAX:,} Microsoft's targets "
-                      "support (KB 208427)")
+        return None, (
+            f"invalid url: {len(url):,} characters, more than the {URL_MAX:,} Microsoft's targets support (KB 208427)"
+        )
     return url, "url"
 
 

@@ -87,8 +87,7 @@ def canonicalize_column(kind: str, raws: list[str]) -> tuple[list[str | None], l
         fast_values = pc.replace_substring_regex(lowered, r"\.$", "")
         fast = pc.and_(
             pc.and_(pc.string_is_ascii(values), pc.match_substring_regex(lowered, _FAST_PATTERNS[kind])),
-            pc.and_(pc.invert(pc.match_substring(lowered, "xn--")),
-                    pc.less_equal(pc.utf8_length(fast_values), 253)),
+            pc.and_(pc.invert(pc.match_substring(lowered, "xn--")), pc.less_equal(pc.utf8_length(fast_values), 253)),
         )
         if kind == "email":
             # local part at most 64 characters; the domain's own 253 limit is checked on the part after the '@'
@@ -99,8 +98,9 @@ def canonicalize_column(kind: str, raws: list[str]) -> tuple[list[str | None], l
     return _patch(raws, fast, fast_values, variant, canon)
 
 
-def _patch(raws: list[str], fast: pa.Array, fast_values: pa.Array, variant: str,
-           canon: Callable[[str], Result]) -> tuple[list[str | None], list[str]]:
+def _patch(
+    raws: list[str], fast: pa.Array, fast_values: pa.Array, variant: str, canon: Callable[[str], Result]
+) -> tuple[list[str | None], list[str]]:
     """The fast answers where ``fast``, the per-value canonicaliser's everywhere else."""
     fast = pc.fill_null(fast, False)
     out = pc.if_else(fast, fast_values, pa.nulls(len(raws), pa.string())).to_pylist()
@@ -116,8 +116,10 @@ def canonicalize_hashes(raws: pa.Array, expected: str) -> tuple[list[str | None]
     length = {kind: n for n, kind in HASH_TYPES.items()}[expected]
     lowered = pc.ascii_lower(raws)
     fast = pc.and_(
-        pc.and_(pc.match_substring_regex(raws, f"^[0-9A-Fa-f]{{{length}}}$"),
-                pc.invert(pc.match_substring_regex(raws, "^0+$"))),
+        pc.and_(
+            pc.match_substring_regex(raws, f"^[0-9A-Fa-f]{{{length}}}$"),
+            pc.invert(pc.match_substring_regex(raws, "^0+$")),
+        ),
         pc.invert(pc.is_in(lowered, value_set=pa.array(sorted(EMPTY_FILE_DIGESTS), pa.string()))),
     )
     return _patch(raws.to_pylist(), fast, lowered, expected, lambda raw: canonical_hash(raw, expected))

@@ -11,6 +11,7 @@ from include.pipeline.delivered import NORMALIZED_COLUMNS, ONE_MS, is_live
 
 def _priority(row: dict[str, Any]) -> tuple[int, int, int, str]:
     """Sort key, best first: severity, then confidence, then the most recently modified (ids break ties)."""
+
     def number(value: Any) -> int:
         return -1 if value is None or pd.isna(value) else int(value)
 
@@ -19,8 +20,9 @@ def _priority(row: dict[str, Any]) -> tuple[int, int, int, str]:
     return (-number(row.get("severity")), -number(row.get("confidence")), -stamp, str(row["external_id"]))
 
 
-def apply_capacity(planned: pd.DataFrame, state: pd.DataFrame, capacity: int, others_live: int,
-                   sink: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+def apply_capacity(
+    planned: pd.DataFrame, state: pd.DataFrame, capacity: int, others_live: int, sink: str
+) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Keep what the target holds of ours within ``capacity`` (every type together), by priority.
 
     When this type's live set after the plan does not fit in what the other types leave (``capacity -
@@ -32,12 +34,16 @@ def apply_capacity(planned: pd.DataFrame, state: pd.DataFrame, capacity: int, ot
         The adjusted plan and ``{"capacity", "used", "over_capacity"}`` (``used``: live after this run, all types).
     """
     retracting = set(planned.loc[planned["action"] == "retract", "external_id"])
-    held_live = [] if state.empty else [r for r in state.to_dict("records")
-                                        if is_live(r) and r["external_id"] not in retracting]
+    held_live = (
+        []
+        if state.empty
+        else [r for r in state.to_dict("records") if is_live(r) and r["external_id"] not in retracting]
+    )
     rows_by_id = {r["external_id"]: r for r in held_live}
     for row in planned.to_dict("records"):
         if row["action"] in ("create", "update", "refresh") or (
-                row["action"] == "skip" and row["external_id"] in rows_by_id):
+            row["action"] == "skip" and row["external_id"] in rows_by_id
+        ):
             rows_by_id[row["external_id"]] = row
     room = max(capacity - others_live, 0)
     info = {"capacity": capacity, "used": others_live + len(rows_by_id), "over_capacity": 0}
@@ -64,9 +70,17 @@ def apply_capacity(planned: pd.DataFrame, state: pd.DataFrame, capacity: int, ot
         cut.discard(external_id)
     for external_id in cut:  # live, and not in this run's plan at all
         held = state.loc[external_id]
-        extra.append({**{k: held[k] for k in NORMALIZED_COLUMNS}, "target_id": held["target_id"],
-                      "action": "retract", "reason": f"making room: {reason}", "content_hash": held["content_hash"],
-                      "stix_modified": pd.Timestamp(held["stix_modified"]) + ONE_MS, "sink": sink})
+        extra.append(
+            {
+                **{k: held[k] for k in NORMALIZED_COLUMNS},
+                "target_id": held["target_id"],
+                "action": "retract",
+                "reason": f"making room: {reason}",
+                "content_hash": held["content_hash"],
+                "stix_modified": pd.Timestamp(held["stix_modified"]) + ONE_MS,
+                "sink": sink,
+            }
+        )
     if extra:
         frame = pd.concat([frame, pd.DataFrame(extra, columns=frame.columns)], ignore_index=True)
     info["over_capacity"] = len(ranked) - room

@@ -55,9 +55,12 @@ def delivered(store: SnapshotStore, indicator_type: str, sink: str, exclude_run:
         table = store.read("loaded", indicator_type, run_id)
         table = table.filter(pc.equal(table["sink"], sink))
         rejected = table.filter(pc.equal(table["status"], "rejected"))
-        for external_id, digest, error in zip(rejected["external_id"].to_pylist(),
-                                              rejected["content_hash"].to_pylist(),
-                                              rejected["error"].to_pylist(), strict=True):
+        for external_id, digest, error in zip(
+            rejected["external_id"].to_pylist(),
+            rejected["content_hash"].to_pylist(),
+            rejected["error"].to_pylist(),
+            strict=True,
+        ):
             if digest:
                 quarantine[(external_id, digest)] = error or "rejected by the target"
         table = table.filter(pc.equal(table["status"], "ok"))

@@ -22,6 +22,7 @@ from include.pipeline.snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
 
+
 class LoadFailed(RuntimeError):
     """More indicators failed to load than the configured threshold allows (transient: a task retry may pass)."""
 
@@ -37,7 +38,6 @@ MIN_REJECTIONS_TO_FAIL = 5
 
 class VerifyFailed(RuntimeError):
     """Indicators that were loaded are missing from (or different in) the target."""
-
 
 
 def _outcomes(chunk: pd.DataFrame, results: list[SinkResult], sink: Sink) -> pd.DataFrame:
@@ -65,8 +65,9 @@ def _live_count(store: SnapshotStore, indicator_type: str, sink: str) -> int:
     return 0 if state.empty else int((state["action"] != "retract").sum())
 
 
-def _target_view(sink: Sink, state: pd.DataFrame, deduped: pd.DataFrame,
-                 reconcile: bool) -> lifecycle.TargetView | None:
+def _target_view(
+    sink: Sink, state: pd.DataFrame, deduped: pd.DataFrame, reconcile: bool
+) -> lifecycle.TargetView | None:
     """Read back what the target holds for the delivered live indicators this run plans (all of them when
     reconciling), so the plan repairs drift instead of trusting the log: None when the sink cannot read back."""
     if not sink.read_back or state.empty:
@@ -79,8 +80,12 @@ def _target_view(sink: Sink, state: pd.DataFrame, deduped: pd.DataFrame,
         return None
     found = sink.fetch(ids)
     view = lifecycle.TargetView(set(ids), lambda row, stored: _compare(sink, row, stored), found)
-    log.info("read back %s delivered live %s indicators before planning; the target holds %s of them",
-             len(ids), state["indicator_type"].iloc[0] if "indicator_type" in state else "", len(found))
+    log.info(
+        "read back %s delivered live %s indicators before planning; the target holds %s of them",
+        len(ids),
+        state["indicator_type"].iloc[0] if "indicator_type" in state else "",
+        len(found),
+    )
     return view
 
 
@@ -127,24 +132,43 @@ def load(
     state = history.state
     inventory = _read_inventory(store, run_id, indicator_type)
     target = _target_view(sink, state, deduped, reconcile=inventory is not None)
-    planned = lifecycle.plan(deduped, history, sink.payload, name, policy,
-                             sink.volatile_fields, inventory, target,
-                             expired_before=policy.interval_end if sink.refuses_expired else None)
+    planned = lifecycle.plan(
+        deduped,
+        history,
+        sink.payload,
+        name,
+        policy,
+        sink.volatile_fields,
+        inventory,
+        target,
+        expired_before=policy.interval_end if sink.refuses_expired else None,
+    )
     capacity: dict[str, Any] | None = None
     if sink.capacity is not None:
         others = sum(_live_count(store, other, name) for other in SUPPORTED_TYPES if other != indicator_type)
         planned, capacity = lifecycle.apply_capacity(planned, state, sink.capacity, others, name)
         if capacity["over_capacity"]:
-            log.warning("%s holds at most %s of our indicators: %s %s indicators are left out or retracted by "
-                        "priority (plan reasons say which)", name, f"{sink.capacity:,}",
-                        capacity["over_capacity"], indicator_type)
+            log.warning(
+                "%s holds at most %s of our indicators: %s %s indicators are left out or retracted by "
+                "priority (plan reasons say which)",
+                name,
+                f"{sink.capacity:,}",
+                capacity["over_capacity"],
+                indicator_type,
+            )
     plan_path = store.write_table("plan", indicator_type, run_id, lifecycle.plan_table(planned), part=name)
     counts = _log_plan(indicator_type, planned)
-    summary: LoadReport = {"indicator_type": indicator_type, "run_id": run_id, "sink": name,
-                               "dry_run": dry_run, "planned": counts, "plan_path": plan_path,
-                               "reconciled": inventory is not None,
-                               "read_back_before_planning": 0 if target is None else len(target.read),
-                               "capacity": capacity}
+    summary: LoadReport = {
+        "indicator_type": indicator_type,
+        "run_id": run_id,
+        "sink": name,
+        "dry_run": dry_run,
+        "planned": counts,
+        "plan_path": plan_path,
+        "reconciled": inventory is not None,
+        "read_back_before_planning": 0 if target is None else len(target.read),
+        "capacity": capacity,
+    }
     if dry_run:
         log.info("dry run: nothing sent; the plan is in %s", plan_path)
         return summary
@@ -155,10 +179,9 @@ def load(
     columns = ["external_id", "action", "status", "expiration", "last_modified", "reason", "value", "error"]
     with store.writer("loaded", indicator_type, run_id, LOADED_SCHEMA, part=name) as writer:
         for offset in range(0, len(writes), chunk_rows):
-            chunk = writes.iloc[offset:offset + chunk_rows]
+            chunk = writes.iloc[offset : offset + chunk_rows]
             upserts, retracts = chunk[chunk["action"] != "retract"], chunk[chunk["action"] == "retract"]
-            results = (sink.upsert(upserts) if len(upserts) else []) + (
-                sink.retract(retracts) if len(retracts) else [])
+            results = (sink.upsert(upserts) if len(upserts) else []) + (sink.retract(retracts) if len(retracts) else [])
             frame = _outcomes(chunk, results, sink)
             writer.write(pa.Table.from_pandas(frame, schema=LOADED_SCHEMA, preserve_index=False))
             outcomes.append(frame[columns])
@@ -172,30 +195,42 @@ def load(
         loaded = store.read("loaded", indicator_type, run_id)
         loaded = loaded.filter(pc.equal(loaded["sink"], name))
         status = pc.if_else(pc.equal(loaded["status"], REJECTED), FAILED, loaded["status"])
-        store.write_table("loaded", indicator_type, run_id,
-                          loaded.set_column(loaded.schema.get_field_index("status"), "status", status), part=name)
+        store.write_table(
+            "loaded",
+            indicator_type,
+            run_id,
+            loaded.set_column(loaded.schema.get_field_index("status"), "status", status),
+            part=name,
+        )
     ok = done[done["status"] == OK]
     failed = int((done["status"] == FAILED).sum())
-    summary.update({
-        "sent": len(done),
-        "created": int((ok["action"] == "create").sum()),
-        "updated": int((ok["action"] == "update").sum()),
-        "refreshed": int((ok["action"] == "refresh").sum()),
-        "retracted": int((ok["action"] == "retract").sum()),
-        "unchanged": int((planned["reason"] == "unchanged").sum()),
-        "healed": int(ok["reason"].fillna("").str.startswith("heal").sum()),
-        "rejected_before_sending": counts["reject"],
-        "rejected_by_target": rejected,
-        "quarantined": counts["quarantined"],
-        "failed": failed,
-        "expiring_7d": lifecycle.expiring(state, ok, policy.interval_end, dt.timedelta(days=7)),
-        "loaded_path": store.partition_url("loaded", indicator_type, run_id),
-    })
+    summary.update(
+        {
+            "sent": len(done),
+            "created": int((ok["action"] == "create").sum()),
+            "updated": int((ok["action"] == "update").sum()),
+            "refreshed": int((ok["action"] == "refresh").sum()),
+            "retracted": int((ok["action"] == "retract").sum()),
+            "unchanged": int((planned["reason"] == "unchanged").sum()),
+            "healed": int(ok["reason"].fillna("").str.startswith("heal").sum()),
+            "rejected_before_sending": counts["reject"],
+            "rejected_by_target": rejected,
+            "quarantined": counts["quarantined"],
+            "failed": failed,
+            "expiring_7d": lifecycle.expiring(state, ok, policy.interval_end, dt.timedelta(days=7)),
+            "loaded_path": store.partition_url("loaded", indicator_type, run_id),
+        }
+    )
     log.info("load summary: %s", summary)
     if rejected:
         sample = done[done["error"].notna() & (done["action"] != "retract")].head(3)
-        log.warning("%s rejected %s %s indicators for their content (quarantined until they change), e.g. %s",
-                    name, rejected, indicator_type, list(zip(sample["value"], sample["error"], strict=True)))
+        log.warning(
+            "%s rejected %s %s indicators for their content (quarantined until they change), e.g. %s",
+            name,
+            rejected,
+            indicator_type,
+            list(zip(sample["value"], sample["error"], strict=True)),
+        )
     if too_many_rejections:
         raise TooManyRejections(
             f"{name} rejected {rejected} of {len(done)} {indicator_type} writes for their content, more than "
@@ -232,8 +267,17 @@ def verify(
     to send), failed writes hold the mark back, and a failed verify moves nothing.
     """
     if dry_run:
-        return {"indicator_type": indicator_type, "run_id": run_id, "dry_run": True, "expected": 0, "verified": 0,
-                "missing": 0, "different": 0, "watermark": previous_watermark, "verified_by": None}
+        return {
+            "indicator_type": indicator_type,
+            "run_id": run_id,
+            "dry_run": True,
+            "expected": 0,
+            "verified": 0,
+            "missing": 0,
+            "different": 0,
+            "watermark": previous_watermark,
+            "verified_by": None,
+        }
     name = target or sink.name
     loaded = store.read("loaded", indicator_type, run_id).to_pandas()
     loaded = loaded[loaded["sink"] == name].reset_index(drop=True)
@@ -254,25 +298,48 @@ def verify(
                 findings.append((row["external_id"], row["action"], "missing", finding[1]))
             else:
                 different.append((row["external_id"], *finding[1:]))
-                findings.append((row["external_id"], row["action"], "different", f"{finding[1]}: sent "
-                                 f"{finding[2]!r}, target holds {finding[3]!r}"[:500]))
+                findings.append(
+                    (
+                        row["external_id"],
+                        row["action"],
+                        "different",
+                        f"{finding[1]}: sent {finding[2]!r}, target holds {finding[3]!r}"[:500],
+                    )
+                )
     else:
         verified_by = "acknowledged"
         if records:
-            log.warning("%s cannot read objects back with this connection: verify relies on the target's per-item "
-                        "acknowledgements of the %s %s writes (see the README for the coordinates that turn on "
-                        "read-back)", sink.name, len(records), indicator_type)
+            log.warning(
+                "%s cannot read objects back with this connection: verify relies on the target's per-item "
+                "acknowledgements of the %s %s writes (see the README for the coordinates that turn on "
+                "read-back)",
+                sink.name,
+                len(records),
+                indicator_type,
+            )
         findings = [(r["external_id"], r["action"], "acknowledged", None) for r in records]
-    columns = {column: [f[i] for f in findings] for i, column in enumerate(("external_id", "action", "status",
-                                                                             "detail"))}
-    store.write_table("verified", indicator_type, run_id,
-                      pa.table({**columns, "sink": [name] * len(findings)}, schema=lifecycle.VERIFIED_SCHEMA),
-                      part=name)
+    columns = {
+        column: [f[i] for f in findings] for i, column in enumerate(("external_id", "action", "status", "detail"))
+    }
+    store.write_table(
+        "verified",
+        indicator_type,
+        run_id,
+        pa.table({**columns, "sink": [name] * len(findings)}, schema=lifecycle.VERIFIED_SCHEMA),
+        part=name,
+    )
     window_rows = _window_outcomes(store, run_id, indicator_type, loaded, name)
     new_mark = watermarks.advance(previous_watermark, window_rows)
-    summary: VerifyReport = {"indicator_type": indicator_type, "run_id": run_id, "expected": len(records),
-               "verified": len(records) - len(missing) - len(different), "missing": len(missing),
-               "different": len(different), "watermark": new_mark, "verified_by": verified_by}
+    summary: VerifyReport = {
+        "indicator_type": indicator_type,
+        "run_id": run_id,
+        "expected": len(records),
+        "verified": len(records) - len(missing) - len(different),
+        "missing": len(missing),
+        "different": len(different),
+        "watermark": new_mark,
+        "verified_by": verified_by,
+    }
     log.info("verify summary: %s", summary)
     if missing or different:
         raise VerifyFailed(
@@ -303,20 +370,23 @@ def _retracted(stored: dict[str, Any]) -> bool:
     return stored.get("isActive") is False or stored.get("revoked") is True
 
 
-def _window_outcomes(store: SnapshotStore, run_id: str, indicator_type: str, loaded: pd.DataFrame,
-                     target: str) -> pd.DataFrame:
+def _window_outcomes(
+    store: SnapshotStore, run_id: str, indicator_type: str, loaded: pd.DataFrame, target: str
+) -> pd.DataFrame:
     """(last_modified, status) of the run's own window rows: written ones with their status, the rest ok.
 
     Refreshes and orphan retractions concern indicators outside the window, so they never move the watermark.
     """
     window_ids = set(store.read("deduped", indicator_type, run_id, columns=["external_id"])["external_id"].to_pylist())
-    planned = store.read("plan", indicator_type, run_id,
-                         columns=["external_id", "action", "last_modified", "sink"]).to_pandas()
+    planned = store.read(
+        "plan", indicator_type, run_id, columns=["external_id", "action", "last_modified", "sink"]
+    ).to_pandas()
     planned = planned[planned["sink"] == target]
     planned = planned[planned["external_id"].isin(window_ids)]
     # A rejection by the target is done with (quarantined, not retried): only failures hold the mark back.
-    status = {e: FAILED if s == FAILED else OK
-              for e, s in zip(loaded["external_id"], loaded["status"], strict=False)}
-    planned["status"] = [status.get(e, OK) if a in lifecycle.WRITE_ACTIONS else OK
-                         for e, a in zip(planned["external_id"], planned["action"], strict=True)]
+    status = {e: FAILED if s == FAILED else OK for e, s in zip(loaded["external_id"], loaded["status"], strict=False)}
+    planned["status"] = [
+        status.get(e, OK) if a in lifecycle.WRITE_ACTIONS else OK
+        for e, a in zip(planned["external_id"], planned["action"], strict=True)
+    ]
     return planned[["last_modified", "status"]]

@@ -150,8 +150,9 @@ def descriptions(
         "rating_label": lambda: (np.where(rated, rating, 0).astype(np.int64), list(RATING_LABELS)),
         "confidence": lambda: _unique(confidence.astype(np.int64)),
         "tlp": lambda: (tlp_ranks.astype(np.int64), list(TLP_LEVELS)),
-        "hash_type": lambda: (_distinct(pa.array(variants, pa.string()), lambda v: v) if m.kind == "hash"
-                              else (zeros, [""])),
+        "hash_type": lambda: (
+            _distinct(pa.array(variants, pa.string()), lambda v: v) if m.kind == "hash" else (zeros, [""])
+        ),
     }
     has = np.fromiter((bool(text) for text in desc_texts), dtype=bool, count=len(desc_texts))[desc_codes]
     names = sorted(set(with_fields) | set(without_fields))

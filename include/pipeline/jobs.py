@@ -157,20 +157,29 @@ class TypeJob:
 
     def to_xcom(self) -> JobDocument:
         return {
-            "indicator_type": self.indicator_type, "run_id": self.run_id, "live": self.live,
-            "config": self.config.as_dict(), "window": self.window.as_dict(), "reconcile": self.reconcile,
+            "indicator_type": self.indicator_type,
+            "run_id": self.run_id,
+            "live": self.live,
+            "config": self.config.as_dict(),
+            "window": self.window.as_dict(),
+            "reconcile": self.reconcile,
             "interval": {"start": watermarks.iso(self.interval_start), "end": watermarks.iso(self.interval_end)},
-            "previous_watermark": self.previous_watermark, "target_marks": dict(self.target_marks),
+            "previous_watermark": self.previous_watermark,
+            "target_marks": dict(self.target_marks),
         }
 
     @classmethod
     def _fields(cls, data: Mapping[str, Any]) -> dict[str, Any]:
         return {
-            "indicator_type": data["indicator_type"], "run_id": data["run_id"], "live": bool(data["live"]),
-            "config": RunConfig.from_dict(data["config"]), "window": watermarks.Window.from_dict(data["window"]),
+            "indicator_type": data["indicator_type"],
+            "run_id": data["run_id"],
+            "live": bool(data["live"]),
+            "config": RunConfig.from_dict(data["config"]),
+            "window": watermarks.Window.from_dict(data["window"]),
             "interval_start": watermarks.parse_iso(data["interval"]["start"]),
             "interval_end": watermarks.parse_iso(data["interval"]["end"]),
-            "reconcile": bool(data["reconcile"]), "target_marks": dict(data["target_marks"]),
+            "reconcile": bool(data["reconcile"]),
+            "target_marks": dict(data["target_marks"]),
         }
 
     @classmethod

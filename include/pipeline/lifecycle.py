@@ -49,13 +49,15 @@ from include.pipeline.schema import PLAN_SCHEMA
 
 WRITE_ACTIONS = ("create", "update", "refresh", "retract")
 PLAN_ACTIONS = (*WRITE_ACTIONS, "reject", "skip")
-VERIFIED_SCHEMA = pa.schema([
-    pa.field("external_id", pa.string()),
-    pa.field("action", pa.string()),
-    pa.field("status", pa.string()),  # read back, acknowledged, missing, different
-    pa.field("detail", pa.string()),  # what differed, or why the write counts as delivered
-    pa.field("sink", pa.string()),  # the target
-])
+VERIFIED_SCHEMA = pa.schema(
+    [
+        pa.field("external_id", pa.string()),
+        pa.field("action", pa.string()),
+        pa.field("status", pa.string()),  # read back, acknowledged, missing, different
+        pa.field("detail", pa.string()),  # what differed, or why the write counts as delivered
+        pa.field("sink", pa.string()),  # the target
+    ]
+)
 
 
 class MassRetraction(PermanentError):
@@ -87,7 +89,6 @@ class Policy:
     retraction_guard_min: int = 10
     allow_mass_retraction: bool = False
     expiration: ExpirationPolicy | None = None
-
 
 
 @dataclass
@@ -183,28 +184,56 @@ def plan(
             if held is not None and is_live(held):
                 # Retract the object the target holds (same fields), not the retraction signal's sparse copy.
                 version = _version(last_modified, held["stix_modified"])
-                retracted = {**{k: held[k] for k in NORMALIZED_COLUMNS}, "active": False,
-                             "deleted": bool(row.get("deleted")), "false_positive": bool(row.get("false_positive")),
-                             "last_modified": last_modified}
-                rows.append({**retracted, "action": "retract", "reason": why_retract, "stix_modified": version,
-                             "target_id": held["target_id"]})
+                retracted = {
+                    **{k: held[k] for k in NORMALIZED_COLUMNS},
+                    "active": False,
+                    "deleted": bool(row.get("deleted")),
+                    "false_positive": bool(row.get("false_positive")),
+                    "last_modified": last_modified,
+                }
+                rows.append(
+                    {
+                        **retracted,
+                        "action": "retract",
+                        "reason": why_retract,
+                        "stix_modified": version,
+                        "target_id": held["target_id"],
+                    }
+                )
             else:
                 rows.append({**row, "action": "skip", "reason": f"{why_retract}; nothing live to retract"})
             continue
         version = _version(last_modified, None if held is None else held["stix_modified"])
         expiration = row.get("expiration")
-        if expired_before is not None and expiration is not None and not pd.isna(expiration) and (
-                pd.Timestamp(expiration) <= pd.Timestamp(expired_before)):
-            rows.append({**row, "action": "skip",
-                         "reason": f"expired: {sink} refuses an expiration in the past (it removes expired ones)"})
+        if (
+            expired_before is not None
+            and expiration is not None
+            and not pd.isna(expiration)
+            and (pd.Timestamp(expiration) <= pd.Timestamp(expired_before))
+        ):
+            rows.append(
+                {
+                    **row,
+                    "action": "skip",
+                    "reason": f"expired: {sink} refuses an expiration in the past (it removes expired ones)",
+                }
+            )
             continue
         try:
             digest = content_hash(payload({**row, "stix_modified": version}), volatile)
         except NotSupported as exc:
             # Never sent, never an error; something of ours already live there is withdrawn.
             if held is not None and is_live(held):
-                rows.append({**{k: held[k] for k in NORMALIZED_COLUMNS}, "action": "retract", "reason": str(exc),
-                             "stix_modified": version, "target_id": held["target_id"], "last_modified": last_modified})
+                rows.append(
+                    {
+                        **{k: held[k] for k in NORMALIZED_COLUMNS},
+                        "action": "retract",
+                        "reason": str(exc),
+                        "stix_modified": version,
+                        "target_id": held["target_id"],
+                        "last_modified": last_modified,
+                    }
+                )
             else:
                 rows.append({**row, "action": "skip", "reason": str(exc)})
             continue
@@ -213,21 +242,49 @@ def plan(
             continue
         drift = target.drift(held) if target is not None and held is not None and is_live(held) else None
         if drift is not None and drift[0] == "missing":
-            rows.append({**row, "action": "create", "reason": f"heal: {drift[1]}", "content_hash": digest,
-                         "stix_modified": version})
+            rows.append(
+                {
+                    **row,
+                    "action": "create",
+                    "reason": f"heal: {drift[1]}",
+                    "content_hash": digest,
+                    "stix_modified": version,
+                }
+            )
             continue
         if held is not None and is_live(held) and held["content_hash"] == digest:
             if drift is not None:
-                rows.append({**row, "action": "update", "reason": f"heal: {drift[1]}", "content_hash": digest,
-                             "stix_modified": version, "target_id": held["target_id"]})
+                rows.append(
+                    {
+                        **row,
+                        "action": "update",
+                        "reason": f"heal: {drift[1]}",
+                        "content_hash": digest,
+                        "stix_modified": version,
+                        "target_id": held["target_id"],
+                    }
+                )
                 continue
-            rows.append({**row, "action": "skip", "reason": "unchanged", "content_hash": digest,
-                         "stix_modified": held["stix_modified"]})
+            rows.append(
+                {
+                    **row,
+                    "action": "skip",
+                    "reason": "unchanged",
+                    "content_hash": digest,
+                    "stix_modified": held["stix_modified"],
+                }
+            )
             continue
         refused = history.quarantine.get((row["external_id"], digest))
         if refused is not None:
-            rows.append({**row, "action": "skip", "content_hash": digest,
-                         "reason": f"quarantined: rejected by {sink} until it changes: {refused}"[:500]})
+            rows.append(
+                {
+                    **row,
+                    "action": "skip",
+                    "content_hash": digest,
+                    "reason": f"quarantined: rejected by {sink} until it changes: {refused}"[:500],
+                }
+            )
             continue
         heal = history.unverified.get(row["external_id"])
         if held is None or not is_live(held):
@@ -235,8 +292,16 @@ def plan(
             reason = f"heal: {heal}" if heal else reason
             rows.append({**row, "action": "create", "reason": reason, "content_hash": digest, "stix_modified": version})
         else:
-            rows.append({**row, "action": "update", "reason": f"heal: {heal}" if heal else "changed",
-                         "content_hash": digest, "stix_modified": version, "target_id": held["target_id"]})
+            rows.append(
+                {
+                    **row,
+                    "action": "update",
+                    "reason": f"heal: {heal}" if heal else "changed",
+                    "content_hash": digest,
+                    "stix_modified": version,
+                    "target_id": held["target_id"],
+                }
+            )
     rows.extend(_held_rows(state, seen, payload, policy, volatile, inventory, target))
     frame = pd.DataFrame(rows, columns=[f.name for f in PLAN_SCHEMA])
     frame["sink"] = sink
@@ -264,8 +329,15 @@ def _held_rows(
         version = max(pd.Timestamp(held["stix_modified"]) + ONE_MS, floor)
         drift = target.drift(held) if target is not None else None
         if inventory is not None and held["external_id"] not in inventory:
-            rows.append({**base, "active": False, "action": "retract", "stix_modified": version,
-                         "reason": "orphan: no longer live in ThreatConnect (reconciliation)"})
+            rows.append(
+                {
+                    **base,
+                    "active": False,
+                    "action": "retract",
+                    "stix_modified": version,
+                    "reason": "orphan: no longer live in ThreatConnect (reconciliation)",
+                }
+            )
         elif drift is not None and pd.Timestamp(held["expiration"]) >= horizon:
             resent = {**base, "stix_modified": version}
             try:
@@ -273,8 +345,14 @@ def _held_rows(
             except (ValueError, TypeError, KeyError) as exc:
                 rows.append({**resent, "action": "reject", "reason": f"refused before sending: {exc}"[:500]})
                 continue
-            rows.append({**resent, "action": "create" if drift[0] == "missing" else "update",
-                         "reason": f"heal: {drift[1]}", "content_hash": digest})
+            rows.append(
+                {
+                    **resent,
+                    "action": "create" if drift[0] == "missing" else "update",
+                    "reason": f"heal: {drift[1]}",
+                    "content_hash": digest,
+                }
+            )
         elif pd.Timestamp(held["expiration"]) < horizon:
             expiration = expiry.refreshed(held, policy.interval_end, policy.expiration, policy.expiry_days)
             if expiration is None:
@@ -285,8 +363,9 @@ def _held_rows(
             except (ValueError, TypeError, KeyError) as exc:
                 rows.append({**refreshed, "action": "reject", "reason": f"refused before sending: {exc}"[:500]})
                 continue
-            rows.append({**refreshed, "action": "refresh", "reason": "still live, expiring soon",
-                         "content_hash": digest})
+            rows.append(
+                {**refreshed, "action": "refresh", "reason": "still live, expiring soon", "content_hash": digest}
+            )
     return rows
 
 

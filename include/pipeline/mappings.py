@@ -34,7 +34,6 @@ def _discover(directory: Path) -> tuple[str, ...]:
     return tuple(name for _, name in sorted(found))
 
 
-
 #: Canonicaliser kind -> the value variants it can produce (each needs a Graph observable property).
 KIND_VARIANTS: dict[str, tuple[str, ...]] = {
     "ip": ("ipv4", "ipv6"),
@@ -46,8 +45,17 @@ KIND_VARIANTS: dict[str, tuple[str, ...]] = {
 
 #: Graph tiIndicator observable properties a value may be carried in (microsoft_api.md §1.3).
 GRAPH_OBSERVABLES: tuple[str, ...] = (
-    "networkIPv4", "networkIPv6", "networkDestinationIPv4", "networkDestinationIPv6", "networkSourceIPv4",
-    "networkSourceIPv6", "domainName", "url", "emailSenderAddress", "emailRecipient", "emailSourceDomain",
+    "networkIPv4",
+    "networkIPv6",
+    "networkDestinationIPv4",
+    "networkDestinationIPv6",
+    "networkSourceIPv4",
+    "networkSourceIPv6",
+    "domainName",
+    "url",
+    "emailSenderAddress",
+    "emailRecipient",
+    "emailSourceDomain",
     "fileHashValue",
 )
 
@@ -84,7 +92,14 @@ SUPPORTED_TYPES: tuple[str, ...] = _discover(DEFAULT_DIRECTORY)
 
 #: Defender's indicatorType values (microsoft_api.md §3); a mapping may only name these.
 DEFENDER_INDICATOR_TYPES: tuple[str, ...] = (
-    "FileSha1", "FileMd5", "CertificateThumbprint", "FileSha256", "IpAddress", "DomainName", "Url")
+    "FileSha1",
+    "FileMd5",
+    "CertificateThumbprint",
+    "FileSha256",
+    "IpAddress",
+    "DomainName",
+    "Url",
+)
 
 
 @dataclass(frozen=True)
@@ -209,8 +224,10 @@ def _build(data: dict[str, Any], where: str) -> Mapping:
     for variant in variants:
         one_of(observables[variant], GRAPH_OBSERVABLES, f"graph.observables.{variant}", where)
 
-    for target, table in (("stix.observables", data["stix"]["observables"]),
-                          ("defender.indicator_types", data["defender"]["indicator_types"])):
+    for target, table in (
+        ("stix.observables", data["stix"]["observables"]),
+        ("defender.indicator_types", data["defender"]["indicator_types"]),
+    ):
         unknown = sorted(set(map(str, table)) - set(variants))
         if unknown:
             raise MappingError(f"{where}: {target} names {unknown[0]!r}, not a variant of kind {kind!r}")

@@ -176,8 +176,14 @@ def _candidates(sub: pa.Table, m: Mapping, problems: list[str | None]) -> Candid
     rej_reason: list[str] = []
     if all(p is None for p in problems) and all(raw is not None for raw in summary):
         # the usual batch: no row-level problem, every value present (blank ones fail canonicalisation)
-        return (list(range(len(summary))), summary, *canonicalize_column(m.kind, summary), rej_rows, rej_raw,
-                rej_reason)
+        return (
+            list(range(len(summary))),
+            summary,
+            *canonicalize_column(m.kind, summary),
+            rej_rows,
+            rej_raw,
+            rej_reason,
+        )
     rows: list[int] = []
     raws: list[str] = []
     for i, (raw, problem) in enumerate(zip(summary, problems, strict=True)):
@@ -230,8 +236,15 @@ def _hash_candidates(sub: pa.Table, problems: list[str | None]) -> Candidates:
         variants.append(variant)
     rows_all = np.concatenate(src)
     perm = np.lexsort((np.concatenate(order), rows_all)).tolist()
-    return (rows_all[perm].tolist(), [raws[k] for k in perm], [values[k] for k in perm],
-            [variants[k] for k in perm], rej_rows, rej_raw, rej_reason)
+    return (
+        rows_all[perm].tolist(),
+        [raws[k] for k in perm],
+        [values[k] for k in perm],
+        [variants[k] for k in perm],
+        rej_rows,
+        rej_raw,
+        rej_reason,
+    )
 
 
 def _hash_rows_one_by_one(

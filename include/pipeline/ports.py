@@ -21,8 +21,9 @@ OK, REJECTED, FAILED = "ok", "rejected", "failed"
 class PageSource(Protocol):
     """Where extract reads indicators from (the ThreatConnect client)."""
 
-    def iter_pages(self, indicator_type: str, modified_from: dt.datetime,
-                   modified_to: dt.datetime) -> Iterable[pa.RecordBatch]:
+    def iter_pages(
+        self, indicator_type: str, modified_from: dt.datetime, modified_to: dt.datetime
+    ) -> Iterable[pa.RecordBatch]:
         """The type's indicators modified in ``[modified_from, modified_to)`` as ``RAW_SCHEMA`` batches."""
         ...
 

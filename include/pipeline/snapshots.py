@@ -87,8 +87,9 @@ class SnapshotStore:
         return path if self._local else self.fs.unstrip_protocol(path)
 
     @contextlib.contextmanager
-    def writer(self, stage: str, indicator_type: str, run_id: str, schema: pa.Schema,
-               part: str | None = None) -> Iterator[PartitionWriter]:
+    def writer(
+        self, stage: str, indicator_type: str, run_id: str, schema: pa.Schema, part: str | None = None
+    ) -> Iterator[PartitionWriter]:
         """Write one partition atomically: readers see the old partition or the new one, never half of one.
 
         The data goes to a hidden ``_tmp-*`` directory (pyarrow's dataset discovery skips ``_``-prefixed names) and
@@ -131,8 +132,9 @@ class SnapshotStore:
         if old_dir is not None:
             self.fs.rm(old_dir, recursive=True)
 
-    def write_table(self, stage: str, indicator_type: str, run_id: str, table: pa.Table,
-                    part: str | None = None) -> str:
+    def write_table(
+        self, stage: str, indicator_type: str, run_id: str, table: pa.Table, part: str | None = None
+    ) -> str:
         """Write a whole table as one partition (or one target's part of it); returns the partition's location."""
         with self.writer(stage, indicator_type, run_id, table.schema, part) as writer:
             writer.write(table)
@@ -156,7 +158,11 @@ class SnapshotStore:
         return ds.dataset(files, format="parquet", filesystem=self._pa_filesystem()).to_table(columns=columns)
 
     def iter_batches(
-        self, stage: str, indicator_type: str, run_id: str, columns: list[str] | None = None,
+        self,
+        stage: str,
+        indicator_type: str,
+        run_id: str,
+        columns: list[str] | None = None,
         batch_size: int = 65_536,
     ) -> Iterator[pa.RecordBatch]:
         """Stream one partition in record batches, so memory is bounded by a batch, not by the partition."""

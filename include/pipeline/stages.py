@@ -27,8 +27,17 @@ from include.pipeline.ports import DeletedListing, PageSource
 from include.pipeline.schema import NORMALIZED_SCHEMA, RAW_SCHEMA, REJECTED_SCHEMA
 from include.pipeline.snapshots import SnapshotStore
 
-__all__ = ["MIN_REJECTIONS_TO_FAIL", "LoadFailed", "TooManyRejections", "VerifyFailed", "dedupe", "extract", "load",
-           "normalize", "verify"]
+__all__ = [
+    "MIN_REJECTIONS_TO_FAIL",
+    "LoadFailed",
+    "TooManyRejections",
+    "VerifyFailed",
+    "dedupe",
+    "extract",
+    "load",
+    "normalize",
+    "verify",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +74,7 @@ def extract(
             if batch.num_rows:
                 batch_max = pc.max(batch.column("last_modified")).as_py()
                 latest = batch_max if latest is None or batch_max > latest else latest
-        for batch in (deletions(indicator_type, window.start, window.start) if deletions is not None else ()):
+        for batch in deletions(indicator_type, window.start, window.start) if deletions is not None else ():
             writer.write(batch)
             deleted += batch.num_rows
         rows = writer.rows
@@ -131,11 +140,21 @@ def normalize(
             bad.write(rejected)
         kept, refused = good.rows, bad.rows
     if refused:
-        log.warning("%s %s values were rejected; see %s", refused, indicator_type,
-                    store.partition_url("rejected", indicator_type, run_id))
-    return {"indicator_type": indicator_type, "run_id": run_id, "raw": raw_rows, "normalized": kept,
-            "rejected": refused, "normalized_path": store.partition_url("normalized", indicator_type, run_id),
-            "rejected_path": store.partition_url("rejected", indicator_type, run_id)}
+        log.warning(
+            "%s %s values were rejected; see %s",
+            refused,
+            indicator_type,
+            store.partition_url("rejected", indicator_type, run_id),
+        )
+    return {
+        "indicator_type": indicator_type,
+        "run_id": run_id,
+        "raw": raw_rows,
+        "normalized": kept,
+        "rejected": refused,
+        "normalized_path": store.partition_url("normalized", indicator_type, run_id),
+        "rejected_path": store.partition_url("rejected", indicator_type, run_id),
+    }
 
 
 def dedupe(
@@ -160,7 +179,11 @@ def dedupe(
         kept = writer.rows
     dropped = keys.num_rows - kept
     log.info("dedupe kept %s of %s %s rows (%s duplicates)", kept, keys.num_rows, indicator_type, dropped)
-    return {"indicator_type": indicator_type, "run_id": run_id, "normalized": keys.num_rows,
-            "deduplicated": kept, "duplicates": dropped,
-            "deduped_path": store.partition_url("deduped", indicator_type, run_id)}
-
+    return {
+        "indicator_type": indicator_type,
+        "run_id": run_id,
+        "normalized": keys.num_rows,
+        "deduplicated": kept,
+        "duplicates": dropped,
+        "deduped_path": store.partition_url("deduped", indicator_type, run_id),
+    }

@@ -10,8 +10,21 @@ from include.pipeline import jobs
 #: (column, header) in table order. ``rejected`` counts values the pipeline refused (normalize, or the target's
 #: documented limits before sending); ``tgt_rejected`` the items the target refused this run (quarantined),
 #: ``quarantined`` the earlier refusals left unsent because their content did not change.
-COLUMNS = ("extracted", "rejected", "deduplicated", "created", "updated", "retracted", "unchanged", "tgt_rejected",
-           "quarantined", "healed", "failed", "verified", "expiring_7d")
+COLUMNS = (
+    "extracted",
+    "rejected",
+    "deduplicated",
+    "created",
+    "updated",
+    "retracted",
+    "unchanged",
+    "tgt_rejected",
+    "quarantined",
+    "healed",
+    "failed",
+    "verified",
+    "expiring_7d",
+)
 
 
 def _sum(*values: Any) -> int | None:
@@ -76,14 +89,18 @@ def render(result: dict[str, Any]) -> str:
     if any(row.get("verified_by") == "acknowledged" for row in result["types"].values()):
         lines.append("verified (ack): acknowledged by the target, not read back (no management-plane coordinates)")
     if any(row.get("tgt_rejected") for row in result["types"].values()):
-        lines.append("tgt_rejected: refused by the target for their content; quarantined until they change in "
-                     "ThreatConnect (the loaded snapshot has the target's message, status 'rejected')")
+        lines.append(
+            "tgt_rejected: refused by the target for their content; quarantined until they change in "
+            "ThreatConnect (the loaded snapshot has the target's message, status 'rejected')"
+        )
     for indicator_type, row in result["types"].items():
         capacity = row.get("capacity")
         if capacity:
-            lines.append(f"capacity after {indicator_type}: {capacity['used']:,} / {capacity['capacity']:,} live "
-                         f"indicators of ours in the target; {capacity['over_capacity']:,} left out or retracted by "
-                         "priority")
+            lines.append(
+                f"capacity after {indicator_type}: {capacity['used']:,} / {capacity['capacity']:,} live "
+                f"indicators of ours in the target; {capacity['over_capacity']:,} left out or retracted by "
+                "priority"
+            )
     if result["failed_types"]:
         lines.append(f"FAILED: {', '.join(result['failed_types'])}")
     return "\n".join(lines)

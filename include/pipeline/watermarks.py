@@ -117,8 +117,11 @@ def key(indicator_type: str, target: str, targets: tuple[str, ...] | list[str]) 
     return indicator_type if len(targets) == 1 else f"{indicator_type} → {target}"
 
 
-def target_marks(previous: Mapping[str, str], indicator_type: str, targets: tuple[str, ...] | list[str],
-                 ) -> dict[str, str | None]:
+def target_marks(
+    previous: Mapping[str, str],
+    indicator_type: str,
+    targets: tuple[str, ...] | list[str],
+) -> dict[str, str | None]:
     """Each target's last committed mark for one type. The first target of a list inherits the type's mark from
     the time the run had only that one (adding a target never resets the others)."""
     marks: dict[str, str | None] = {}

@@ -21,9 +21,22 @@ from include.report import runs as runs_ds
 
 REPORTS = "reports"
 HISTORY = 30
-STAGE_COLUMNS = ("extracted", "rejected", "deduplicated", "planned_create", "planned_update", "planned_refresh",
-                 "planned_retract", "planned_skip", "sent", "loaded", "rejected_by_target", "quarantined", "failed",
-                 "verified")
+STAGE_COLUMNS = (
+    "extracted",
+    "rejected",
+    "deduplicated",
+    "planned_create",
+    "planned_update",
+    "planned_refresh",
+    "planned_retract",
+    "planned_skip",
+    "sent",
+    "loaded",
+    "rejected_by_target",
+    "quarantined",
+    "failed",
+    "verified",
+)
 HISTORY_SERIES = ("loaded", "retracted", "rejected", "quarantined")
 # Documented budgets (requests a minute) of each target kind; a Connection's requests_per_minute may differ.
 BUDGETS = {"graph": 950, "sentinel": 95, "defender": 28}
@@ -93,8 +106,11 @@ def _stage_section(current: pd.DataFrame) -> str:
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title("stage counts this run")
     body = [[_label(r), *(_int(r[c]) for c in STAGE_COLUMNS), r["status"]] for _, r in current.iterrows()]
-    return ("<h2>Stage counts</h2>" + _png(figure)
-            + _table("stage-counts", ["type → target", *STAGE_COLUMNS, "status"], body))
+    return (
+        "<h2>Stage counts</h2>"
+        + _png(figure)
+        + _table("stage-counts", ["type → target", *STAGE_COLUMNS, "status"], body)
+    )
 
 
 def _history_section(history: pd.DataFrame) -> str:
@@ -114,19 +130,22 @@ def _history_section(history: pd.DataFrame) -> str:
         x = range(len(series))
         for column in HISTORY_SERIES:
             ax.plot(x, series[column].fillna(0).astype(int).tolist(), marker=".", label=column)
-        ax.set_xticks(list(x), [pd.Timestamp(v).strftime("%m-%d") for v in series["data_interval_end"]],
-                      rotation=90)
+        ax.set_xticks(list(x), [pd.Timestamp(v).strftime("%m-%d") for v in series["data_interval_end"]], rotation=90)
         ax.set_title(f"{indicator_type} → {target}", fontsize=9)
         ax.tick_params(labelsize=7)
         for _, r in series.iterrows():
-            body.append([indicator_type, target, r["run_id"], r["run_type"], r["status"],
-                         *(_int(r[c]) for c in HISTORY_SERIES)])
+            body.append(
+                [indicator_type, target, r["run_id"], r["run_type"], r["status"], *(_int(r[c]) for c in HISTORY_SERIES)]
+            )
     for k in range(len(pairs), nrows * ncols):
         axes[k // ncols][k % ncols].axis("off")
     axes[0][0].legend(fontsize=7)
     figure.suptitle(f"last {HISTORY} runs (oldest left)")
-    return (f"<h2>Last {HISTORY} runs</h2>" + _png(figure)
-            + _table("history", ["type", "target", "run", "run type", "status", *HISTORY_SERIES], body))
+    return (
+        f"<h2>Last {HISTORY} runs</h2>"
+        + _png(figure)
+        + _table("history", ["type", "target", "run", "run type", "status", *HISTORY_SERIES], body)
+    )
 
 
 def _rejects_section(current: pd.DataFrame) -> str:
@@ -136,15 +155,19 @@ def _rejects_section(current: pd.DataFrame) -> str:
             counts[(r["indicator_type"], reason)] = counts.get((r["indicator_type"], reason), 0) + n
     if not counts:
         return "<h2>Rejects by reason</h2><p>No value was rejected this run.</p>" + _table(
-            "rejects", ["type", "reason", "count"], [])
+            "rejects", ["type", "reason", "count"], []
+        )
     ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     figure, axes = _figure(8, 0.6 + 0.3 * len(ordered))
     ax = axes[0][0]
     ax.barh([f"{t}: {reason}" for (t, reason), _ in ordered], [n for _, n in ordered])
     ax.invert_yaxis()
     ax.set_title("rejected values by reason")
-    return ("<h2>Rejects by reason</h2>" + _png(figure)
-            + _table("rejects", ["type", "reason", "count"], [[t, reason, n] for (t, reason), n in ordered]))
+    return (
+        "<h2>Rejects by reason</h2>"
+        + _png(figure)
+        + _table("rejects", ["type", "reason", "count"], [[t, reason, n] for (t, reason), n in ordered])
+    )
 
 
 def _plan_section(current: pd.DataFrame) -> str:
@@ -161,12 +184,16 @@ def _plan_section(current: pd.DataFrame) -> str:
     ax.legend(fontsize=8, ncols=6, loc="upper center", bbox_to_anchor=(0.5, -0.15))
     ax.set_title("plan actions")
     body = [[_label(r), *(_int(r[c]) for c in actions)] for _, r in current.iterrows()]
-    return ("<h2>Plan actions</h2>" + _png(figure)
-            + _table("plan-actions", ["type → target", *(a.removeprefix("planned_") for a in actions)], body))
+    return (
+        "<h2>Plan actions</h2>"
+        + _png(figure)
+        + _table("plan-actions", ["type → target", *(a.removeprefix("planned_") for a in actions)], body)
+    )
 
 
-def expiring_by_day(store: SnapshotStore, pairs: Iterable[tuple[str, str]], start: dt.datetime,
-                    days: int = 7) -> list[tuple[str, str, str, int]]:
+def expiring_by_day(
+    store: SnapshotStore, pairs: Iterable[tuple[str, str]], start: dt.datetime, days: int = 7
+) -> list[tuple[str, str, str, int]]:
     """(type, target, day, count) of live delivered indicators whose expiry falls in ``[start, start + days)``."""
     from include.pipeline.lifecycle import delivered_state
 
@@ -188,8 +215,11 @@ def expiring_by_day(store: SnapshotStore, pairs: Iterable[tuple[str, str]], star
 def _expiry_section(expiring: list[tuple[str, str, str, int]], start: Any) -> str:
     title = "<h2>Expiring in the next 7 days</h2>"
     if not expiring:
-        return title + "<p>Nothing we delivered expires in the next 7 days.</p>" + _table(
-            "expiring", ["type", "target", "day", "count"], [])
+        return (
+            title
+            + "<p>Nothing we delivered expires in the next 7 days.</p>"
+            + _table("expiring", ["type", "target", "day", "count"], [])
+        )
     begin = pd.Timestamp(start).tz_convert("UTC") if pd.Timestamp(start).tzinfo else pd.Timestamp(start, tz="UTC")
     days = [(begin + pd.Timedelta(days=k)).strftime("%Y-%m-%d") for k in range(7)]
     figure, axes = _figure(8, 2.6)
@@ -213,23 +243,36 @@ def _budget_section(current: pd.DataFrame) -> str:
         sent = requests.get(kind)
         rate = None if not sent or not seconds else round(sent / (seconds / 60.0), 1)
         budget = BUDGETS.get(kind)
-        body.append([_label(r), sent, throttled.get(kind), seconds, rate, budget,
-                     None if rate is None or not budget else f"{rate / budget:.0%}"])
+        body.append(
+            [
+                _label(r),
+                sent,
+                throttled.get(kind),
+                seconds,
+                rate,
+                budget,
+                None if rate is None or not budget else f"{rate / budget:.0%}",
+            ]
+        )
     section = "<h2>Request rate against the budget</h2>"
     if all(row[1] is None for row in body):
-        section += ("<p>This run's stages did not report their request counts (see the README: Run history); "
-                    "budgets per target are shown for reference.</p>")
+        section += (
+            "<p>This run's stages did not report their request counts (see the README: Run history); "
+            "budgets per target are shown for reference.</p>"
+        )
     else:
         figure, axes = _figure(8, 0.6 + 0.45 * len(body))
         ax = axes[0][0]
         ax.barh([row[0] for row in body], [row[4] or 0 for row in body], label="requests/min")
-        ax.scatter([row[5] or 0 for row in body], [row[0] for row in body], color="red", marker="|", s=300,
-                   label="budget")
+        ax.scatter(
+            [row[5] or 0 for row in body], [row[0] for row in body], color="red", marker="|", s=300, label="budget"
+        )
         ax.invert_yaxis()
         ax.legend(fontsize=8)
         section += _png(figure)
-    return section + _table("budget", ["type → target", "requests", "429s", "load seconds", "requests/min",
-                                       "budget/min", "share"], body)
+    return section + _table(
+        "budget", ["type → target", "requests", "429s", "load seconds", "requests/min", "budget/min", "share"], body
+    )
 
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
@@ -251,8 +294,15 @@ def render(store: SnapshotStore, run_id: str) -> str:
     history = history[history["run_id"].isin(order[-HISTORY:])]
     pairs = [(r["indicator_type"], r["target"]) for _, r in current.iterrows()]
     failed = current[current["status"] == "failed"]
-    status = ("<p class=failed>Did not complete: " + html.escape(", ".join(_label(r) for _, r in failed.iterrows()))
-              + "</p>") if not failed.empty else "<p>Every type and target got through verify.</p>"
+    status = (
+        (
+            "<p class=failed>Did not complete: "
+            + html.escape(", ".join(_label(r) for _, r in failed.iterrows()))
+            + "</p>"
+        )
+        if not failed.empty
+        else "<p>Every type and target got through verify.</p>"
+    )
     parts = [
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>tc-sentinel run {html.escape(run_id)}</title>",
         f"<style>{STYLE}</style></head><body>",

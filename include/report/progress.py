@@ -52,11 +52,15 @@ def plan_cost(writes: int, batch_size: int, per_minute: int, limit_seconds: floa
 
 def plan_message(target: str, cost: PlanCost) -> str:
     """``sentinel: 12,400 writes = 124 requests at 95/min ≈ 1 min 18 s``, and a warning when it cannot fit."""
-    text = (f"{target}: {cost.writes:,} writes = {cost.requests:,} requests at {cost.per_minute:,}/min "
-            f"≈ {duration(cost.seconds)}")
+    text = (
+        f"{target}: {cost.writes:,} writes = {cost.requests:,} requests at {cost.per_minute:,}/min "
+        f"≈ {duration(cost.seconds)}"
+    )
     if not cost.fits and cost.limit_seconds is not None:
-        text += (f"; this does NOT fit the {duration(cost.limit_seconds)} the task has (timeout): it will be "
-                 "stopped before it ends (raise the timeout, or split the work)")
+        text += (
+            f"; this does NOT fit the {duration(cost.limit_seconds)} the task has (timeout): it will be "
+            "stopped before it ends (raise the timeout, or split the work)"
+        )
     return text
 
 

@@ -12,8 +12,12 @@ from include.report import html, runs
 log = logging.getLogger(__name__)
 
 
-def publish(planned: Sequence[Mapping[str, Any]] | None, finished: Sequence[Mapping[str, Any] | None] | None,
-            run: runs.RunInfo, failed_labels: Sequence[str] = ()) -> str | None:
+def publish(
+    planned: Sequence[Mapping[str, Any]] | None,
+    finished: Sequence[Mapping[str, Any] | None] | None,
+    run: runs.RunInfo,
+    failed_labels: Sequence[str] = (),
+) -> str | None:
     """Append the run's rows to the ``runs`` dataset and write its report; returns the report's location, or None
     when the run planned nothing (it failed before ``plan_run`` resolved the configuration)."""
     planned = [p for p in planned or [] if p]
@@ -24,9 +28,12 @@ def publish(planned: Sequence[Mapping[str, Any]] | None, finished: Sequence[Mapp
     return html.write(store, run.run_id)
 
 
-def publish_from_context(context: Mapping[str, Any], planned: Sequence[Mapping[str, Any]] | None,
-                         finished: Sequence[Mapping[str, Any] | None] | None,
-                         failed_labels: Sequence[str]) -> Exception | None:
+def publish_from_context(
+    context: Mapping[str, Any],
+    planned: Sequence[Mapping[str, Any]] | None,
+    finished: Sequence[Mapping[str, Any] | None] | None,
+    failed_labels: Sequence[str],
+) -> Exception | None:
     """:func:`publish` for the ``report`` task: the run's identity from its Airflow context; logs where the report
     is. An error is logged and returned, for the task to raise after its own verdict."""
     run_type = context["dag_run"].run_type
@@ -37,6 +44,8 @@ def publish_from_context(context: Mapping[str, Any], planned: Sequence[Mapping[s
     except Exception as exc:
         log.exception("the run report could not be written")
         return exc
-    log.info("run report: %s (every run: <data_root>/runs and <data_root>/reports; in the Airflow UI: "
-             "Browse → Run reports)", location or "none (the run planned nothing)")
+    log.info(
+        "run report: %s (every run: <data_root>/runs and <data_root>/reports; in the Airflow UI: Browse → Run reports)",
+        location or "none (the run planned nothing)",
+    )
     return None

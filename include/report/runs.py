@@ -95,8 +95,9 @@ def _read(store: SnapshotStore, stage: str, indicator_type: str, run_id: str, co
     return table.select([c for c in columns if c in table.column_names])
 
 
-def _read_target(store: SnapshotStore, stage: str, indicator_type: str, run_id: str, target: str,
-                 columns: list[str]) -> pa.Table | None:
+def _read_target(
+    store: SnapshotStore, stage: str, indicator_type: str, run_id: str, target: str, columns: list[str]
+) -> pa.Table | None:
     """A per-target stage (plan, loaded, verified): only the target's own file, None when its task wrote none."""
     name = re.sub(r"[^A-Za-z0-9_.@-]", "_", target)  # as the snapshot store names a target's file
     path = f"{store.partition_dir(stage, indicator_type, run_id)}/part-{name}.parquet"
@@ -127,17 +128,26 @@ def _stage_counts(store: SnapshotStore, indicator_type: str, run_id: str, target
     row["extracted"] = None if raw is None else raw.num_rows - (deleted or 0)
     row["deleted"] = deleted
     row["rejected"] = _count(rejected)
-    row["rejected_by_reason"] = None if rejected is None else json.dumps(
-        dict(sorted(Counter(reason_class(r) for r in rejected["reason"].to_pylist()).items())))
+    row["rejected_by_reason"] = (
+        None
+        if rejected is None
+        else json.dumps(dict(sorted(Counter(reason_class(r) for r in rejected["reason"].to_pylist()).items())))
+    )
     row["deduplicated"] = _count(deduped)
     for action in PLAN_ACTIONS:
         row[f"planned_{action}"] = _count(plan, "action", action)
-    row["quarantined"] = None if plan is None else int(
-        pc.sum(pc.starts_with(pc.fill_null(plan["reason"], ""), "quarantined")).as_py() or 0)
+    row["quarantined"] = (
+        None
+        if plan is None
+        else int(pc.sum(pc.starts_with(pc.fill_null(plan["reason"], ""), "quarantined")).as_py() or 0)
+    )
     row["sent"] = _count(loaded)
     row["loaded"] = _count(loaded, "status", "ok")
-    row["retracted"] = None if loaded is None else int(pc.sum(pc.and_(
-        pc.equal(loaded["status"], "ok"), pc.equal(loaded["action"], "retract"))).as_py() or 0)
+    row["retracted"] = (
+        None
+        if loaded is None
+        else int(pc.sum(pc.and_(pc.equal(loaded["status"], "ok"), pc.equal(loaded["action"], "retract"))).as_py() or 0)
+    )
     row["rejected_by_target"] = _count(loaded, "status", "rejected")
     row["failed"] = _count(loaded, "status", "failed")
     if verified is None:
@@ -167,8 +177,13 @@ def _merged(job: Mapping[str, Any] | None, key: str) -> dict[str, Any]:
     return merged
 
 
-def rows(store: SnapshotStore, run: RunInfo, planned: Sequence[Mapping[str, Any]],
-         finished: Sequence[Mapping[str, Any] | None], failed_labels: Sequence[str] = ()) -> list[dict[str, Any]]:
+def rows(
+    store: SnapshotStore,
+    run: RunInfo,
+    planned: Sequence[Mapping[str, Any]],
+    finished: Sequence[Mapping[str, Any] | None],
+    failed_labels: Sequence[str] = (),
+) -> list[dict[str, Any]]:
     """One row per (type, target) the run's plan promised.
 
     Args:
@@ -188,21 +203,31 @@ def rows(store: SnapshotStore, run: RunInfo, planned: Sequence[Mapping[str, Any]
             load = (done or {}).get("load") or {}
             verify = (done or {}).get("verify") or {}
             capacity = load.get("capacity") or {}
-            failed = (_label(job["indicator_type"], target, targets) in failed_labels
-                      or not verify or verify.get("verified") is None)
+            failed = (
+                _label(job["indicator_type"], target, targets) in failed_labels
+                or not verify
+                or verify.get("verified") is None
+            )
             window = job.get("window") or {}
             row = {
-                "indicator_type": job["indicator_type"], "run_id": run.run_id, "target": target,
-                "run_type": run.run_type, "status": "failed" if failed else ("dry_run" if dry_run else "ok"),
-                "data_interval_start": run.data_interval_start, "data_interval_end": run.data_interval_end,
-                "window_start": window.get("start"), "window_end": window.get("end"),
+                "indicator_type": job["indicator_type"],
+                "run_id": run.run_id,
+                "target": target,
+                "run_type": run.run_type,
+                "status": "failed" if failed else ("dry_run" if dry_run else "ok"),
+                "data_interval_start": run.data_interval_start,
+                "data_interval_end": run.data_interval_end,
+                "window_start": window.get("start"),
+                "window_end": window.get("end"),
                 "window_reason": window.get("reason"),
                 **_stage_counts(store, job["indicator_type"], run.run_id, target),
                 "expiring_7d": load.get("expiring_7d"),
                 "watermark_before": (job.get("target_marks") or {}).get(target),
                 "watermark_after": verify.get("watermark") if not failed else None,
-                "capacity": capacity.get("capacity"), "capacity_used": capacity.get("used"),
-                "requests": _json(_merged(done, "requests")), "throttled": _json(_merged(done, "throttled")),
+                "capacity": capacity.get("capacity"),
+                "capacity_used": capacity.get("used"),
+                "requests": _json(_merged(done, "requests")),
+                "throttled": _json(_merged(done, "throttled")),
                 "durations": _json(_merged(done, "seconds")),
             }
             out.append(row)
@@ -232,8 +257,10 @@ def write(store: SnapshotStore, records: Sequence[Mapping[str, Any]]) -> list[st
     for record in records:
         groups.setdefault((record["indicator_type"], record["run_id"]), []).append(record)
     for (indicator_type, run_id), group in groups.items():
-        directory = (f"{store._base}/{RUNS}/indicator_type={quote_partition_value(indicator_type)}"
-                     f"/run_id={quote_partition_value(run_id)}")
+        directory = (
+            f"{store._base}/{RUNS}/indicator_type={quote_partition_value(indicator_type)}"
+            f"/run_id={quote_partition_value(run_id)}"
+        )
         store.fs.makedirs(directory, exist_ok=True)
         tmp = f"{directory}/_tmp-{uuid.uuid4().hex}.parquet"  # '_'-prefixed: dataset discovery skips it
         with store.fs.open(tmp, "wb") as handle:
@@ -249,5 +276,4 @@ def read(store: SnapshotStore) -> pa.Table:
     if not store.fs.exists(directory):
         schema = pa.schema([*RUNS_SCHEMA, pa.field("indicator_type", pa.string()), pa.field("run_id", pa.string())])
         return schema.empty_table()
-    return ds.dataset(directory, format="parquet", partitioning="hive",
-                      filesystem=store._pa_filesystem()).to_table()
+    return ds.dataset(directory, format="parquet", partitioning="hive", filesystem=store._pa_filesystem()).to_table()

@@ -114,13 +114,17 @@ class ThreatConnectClient(TransportClient):
         self.api_version = api_version
         self.page_size = max(1, min(int(page_size), MAX_PAGE_SIZE))
         # 401/403 are final here: an HMAC signature has nothing to refresh.
-        self.transport = Transport(session, HmacAuth(access_id, secret_key, clock=clock), None,
-                                   RetryPolicy(max_retries=max_retries, backoff=backoff), timeout, sleep,
-                                   "ThreatConnect")
+        self.transport = Transport(
+            session,
+            HmacAuth(access_id, secret_key, clock=clock),
+            None,
+            RetryPolicy(max_retries=max_retries, backoff=backoff),
+            timeout,
+            sleep,
+            "ThreatConnect",
+        )
         base = urlsplit(self.base_url)
         self._origin = (base.scheme, base.netloc)
-
-
 
     def __repr__(self) -> str:
         return f"ThreatConnectClient({self.base_url!r}, owner={self.owner!r}, api_version={self.api_version!r})"
@@ -181,8 +185,10 @@ class ThreatConnectClient(TransportClient):
         """
         if indicator_type not in V2_BRANCHES:
             raise ValueError(f"unsupported indicator type {indicator_type!r}")
-        pages = self._iter_v2(indicator_type, modified_from) if self.api_version == "v2" else (
-            self._iter_v3(indicator_type, modified_from, modified_to)
+        pages = (
+            self._iter_v2(indicator_type, modified_from)
+            if self.api_version == "v2"
+            else (self._iter_v3(indicator_type, modified_from, modified_to))
         )
         low = pa.scalar(times.parse(modified_from), type=pa.timestamp("us", tz="UTC"))
         high = pa.scalar(times.parse(modified_to), type=pa.timestamp("us", tz="UTC"))
@@ -258,12 +264,16 @@ class ThreatConnectClient(TransportClient):
             # v3 is active-only unless the TQL names indicatorActive; this clause admits both states.
             "AND (indicatorActive EQ true OR indicatorActive EQ false)"
         )
-        params = [("tql", tql)] + [("fields", name) for name in V3_FIELDS] + [
-            ("sorting", "lastModified ASC"),
-            ("owner", self.owner),
-            ("resultStart", "0"),
-            ("resultLimit", str(self.page_size)),
-        ]
+        params = (
+            [("tql", tql)]
+            + [("fields", name) for name in V3_FIELDS]
+            + [
+                ("sorting", "lastModified ASC"),
+                ("owner", self.owner),
+                ("resultStart", "0"),
+                ("resultLimit", str(self.page_size)),
+            ]
+        )
         url: str | None = f"{self.base_url}/v3/indicators?{_query(params)}"
         seen: set[str] = set()
         page = 0
@@ -318,8 +328,9 @@ class ThreatConnectClient(TransportClient):
                 "date_added": _lenient_timestamp(item.get("dateAdded")),
             }
 
-    def iter_deleted_batches(self, indicator_type: str, deleted_since: dt.datetime, stamp: dt.datetime,
-                             batch_rows: int = 10_000) -> Iterator[pa.RecordBatch]:
+    def iter_deleted_batches(
+        self, indicator_type: str, deleted_since: dt.datetime, stamp: dt.datetime, batch_rows: int = 10_000
+    ) -> Iterator[pa.RecordBatch]:
         """The deleted listing as ``RAW_SCHEMA`` rows (inactive, ``deleted``), every one versioned ``stamp``.
 
         The caller chooses the version (the window that reported the deletion): the listing's ``dateAdded`` is when
@@ -328,8 +339,16 @@ class ThreatConnectClient(TransportClient):
         when = stamp.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
         items: list[dict[str, Any]] = []
         for entry in self.iter_deleted(indicator_type, deleted_since):
-            items.append({"type": indicator_type, "summary": entry["summary"], "ownerName": entry.get("owner"),
-                          "dateAdded": when, "lastModified": when, "active": False})
+            items.append(
+                {
+                    "type": indicator_type,
+                    "summary": entry["summary"],
+                    "ownerName": entry.get("owner"),
+                    "dateAdded": when,
+                    "lastModified": when,
+                    "active": False,
+                }
+            )
             if len(items) == batch_rows:
                 yield _flag_deleted(parse_page(items, indicator_type))
                 items = []

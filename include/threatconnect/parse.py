@@ -148,9 +148,7 @@ def parse_page(
         ],
         "tags": [_names(item.get("tags") or item.get("tag")) for item in items],
         # v2's key for ``includes=labels`` is UNCONFIRMED (tcex reads ``securityLabel``): accept either spelling.
-        "security_labels": [
-            _names(item.get("securityLabels") or item.get("securityLabel")) for item in items
-        ],
+        "security_labels": [_names(item.get("securityLabels") or item.get("securityLabel")) for item in items],
         "description": [item.get("description") for item in items],
         "web_link": [item.get("webLink") for item in items],
         "external_date_expires": times.column([item.get("externalDateExpires") for item in items]),

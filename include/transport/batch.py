@@ -83,7 +83,7 @@ def send_in_batches(
     pending = list(keys)
     while pending:
         retry: list[K] = []
-        batches = [pending[start:start + batch_size] for start in range(0, len(pending), batch_size)]
+        batches = [pending[start : start + batch_size] for start in range(0, len(pending), batch_size)]
         while batches:
             batch = batches.pop(0)
             for key in batch:

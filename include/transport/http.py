@@ -266,8 +266,7 @@ class Transport:
             if outcome.failed and isinstance(outcome.exception(), _Unreachable):
                 what = str(outcome.exception())
             delay = state.next_action.sleep if state.next_action is not None else 0.0
-            log.warning("%s: %s; retry %s/%s in %.1f s", where, what, state.attempt_number, policy.max_retries,
-                        delay)
+            log.warning("%s: %s; retry %s/%s in %.1f s", where, what, state.attempt_number, policy.max_retries, delay)
 
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(policy.max_retries + 1),
@@ -307,7 +306,13 @@ class Transport:
         try:
             # verify= passed explicitly: requests lets REQUESTS_CA_BUNDLE override a session's own CA file.
             response = self.session.request(
-                method, url, params=params, json=body, headers=merged, auth=auth, timeout=self.timeout,
+                method,
+                url,
+                params=params,
+                json=body,
+                headers=merged,
+                auth=auth,
+                timeout=self.timeout,
                 verify=verify,
             )
         except requests.exceptions.SSLError:

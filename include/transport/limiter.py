@@ -14,7 +14,6 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-
 def limiter_path(root: Path, identity: str) -> Path:
     """Where the budget of one identity lives under ``root``.
 

@@ -93,8 +93,11 @@ def _redis_url() -> str | None:
     if connection.host and "://" in connection.host:
         return connection.host  # a whole URL in host
     scheme = "rediss" if str(connection.extra_dejson.get("ssl", "")).lower() in ("true", "1") else "redis"
-    auth = f"{quote(connection.login or '', safe='')}:{quote(connection.password, safe='')}@" if (
-        connection.password) else ""
+    auth = (
+        f"{quote(connection.login or '', safe='')}:{quote(connection.password, safe='')}@"
+        if (connection.password)
+        else ""
+    )
     db = connection.extra_dejson.get("db", connection.schema or 0)
     return f"{scheme}://{auth}{connection.host or '127.0.0.1'}:{connection.port or 6379}/{db}"
 
@@ -149,8 +152,12 @@ class MsGraphHook(BaseHook):
         connection = self.get_connection(self.msgraph_conn_id)
         extra = _require(connection, "tenant_id")
         tokens = TokenProvider(
-            extra["tenant_id"], connection.login, connection.password, GRAPH_SCOPE,
-            authority_host=extra.get("authority_host") or MICROSOFT_AUTHORITY_HOST, on_new_token=_mask,
+            extra["tenant_id"],
+            connection.login,
+            connection.password,
+            GRAPH_SCOPE,
+            authority_host=extra.get("authority_host") or MICROSOFT_AUTHORITY_HOST,
+            on_new_token=_mask,
         )
         limiter = request_budget(
             f"{connection.login}|{extra['tenant_id']}|graph",

@@ -47,7 +47,9 @@ def _run(connection: str, probe: Callable[[], str]) -> Check:
     except Exception as exc:  # every failure becomes part of the one message the run fails with
         # A Connection that is missing or lacks a field is as permanent as a refused secret.
         permanent = isinstance(exc, PermanentError | ValueError | KeyError) or type(exc).__name__ in (
-            "AirflowNotFoundException", "AirflowNotFound")
+            "AirflowNotFoundException",
+            "AirflowNotFound",
+        )
         return Check(connection, False, f"{type(exc).__name__}: {exc}", permanent)
 
 
@@ -95,8 +97,10 @@ def _sentinel(conn_id: str, owner: str) -> Check:
                 raise ValueError(f"host: {problem}")
         client.token_provider.token()
         if client.management is None:
-            return ("token issued; no management-plane coordinates (subscription_id, resource_group, "
-                    "workspace_name): verify will rely on the upload's acknowledgements")
+            return (
+                "token issued; no management-plane coordinates (subscription_id, resource_group, "
+                "workspace_name): verify will rely on the upload's acknowledgements"
+            )
         if client.management.token_provider is not None:
             client.management.token_provider.token()
         return "token issued; verify reads back through the management plane"
@@ -118,8 +122,9 @@ def _defender(conn_id: str) -> Check:
     return _run(conn_id, probe)
 
 
-def check_all(targets: str | list[str] | tuple[str, ...],
-              threatconnect_conn_id: str = "threatconnect_default") -> list[Check]:
+def check_all(
+    targets: str | list[str] | tuple[str, ...], threatconnect_conn_id: str = "threatconnect_default"
+) -> list[Check]:
     """Check ThreatConnect and every target's Connection (``kind`` or ``kind@conn_id``); never raises, returns
     one result each."""
     source, owner = _threatconnect(threatconnect_conn_id)
@@ -142,12 +147,17 @@ def report(checks: list[Check]) -> dict[str, Any]:
     """Log each check; returns ``{connection: detail}``, the failures as one actionable message (or None), and
     whether a retry could change any of them (``transient``)."""
     for check in checks:
-        (log.info if check.ok else log.error)("preflight %s: %s: %s", check.connection,
-                                               "ok" if check.ok else "FAILED", check.detail)
+        (log.info if check.ok else log.error)(
+            "preflight %s: %s: %s", check.connection, "ok" if check.ok else "FAILED", check.detail
+        )
     failed = [c for c in checks if not c.ok]
     message = None
     if failed:
         message = "preflight failed, nothing was extracted or sent: " + "; ".join(
-            f"Connection {c.connection!r}: {c.detail}" for c in failed)
-    return {"checks": {c.connection: c.detail for c in checks}, "error": message,
-            "transient": any(not c.permanent for c in failed)}
+            f"Connection {c.connection!r}: {c.detail}" for c in failed
+        )
+    return {
+        "checks": {c.connection: c.detail for c in checks},
+        "error": message,
+        "transient": any(not c.permanent for c in failed),
+    }

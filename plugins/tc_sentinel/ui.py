@@ -68,17 +68,26 @@ def _page(name: str) -> str:
 
 def create_app() -> FastAPI:
     """The reports app; every route requires a logged-in user who may read the DAG's runs."""
-    app = FastAPI(title="tc-sentinel run reports", dependencies=[_requires_login()], docs_url=None,
-                  redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        title="tc-sentinel run reports",
+        dependencies=[_requires_login()],
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
 
     @app.get("/", response_class=HTMLResponse)
     def index() -> str:
-        rows = "".join(f'<li><a href="{URL_PREFIX}/reports/{quote(n)}">{html.escape(run_id)}</a></li>'
-                       for run_id, n in list_reports())
-        return ("<!doctype html><html lang=en><head><meta charset=utf-8><title>tc-sentinel run reports</title>"
-                "</head><body style='font-family:system-ui,sans-serif'><h1>tc-sentinel run reports</h1>"
-                f'<p><a href="{URL_PREFIX}/reports/latest.html">latest</a></p><ul id="runs">{rows}</ul>'
-                "</body></html>")
+        rows = "".join(
+            f'<li><a href="{URL_PREFIX}/reports/{quote(n)}">{html.escape(run_id)}</a></li>'
+            for run_id, n in list_reports()
+        )
+        return (
+            "<!doctype html><html lang=en><head><meta charset=utf-8><title>tc-sentinel run reports</title>"
+            "</head><body style='font-family:system-ui,sans-serif'><h1>tc-sentinel run reports</h1>"
+            f'<p><a href="{URL_PREFIX}/reports/latest.html">latest</a></p><ul id="runs">{rows}</ul>'
+            "</body></html>"
+        )
 
     @app.get("/reports/{name}", response_class=HTMLResponse)
     def report(name: str) -> str:
@@ -92,5 +101,10 @@ def app_spec() -> dict[str, Any]:
     return {"app": create_app(), "url_prefix": URL_PREFIX, "name": "tc-sentinel run reports"}
 
 
-EXTERNAL_VIEW = {"name": "Run reports", "href": f"{URL_PREFIX}/", "destination": "nav", "category": "browse",
-                 "url_route": "tc-sentinel-reports"}
+EXTERNAL_VIEW = {
+    "name": "Run reports",
+    "href": f"{URL_PREFIX}/",
+    "destination": "nav",
+    "category": "browse",
+    "url_route": "tc-sentinel-reports",
+}

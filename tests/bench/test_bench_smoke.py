@@ -23,7 +23,11 @@ def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, A
     out = tmp_path_factory.mktemp("bench") / "results.json"
     completed = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     return json.loads(out.read_text()), completed.stdout
@@ -111,9 +115,10 @@ def test_whole_window_efficiency_is_undefined_for_a_run_shorter_than_a_window() 
 
 
 def test_the_table_marks_missed_targets_and_formats_numbers() -> None:
-    rows = [{"benchmark": "b", "figure": "f", "value": 123456.7, "unit": "x/s", "target": ">= 1", "met": False,
-             "cores": 2}, {"benchmark": "b", "figure": "g", "value": None, "unit": "", "target": "", "met": None,
-                           "cores": 2}]
+    rows = [
+        {"benchmark": "b", "figure": "f", "value": 123456.7, "unit": "x/s", "target": ">= 1", "met": False, "cores": 2},
+        {"benchmark": "b", "figure": "g", "value": None, "unit": "", "target": "", "met": None, "cores": 2},
+    ]
     text = table(rows).splitlines()
     assert text[2] == "| b | f | 123,457 x/s | >= 1 | **no** | 2 |"
     assert text[3] == "| b | g | n/a  |  |  | 2 |"

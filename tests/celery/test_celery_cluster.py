@@ -105,12 +105,12 @@ def _interval(run: dict[str, Any]) -> tuple[dt.datetime, dt.datetime]:
 
 
 @pytest.fixture(scope="module")
-def scenario(postgres: PostgresServer, redis_server: RedisServer,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+def scenario(
+    postgres: PostgresServer, redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Scenario]:
     """Three scheduled intervals (a worker killed during the first one's File load), then two backfilled days."""
     workdir = tmp_path_factory.mktemp("celery")
-    indicators = generate(seed=7, count=INDICATORS, owner=OWNER, start=BACKFILL_INTERVALS[0][0], end=TODAY,
-                          types=TYPES)
+    indicators = generate(seed=7, count=INDICATORS, owner=OWNER, start=BACKFILL_INTERVALS[0][0], end=TODAY, types=TYPES)
     result = Scenario(indicators=indicators, data_root=workdir / "shared-data")
     stack = start_stack(workdir, indicators)
     stack.graph.rate_limit_per_minute = SERVER_LIMIT
@@ -122,14 +122,24 @@ def scenario(postgres: PostgresServer, redis_server: RedisServer,
         graph_conn = stack.connections()["msgraph_default"]
         graph_conn["extra"].update(requests_per_minute=CLIENT_LIMIT, budget_window_seconds=CLIENT_WINDOW)
         env["AIRFLOW_CONN_MSGRAPH_DEFAULT"] = json.dumps(graph_conn)
-        env["AIRFLOW_CONN_TC_SENTINEL_REDIS"] = json.dumps({
-            "conn_type": "redis", "host": "127.0.0.1", "port": redis_server.port,
-            "password": redis_server.password, "extra": {"db": 1}})
-        airflow = AirflowEnv(workdir / "airflow-home", sql_alchemy_conn=postgres.url, extra={
-            **env,
-            "TC_SENTINEL_TEST_START_DATE": LIVE_INTERVALS[0][0].isoformat(),
-            "TC_SENTINEL_TEST_END_DATE": LIVE_INTERVALS[-1][0].isoformat(),
-        })
+        env["AIRFLOW_CONN_TC_SENTINEL_REDIS"] = json.dumps(
+            {
+                "conn_type": "redis",
+                "host": "127.0.0.1",
+                "port": redis_server.port,
+                "password": redis_server.password,
+                "extra": {"db": 1},
+            }
+        )
+        airflow = AirflowEnv(
+            workdir / "airflow-home",
+            sql_alchemy_conn=postgres.url,
+            extra={
+                **env,
+                "TC_SENTINEL_TEST_START_DATE": LIVE_INTERVALS[0][0].isoformat(),
+                "TC_SENTINEL_TEST_END_DATE": LIVE_INTERVALS[-1][0].isoformat(),
+            },
+        )
         (airflow.home / "config").mkdir(parents=True)
         shutil.copy(POLICY, airflow.home / "config" / "airflow_local_settings.py")
         airflow.migrate()
@@ -148,8 +158,9 @@ def scenario(postgres: PostgresServer, redis_server: RedisServer,
         stack.stop()
 
 
-def _run_scenario(services: AirflowServices, hosts: list[Host], stack: Stack, gate: SubmitGate,
-                  result: Scenario) -> None:
+def _run_scenario(
+    services: AirflowServices, hosts: list[Host], stack: Stack, gate: SubmitGate, result: Scenario
+) -> None:
     try:
         services.wait_for_dag(DAG_ID)
         services.unpause(DAG_ID)
@@ -173,8 +184,9 @@ def _run_scenario(services: AirflowServices, hosts: list[Host], stack: Stack, ga
         raise
 
 
-def _kill_a_worker_in_the_middle_of_a_load(services: AirflowServices, hosts: list[Host], gate: SubmitGate,
-                                           result: Scenario) -> None:
+def _kill_a_worker_in_the_middle_of_a_load(
+    services: AirflowServices, hosts: list[Host], gate: SubmitGate, result: Scenario
+) -> None:
     """SIGKILL the worker whose File load is waiting for Graph's answer; restart it once the retry runs elsewhere."""
     if not gate.reached.wait(420):
         raise ServiceError(f"no File load reached Graph within 420 s\n{services.logs_tail()}")
@@ -183,21 +195,32 @@ def _kill_a_worker_in_the_middle_of_a_load(services: AirflowServices, hosts: lis
         # load is mapped over fan_out's jobs, in their order: find the File job's map index.
         jobs = services.xcom(DAG_ID, run["dag_run_id"], "fan_out", "return_value")
         file_index = next(i for i, job in enumerate(jobs) if job["indicator_type"] == "File")
-        loads = [t for t in services.task_instances(DAG_ID, run["dag_run_id"])
-                 if t["task_id"] == "load" and t["map_index"] == file_index and t["state"] == "running"]
+        loads = [
+            t
+            for t in services.task_instances(DAG_ID, run["dag_run_id"])
+            if t["task_id"] == "load" and t["map_index"] == file_index and t["state"] == "running"
+        ]
         assert len(loads) == 1, (jobs, services.task_instances(DAG_ID, run["dag_run_id"]))
         load = loads[0]
         victim = next(h for h in hosts if h.name == load["hostname"])
-        result.killed = {"run_id": run["dag_run_id"], "map_index": load["map_index"], "host": victim.name,
-                         "try_number": load["try_number"], "pids": services.kill(victim.component)}
+        result.killed = {
+            "run_id": run["dag_run_id"],
+            "map_index": load["map_index"],
+            "host": victim.name,
+            "try_number": load["try_number"],
+            "pids": services.kill(victim.component),
+        }
     finally:
         gate.release.set()  # Graph now creates the batch for a client that is gone
     log.info("killed %s during load[%s] of %s", victim.name, load["map_index"], run["dag_run_id"])
     # Airflow notices the missing heartbeat, fails the try and retries it on the worker that is left.
     deadline_runs = 60 * 6
     for _ in range(deadline_runs):
-        ti = next(t for t in services.task_instances(DAG_ID, run["dag_run_id"])
-                  if t["task_id"] == "load" and t["map_index"] == load["map_index"])
+        ti = next(
+            t
+            for t in services.task_instances(DAG_ID, run["dag_run_id"])
+            if t["task_id"] == "load" and t["map_index"] == load["map_index"]
+        )
         if ti["try_number"] > load["try_number"] and ti["state"] in ("running", "success"):
             break
         threading.Event().wait(1)
@@ -224,8 +247,14 @@ def _failed_task_logs(hosts: list[Host], scenario: Scenario) -> str:
             if ti["state"] not in ("failed", "up_for_retry"):
                 continue
             for host in hosts:
-                task_dir = (host.root / "airflow-home" / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}"
-                            / f"task_id={ti['task_id']}")
+                task_dir = (
+                    host.root
+                    / "airflow-home"
+                    / "logs"
+                    / f"dag_id={DAG_ID}"
+                    / f"run_id={run_id}"
+                    / f"task_id={ti['task_id']}"
+                )
                 if ti["map_index"] >= 0:
                     task_dir = task_dir / f"map_index={ti['map_index']}"
                 for path in sorted(task_dir.glob("attempt=*.log"))[-1:]:
@@ -233,8 +262,10 @@ def _failed_task_logs(hosts: list[Host], scenario: Scenario) -> str:
                         with contextlib.suppress(ValueError):
                             event = json.loads(line)
                             if event.get("level") == "error":
-                                parts.append(f"{run_id} {ti['task_id']}[{ti['map_index']}] {host.name}: "
-                                             f"{event.get('event')} {event.get('error_detail', '')}")
+                                parts.append(
+                                    f"{run_id} {ti['task_id']}[{ti['map_index']}] {host.name}: "
+                                    f"{event.get('event')} {event.get('error_detail', '')}"
+                                )
     return "\n".join(parts[:20])
 
 
@@ -249,7 +280,8 @@ def _rows(scenario: Scenario, stage: str, indicator_type: str, run_id: str) -> l
 
 
 def test_the_cluster_runs_each_scheduled_and_backfilled_interval_once_and_every_run_succeeds(
-        scenario: Scenario) -> None:
+    scenario: Scenario,
+) -> None:
     assert [_interval(r) for r in scenario.runs_of("scheduled")] == LIVE_INTERVALS
     assert [_interval(r) for r in scenario.runs_of("backfill")] == BACKFILL_INTERVALS
     assert [r["state"] for r in scenario.runs] == ["success"] * len(scenario.runs), scenario.failed_task_logs
@@ -262,16 +294,24 @@ def test_mapped_tasks_ran_on_both_workers(scenario: Scenario) -> None:
     mapped = [t for tis in scenario.task_instances.values() for t in tis if t["map_index"] >= 0]
     assert {t["hostname"] for t in mapped} == {"worker-a", "worker-b"}
     # Not only the first run before the kill: the restarted worker took mapped work again.
-    later = [t for run in scenario.runs if run["dag_run_id"] != scenario.killed["run_id"]
-             for t in scenario.task_instances[run["dag_run_id"]] if t["map_index"] >= 0]
+    later = [
+        t
+        for run in scenario.runs
+        if run["dag_run_id"] != scenario.killed["run_id"]
+        for t in scenario.task_instances[run["dag_run_id"]]
+        if t["map_index"] >= 0
+    ]
     assert {t["hostname"] for t in later} == {"worker-a", "worker-b"}
 
 
 def test_the_load_whose_worker_was_killed_was_retried_on_the_other_worker(scenario: Scenario) -> None:
     killed = scenario.killed
     assert killed["pids"], "the kill found no process of the worker"
-    ti = next(t for t in scenario.task_instances[killed["run_id"]]
-              if t["task_id"] == "load" and t["map_index"] == killed["map_index"])
+    ti = next(
+        t
+        for t in scenario.task_instances[killed["run_id"]]
+        if t["task_id"] == "load" and t["map_index"] == killed["map_index"]
+    )
     assert ti["state"] == "success"
     assert ti["try_number"] > killed["try_number"]
     assert ti["hostname"] not in ("", None, killed["host"])
@@ -281,7 +321,8 @@ def test_the_load_whose_worker_was_killed_was_retried_on_the_other_worker(scenar
 
 
 def test_the_graph_store_holds_each_delivered_indicator_exactly_once_as_its_latest_write_left_it(
-        scenario: Scenario) -> None:
+    scenario: Scenario,
+) -> None:
     stored = Counter(i["externalId"] for i in scenario.graph_store)
     assert stored, "nothing reached Graph"
     assert [external_id for external_id, n in stored.items() if n > 1] == []
@@ -304,18 +345,23 @@ def test_every_valid_indicator_of_every_interval_reached_graph(scenario: Scenari
         for indicator_type in TYPES:
             rejected = {row["tc_id"] for row in _rows(scenario, "rejected", indicator_type, run_id)}
             normalized = {row["tc_id"] for row in _rows(scenario, "normalized", indicator_type, run_id)}
-            generated = {r["id"] for r in scenario.indicators
-                         if r["type"] == indicator_type and start <= r["lastModified"] < end}
+            generated = {
+                r["id"] for r in scenario.indicators if r["type"] == indicator_type and start <= r["lastModified"] < end
+            }
             assert generated, f"the data set must put {indicator_type} changes into every interval"
             assert generated <= normalized | rejected, (run_id, indicator_type)
     stored = {i["externalId"] for i in scenario.graph_store}
-    planned_live = {row["external_id"] for run in scenario.runs for t in TYPES
-                    for row in _rows(scenario, "plan", t, run["dag_run_id"]) if row["action"] in ("create", "update")}
+    planned_live = {
+        row["external_id"]
+        for run in scenario.runs
+        for t in TYPES
+        for row in _rows(scenario, "plan", t, run["dag_run_id"])
+        if row["action"] in ("create", "update")
+    }
     assert planned_live <= stored
 
 
-def test_each_live_run_commits_the_latest_delivered_change_of_each_type_as_its_watermark(
-        scenario: Scenario) -> None:
+def test_each_live_run_commits_the_latest_delivered_change_of_each_type_as_its_watermark(scenario: Scenario) -> None:
     previous: dict[str, str] = {}
     for run in scenario.runs_of("scheduled"):
         run_id = run["dag_run_id"]
@@ -329,10 +375,15 @@ def test_each_live_run_commits_the_latest_delivered_change_of_each_type_as_its_w
             expected_start = min(start, parse_iso(previous[indicator_type])) if previous else start
             assert parse_iso(plan["window"]["start"]) == expected_start
             rejected = {row["tc_id"] for row in _rows(scenario, "rejected", indicator_type, run_id)}
-            delivered = [r["lastModified"] for r in scenario.indicators
-                         if r["type"] == indicator_type and r["lastModified"] < end and r["id"] not in rejected
-                         and (not previous or r["lastModified"] >= parse_iso(previous[indicator_type]))
-                         and r["lastModified"] >= LIVE_INTERVALS[0][0]]
+            delivered = [
+                r["lastModified"]
+                for r in scenario.indicators
+                if r["type"] == indicator_type
+                and r["lastModified"] < end
+                and r["id"] not in rejected
+                and (not previous or r["lastModified"] >= parse_iso(previous[indicator_type]))
+                and r["lastModified"] >= LIVE_INTERVALS[0][0]
+            ]
             assert marks[indicator_type] == iso(max(delivered)), (run_id, indicator_type)
         assert scenario.xcoms[(run_id, "backfill_watermarks")] is None
         previous = marks
@@ -364,11 +415,13 @@ def test_graph_never_had_to_refuse_a_request_for_over_spending(scenario: Scenari
 
 
 def test_no_window_admitted_more_than_the_budget_and_the_busiest_used_at_least_80_percent_of_it(
-        scenario: Scenario) -> None:
+    scenario: Scenario,
+) -> None:
     times = _admitted(scenario)
     per_window = [sum(1 for t in times[i:] if t < start + SERVER_WINDOW) for i, start in enumerate(times)]
-    log.info("Graph requests %s, busiest %s s window %s of %s", len(times), SERVER_WINDOW, max(per_window),
-             SERVER_LIMIT)
+    log.info(
+        "Graph requests %s, busiest %s s window %s of %s", len(times), SERVER_WINDOW, max(per_window), SERVER_LIMIT
+    )
     assert max(per_window) <= SERVER_LIMIT
     assert max(per_window) >= 0.8 * SERVER_LIMIT
 
@@ -378,7 +431,7 @@ def test_loads_of_several_types_ran_at_the_same_time(scenario: Scenario) -> None
     overlapping = 0
     for tis in scenario.task_instances.values():
         loads = [(parse_iso(t["start_date"]), parse_iso(t["end_date"])) for t in tis if t["task_id"] == "load"]
-        overlapping += sum(1 for i, a in enumerate(loads) for b in loads[i + 1:] if a[0] < b[1] and b[0] < a[1])
+        overlapping += sum(1 for i, a in enumerate(loads) for b in loads[i + 1 :] if a[0] < b[1] and b[0] < a[1])
     assert overlapping > 0
 
 

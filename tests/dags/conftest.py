@@ -66,8 +66,13 @@ class Captured:
 
 def _capture(pipeline: Pipeline, run: Run) -> Captured:
     graph = pipeline.stack.graph
-    return Captured(run, graph_items(pipeline.stack), graph_projection(pipeline.stack),
-                    len(graph.writes("submitTiIndicators")), len(graph.writes()))
+    return Captured(
+        run,
+        graph_items(pipeline.stack),
+        graph_projection(pipeline.stack),
+        len(graph.writes("submitTiIndicators")),
+        len(graph.writes()),
+    )
 
 
 @dataclass
@@ -114,10 +119,26 @@ class GraphStory:
 
 
 def _host_record(tc_id: int, host: str, modified: dt.datetime) -> dict[str, Any]:
-    return {"id": tc_id, "type": "Host", "owner": OWNER, "hostName": host, "summary": host, "dateAdded": modified,
-            "lastModified": modified, "rating": 3.0, "confidence": 70, "threatAssessScore": 500, "active": True,
-            "falsePositives": 0, "tags": [], "securityLabels": ["TLP:GREEN"], "description": None,
-            "externalDateExpires": None, "_invalid": False, "_duplicate_of": None}
+    return {
+        "id": tc_id,
+        "type": "Host",
+        "owner": OWNER,
+        "hostName": host,
+        "summary": host,
+        "dateAdded": modified,
+        "lastModified": modified,
+        "rating": 3.0,
+        "confidence": 70,
+        "threatAssessScore": 500,
+        "active": True,
+        "falsePositives": 0,
+        "tags": [],
+        "securityLabels": ["TLP:GREEN"],
+        "description": None,
+        "externalDateExpires": None,
+        "_invalid": False,
+        "_duplicate_of": None,
+    }
 
 
 def build_graph_story(ground: Ground, workdir: Path, keep: Callable[[Pipeline], None]) -> GraphStory:
@@ -164,13 +185,15 @@ class GraphFailure:
     victim: str  # the external id Graph always refuses
 
 
-def _graph_failure(ground: Ground, workdir: Path, keep: Callable[[Pipeline], None],
-                   conf: dict[str, Any] | None) -> GraphFailure:
+def _graph_failure(
+    ground: Ground, workdir: Path, keep: Callable[[Pipeline], None], conf: dict[str, Any] | None
+) -> GraphFailure:
     pipeline = Pipeline.start(workdir, "graph", ground.records, ground.database, types=[FAILING_TYPE])
     keep(pipeline)
     victim = min(e.external_id for e in ground.expected.values() if e.indicator_type == FAILING_TYPE and e.active)
-    pipeline.stack.graph.fail_items(lambda item: item.get("externalId") == victim, count=None,
-                                    message=PERMANENT_FAILURE)
+    pipeline.stack.graph.fail_items(
+        lambda item: item.get("externalId") == victim, count=None, message=PERMANENT_FAILURE
+    )
     return GraphFailure(pipeline, pipeline.run(FIRST_DATE, conf=conf), victim)
 
 
@@ -251,13 +274,32 @@ SCENARIOS: dict[str, Callable[[Ground, Path, Callable[[Pipeline], None]], Any]] 
 }
 # The fixture that stands for each scenario; the safety tests name scenarios directly in their parameter.
 SCENARIO_FIXTURES = {
-    "graph_story": "graph", "graph_chaos": "graph_chaos", "graph_permanent_failure": "graph_permanent_failure",
-    "graph_tolerated_failure": "graph_tolerated_failure", "sentinel_story": "sentinel",
+    "graph_story": "graph",
+    "graph_chaos": "graph_chaos",
+    "graph_permanent_failure": "graph_permanent_failure",
+    "graph_tolerated_failure": "graph_tolerated_failure",
+    "sentinel_story": "sentinel",
     "sentinel_chaos": "sentinel_chaos",
-    **{name: name for name in ("quarantine", "deletion_graph_v2", "deletion_sentinel_v3", "dropped_graph",
-                               "dropped_sentinel", "sentinel_acknowledged", "mass_rejection", "bad_credentials",
-                               "drift_graph", "drift_sentinel", "drift_defender", "defender_story", "defender_capacity",
-                               "fanout", "partial_failure")},
+    **{
+        name: name
+        for name in (
+            "quarantine",
+            "deletion_graph_v2",
+            "deletion_sentinel_v3",
+            "dropped_graph",
+            "dropped_sentinel",
+            "sentinel_acknowledged",
+            "mass_rejection",
+            "bad_credentials",
+            "drift_graph",
+            "drift_sentinel",
+            "drift_defender",
+            "defender_story",
+            "defender_capacity",
+            "fanout",
+            "partial_failure",
+        )
+    },
 }
 
 
@@ -327,8 +369,12 @@ def expected(intents: dict[int, Intent]) -> dict[str, Expected]:
 
 
 @pytest.fixture(scope="session")
-def scenarios(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory,
-              seeded_records: list[dict[str, Any]], expected: dict[str, Expected]) -> Iterator[Scenarios]:
+def scenarios(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    seeded_records: list[dict[str, Any]],
+    expected: dict[str, Expected],
+) -> Iterator[Scenarios]:
     database = migrated_database(tmp_path_factory.mktemp("airflow-template"))
     runner = Scenarios(Ground(database, seeded_records, expected), tmp_path_factory)
     runner.start(_needed(request.session.items))

@@ -55,8 +55,7 @@ _VALUE_PROPERTIES = tuple(p for p in OBSERVABLES if p != "fileHashType")
 def seeded_dataset(seed: int = SEED, count: int = COUNT, types: Sequence[str] = TYPES) -> Dataset:
     """The ThreatConnect records every whole-DAG test starts from (all changed inside the first run's interval),
     with what the generator means each to become."""
-    return generate_dataset(seed=seed, count=count, owner=OWNER, start=FIRST_INTERVAL_START, end=SEED_END,
-                            types=types)
+    return generate_dataset(seed=seed, count=count, owner=OWNER, start=FIRST_INTERVAL_START, end=SEED_END, types=types)
 
 
 def seeded_indicators(seed: int = SEED, count: int = COUNT, types: Sequence[str] = TYPES) -> list[dict[str, Any]]:
@@ -79,8 +78,16 @@ def documented_external_id(indicator_type: str, value: str, owner: str = OWNER) 
 
 
 #: Which ThreatConnect type each kind of observable belongs to.
-VARIANT_TYPE = {"ipv4": "Address", "ipv6": "Address", "domain": "Host", "url": "URL", "email": "EmailAddress",
-                "md5": "File", "sha1": "File", "sha256": "File"}
+VARIANT_TYPE = {
+    "ipv4": "Address",
+    "ipv6": "Address",
+    "domain": "Host",
+    "url": "URL",
+    "email": "EmailAddress",
+    "md5": "File",
+    "sha1": "File",
+    "sha256": "File",
+}
 
 #: How ``rejected.reason`` reads for each of the generator's reason classes (``simulators.dataset.REASON_CLASSES``).
 REASON_PATTERNS = {
@@ -137,8 +144,13 @@ def expected_indicators(intents: Iterable[Intent]) -> dict[str, Expected]:
             continue
         for observable in intent.observables:
             candidate = Expected(
-                documented_external_id(intent.indicator_type, observable.value), intent.indicator_type,
-                observable.value, observable.variant, intent.tc_id, intent.last_modified, intent.outcome == LOADED,
+                documented_external_id(intent.indicator_type, observable.value),
+                intent.indicator_type,
+                observable.value,
+                observable.variant,
+                intent.tc_id,
+                intent.last_modified,
+                intent.outcome == LOADED,
             )
             group = (intent.indicator_type, observable.value)
             held = winners.get(group)
@@ -191,9 +203,16 @@ def observable_value(item: Mapping[str, Any]) -> str | None:
 
 #: The tiIndicator property that carries each kind of value (Microsoft Graph beta, tiIndicator resource type);
 #: a hash's kind is in ``fileHashType``.
-GRAPH_PROPERTY = {"ipv4": "networkIPv4", "ipv6": "networkIPv6", "domain": "domainName", "url": "url",
-                  "email": "emailSenderAddress", "md5": "fileHashValue", "sha1": "fileHashValue",
-                  "sha256": "fileHashValue"}
+GRAPH_PROPERTY = {
+    "ipv4": "networkIPv4",
+    "ipv6": "networkIPv6",
+    "domain": "domainName",
+    "url": "url",
+    "email": "emailSenderAddress",
+    "md5": "fileHashValue",
+    "sha1": "fileHashValue",
+    "sha256": "fileHashValue",
+}
 _GRAPH_VARIANT = {p: v for v, p in GRAPH_PROPERTY.items() if p != "fileHashValue"}
 
 
@@ -213,9 +232,16 @@ def graph_observed(item: Mapping[str, Any]) -> tuple[str, str, str]:
 
 
 #: The STIX 2.1 object path each kind of value is compared on (STIX 2.1 cyber-observable objects).
-STIX_PATH = {("ipv4-addr", "value"): "ipv4", ("ipv6-addr", "value"): "ipv6", ("domain-name", "value"): "domain",
-             ("url", "value"): "url", ("email-addr", "value"): "email", ("file", "hashes", "MD5"): "md5",
-             ("file", "hashes", "SHA-1"): "sha1", ("file", "hashes", "SHA-256"): "sha256"}
+STIX_PATH = {
+    ("ipv4-addr", "value"): "ipv4",
+    ("ipv6-addr", "value"): "ipv6",
+    ("domain-name", "value"): "domain",
+    ("url", "value"): "url",
+    ("email-addr", "value"): "email",
+    ("file", "hashes", "MD5"): "md5",
+    ("file", "hashes", "SHA-1"): "sha1",
+    ("file", "hashes", "SHA-256"): "sha256",
+}
 
 
 def stix_observed(obj: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -237,8 +263,13 @@ def graph_projection(stack: Stack) -> dict[str, tuple[Any, ...]]:
     """The canonical final Graph state: externalId -> (observable value, confidence, tlpLevel, isActive,
     expirationDateTime). Duplicates collapse here; check them with ``duplicate_external_ids``."""
     return {
-        i["externalId"]: (observable_value(i), i.get("confidence"), i.get("tlpLevel"), i.get("isActive"),
-                          i.get("expirationDateTime"))
+        i["externalId"]: (
+            observable_value(i),
+            i.get("confidence"),
+            i.get("tlpLevel"),
+            i.get("isActive"),
+            i.get("expirationDateTime"),
+        )
         for i in graph_items(stack)
     }
 
@@ -301,9 +332,16 @@ class Pipeline:
     runs: list[Run] = field(default_factory=list)
 
     @classmethod
-    def start(cls, workdir: Path, sink: str, indicators: list[dict[str, Any]], database: Path,
-              types: Sequence[str] = TYPES, env: Mapping[str, str] | None = None,
-              **stack_options: Any) -> Pipeline:
+    def start(
+        cls,
+        workdir: Path,
+        sink: str,
+        indicators: list[dict[str, Any]],
+        database: Path,
+        types: Sequence[str] = TYPES,
+        env: Mapping[str, str] | None = None,
+        **stack_options: Any,
+    ) -> Pipeline:
         """Start the simulators and an Airflow home (a copy of the migrated ``database``) for ``sink``; ``env``
         adds environment variables to every Airflow command of this home (e.g. a log level)."""
         stack = start_stack(workdir, indicators, **stack_options)
@@ -323,9 +361,15 @@ class Pipeline:
         with self._db() as db:
             run_id, state, start, end = db.execute(
                 "SELECT run_id, state, data_interval_start, data_interval_end FROM dag_run WHERE dag_id = ? "
-                "ORDER BY id DESC LIMIT 1", (DAG_ID,)).fetchone()
-            xcoms = {(task, index, key): json.loads(value) for task, index, key, value in db.execute(
-                "SELECT task_id, map_index, key, value FROM xcom WHERE dag_id = ? AND run_id = ?", (DAG_ID, run_id))}
+                "ORDER BY id DESC LIMIT 1",
+                (DAG_ID,),
+            ).fetchone()
+            xcoms = {
+                (task, index, key): json.loads(value)
+                for task, index, key, value in db.execute(
+                    "SELECT task_id, map_index, key, value FROM xcom WHERE dag_id = ? AND run_id = ?", (DAG_ID, run_id)
+                )
+            }
         run = Run(date, conf, process, run_id, state, _utc(start), _utc(end), xcoms)
         self.runs.append(run)
         return run

@@ -49,8 +49,11 @@ def _defender_others(pipeline: Pipeline) -> dict[str, dict[str, Any]]:
 
 def _defender_ours(pipeline: Pipeline, external_id: str) -> list[str]:
     defender = pipeline.stack.defender
-    return [k for k, v in defender.indicators.items() if v.get("createdBy") != OTHER_APP
-            and str(v.get("description") or "").endswith(f"[tc:{external_id}]")]
+    return [
+        k
+        for k, v in defender.indicators.items()
+        if v.get("createdBy") != OTHER_APP and str(v.get("description") or "").endswith(f"[tc:{external_id}]")
+    ]
 
 
 def _build(sink: str) -> Callable[[Any, Path, Callable[[Pipeline], None]], Drift]:
@@ -67,27 +70,51 @@ def _build(sink: str) -> Callable[[Any, Path, Callable[[Pipeline], None]], Drift
             # Another app's indicators, one of them carrying the same externalId as one of ours.
             for n, external_id in enumerate([shared, "other-tip-1", "other-tip-2"]):
                 key = f"0000000{n}-aaaa-4bbb-8ccc-ddddeeeeffff"
-                stack.graph.indicators[key] = {"id": key, "externalId": external_id, "domainName": f"o{n}.example",
-                                               "action": "alert", "targetProduct": "Azure Sentinel",
-                                               "threatType": "Malware", "tlpLevel": "green", "isActive": True,
-                                               "description": "not ours", "confidence": 5}
+                stack.graph.indicators[key] = {
+                    "id": key,
+                    "externalId": external_id,
+                    "domainName": f"o{n}.example",
+                    "action": "alert",
+                    "targetProduct": "Azure Sentinel",
+                    "threatType": "Malware",
+                    "tlpLevel": "green",
+                    "isActive": True,
+                    "description": "not ours",
+                    "confidence": 5,
+                }
                 stack.graph.owners[key] = OTHER_APP
             others_before = copy.deepcopy(_graph_others(pipeline))
         elif sink == "defender":
             for n in range(2):  # another app's indicators in the same tenant
                 key = str(900_000 + n)
                 stack.defender.indicators[key] = {
-                    "id": key, "indicatorValue": f"o{n}.example", "indicatorType": "DomainName", "action": "Alert",
-                    "application": "Another TIP", "createdBy": OTHER_APP, "title": "not ours",
-                    "description": "not ours", "severity": "Low", "expirationTime": None, "_expires": None}
+                    "id": key,
+                    "indicatorValue": f"o{n}.example",
+                    "indicatorType": "DomainName",
+                    "action": "Alert",
+                    "application": "Another TIP",
+                    "createdBy": OTHER_APP,
+                    "title": "not ours",
+                    "description": "not ours",
+                    "severity": "Low",
+                    "expirationTime": None,
+                    "_expires": None,
+                }
                 stack.defender.tenants[key] = TENANT_ID
             others_before = copy.deepcopy(_defender_others(pipeline))
         else:
             for n, stix in enumerate([f"indicator--{shared}", "indicator--" + "1" * 8 + "-1111-4111-8111-" + "1" * 12]):
                 stack.sentinel.objects[(WORKSPACE_ID, OTHER_SOURCE, stix)] = {
-                    "type": "indicator", "spec_version": "2.1", "id": stix, "created": "2026-05-01T00:00:00.000Z",
-                    "modified": "2026-05-01T00:00:00.000Z", "pattern": f"[domain-name:value = 'o{n}.example']",
-                    "pattern_type": "stix", "valid_from": "2026-05-01T00:00:00.000Z", "name": "not ours"}
+                    "type": "indicator",
+                    "spec_version": "2.1",
+                    "id": stix,
+                    "created": "2026-05-01T00:00:00.000Z",
+                    "modified": "2026-05-01T00:00:00.000Z",
+                    "pattern": f"[domain-name:value = 'o{n}.example']",
+                    "pattern_type": "stix",
+                    "valid_from": "2026-05-01T00:00:00.000Z",
+                    "name": "not ours",
+                }
             others_before = copy.deepcopy(_sentinel_others(pipeline))
         first = pipeline.run(FIRST_DATE)
         if sink == "graph":

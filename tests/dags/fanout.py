@@ -24,8 +24,11 @@ class FanOut:
 
 def _writes(pipeline: Pipeline) -> dict[str, int]:
     stack = pipeline.stack
-    return {"sentinel": len(stack.sentinel.upload_requests), "defender": len(stack.defender.writes("import")),
-            "graph": len(stack.graph.writes())}
+    return {
+        "sentinel": len(stack.sentinel.upload_requests),
+        "defender": len(stack.defender.writes("import")),
+        "graph": len(stack.graph.writes()),
+    }
 
 
 def build_fanout(ground: Any, workdir: Path, keep: Callable[[Pipeline], None]) -> FanOut:

@@ -35,11 +35,27 @@ REFUSAL = "'url' must comply with RFC 1738"
 def record(tc_id: int, indicator_type: str, value: str, modified: dt.datetime, **changes: Any) -> dict[str, Any]:
     """One ThreatConnect record the way the data generator writes them."""
     field_name = {"Address": "ip", "Host": "hostName", "URL": "text", "EmailAddress": "address"}[indicator_type]
-    return {"id": tc_id, "type": indicator_type, "owner": OWNER, field_name: value, "summary": value,
-            "dateAdded": modified, "lastModified": modified, "rating": 3.0, "confidence": 70,
-            "threatAssessScore": 500, "active": True, "falsePositives": 0, "tags": [],
-            "securityLabels": ["TLP:GREEN"], "description": None, "externalDateExpires": None, "_invalid": False,
-            "_duplicate_of": None, **changes}
+    return {
+        "id": tc_id,
+        "type": indicator_type,
+        "owner": OWNER,
+        field_name: value,
+        "summary": value,
+        "dateAdded": modified,
+        "lastModified": modified,
+        "rating": 3.0,
+        "confidence": 70,
+        "threatAssessScore": 500,
+        "active": True,
+        "falsePositives": 0,
+        "tags": [],
+        "securityLabels": ["TLP:GREEN"],
+        "description": None,
+        "externalDateExpires": None,
+        "_invalid": False,
+        "_duplicate_of": None,
+        **changes,
+    }
 
 
 class Seen:
@@ -101,8 +117,9 @@ def build_quarantine(ground: Any, workdir: Path, keep: Callable[[Pipeline], None
     keep(pipeline)
     victim = _active_ids(ground.expected, "URL")[0]
     seen = Seen("externalId")
-    pipeline.stack.graph.fail_items(seen.predicate(lambda item: item.get("externalId") == victim), count=None,
-                                    code="BadRequest", message=REFUSAL)
+    pipeline.stack.graph.fail_items(
+        seen.predicate(lambda item: item.get("externalId") == victim), count=None, code="BadRequest", message=REFUSAL
+    )
     sent: dict[str, Counter[str]] = {}
     first = pipeline.run(FIRST_DATE)
     sent["first"] = seen.snapshot()
@@ -129,8 +146,9 @@ def build_mass_rejection(ground: Any, workdir: Path, keep: Callable[[Pipeline], 
     hosts = _records_of(ground.records, "Host")
     pipeline = Pipeline.start(workdir, "graph", hosts, ground.database, types=["Host"])
     keep(pipeline)
-    pipeline.stack.graph.fail_items(lambda item: True, count=None, code="BadRequest",
-                                    message="Invalid value for 'domainName'.")
+    pipeline.stack.graph.fail_items(
+        lambda item: True, count=None, code="BadRequest", message="Invalid value for 'domainName'."
+    )
     run = pipeline.run(FIRST_DATE)
     creates = len(_active_ids(ground.expected, "Host"))
     return MassRejection(pipeline, run, len(pipeline.stack.graph.writes("submitTiIndicators")), -(-creates // 100))
@@ -151,8 +169,7 @@ def _build_deletion(sink: str, api_version: str) -> Callable[[Any, Path, Callabl
         addresses = _records_of(ground.records, "Address")
         # Added a month before they were last changed: the deleted listing reports that old dateAdded.
         addresses = [{**r, "dateAdded": FIRST_INTERVAL_START - dt.timedelta(days=30)} for r in addresses]
-        pipeline = Pipeline.start(workdir, sink, addresses, ground.database, types=["Address"],
-                                  api_version=api_version)
+        pipeline = Pipeline.start(workdir, sink, addresses, ground.database, types=["Address"], api_version=api_version)
         keep(pipeline)
         first = pipeline.run(FIRST_DATE)
         live = _active_ids(ground.expected, "Address")
@@ -161,8 +178,14 @@ def _build_deletion(sink: str, api_version: str) -> Callable[[Any, Path, Callabl
         for offset, victim in enumerate(chosen):
             pipeline.stack.tc.delete(victim["id"], FIRST_INTERVAL_END + dt.timedelta(hours=2 + offset))
         again = chosen[2]
-        pipeline.stack.tc.put({**again, "id": 8_100_001, "dateAdded": FIRST_INTERVAL_END + dt.timedelta(hours=6),
-                               "lastModified": FIRST_INTERVAL_END + dt.timedelta(hours=6)})
+        pipeline.stack.tc.put(
+            {
+                **again,
+                "id": 8_100_001,
+                "dateAdded": FIRST_INTERVAL_END + dt.timedelta(hours=6),
+                "lastModified": FIRST_INTERVAL_END + dt.timedelta(hours=6),
+            }
+        )
         following = pipeline.run(NEXT_DATE)
         return Deletion(pipeline, first, following, live[:2], live[2])
 
@@ -182,12 +205,15 @@ class Acknowledged:
 
 def build_sentinel_acknowledged(ground: Any, workdir: Path, keep: Callable[[Pipeline], None]) -> Acknowledged:
     """``sentinel_default`` as the README's minimal form documents it: tenant, workspace, authority; no ARM."""
-    pipeline = Pipeline.start(workdir, "sentinel", _records_of(ground.records, "Host"), ground.database,
-                              types=["Host"])
+    pipeline = Pipeline.start(workdir, "sentinel", _records_of(ground.records, "Host"), ground.database, types=["Host"])
     keep(pipeline)
-    pipeline.airflow.extra.update(_conn_env(
-        pipeline.stack, "sentinel_default",
-        extra={"subscription_id": None, "resource_group": None, "workspace_name": None, "management_host": None}))
+    pipeline.airflow.extra.update(
+        _conn_env(
+            pipeline.stack,
+            "sentinel_default",
+            extra={"subscription_id": None, "resource_group": None, "workspace_name": None, "management_host": None},
+        )
+    )
     return Acknowledged(pipeline, pipeline.run(FIRST_DATE))
 
 
@@ -239,8 +265,7 @@ class BadCredentials:
 
 def build_bad_credentials(ground: Any, workdir: Path, keep: Callable[[Pipeline], None]) -> BadCredentials:
     """A wrong ThreatConnect secret key and a wrong client secret: preflight fails once, nothing else runs."""
-    pipeline = Pipeline.start(workdir, "graph", _records_of(ground.records, "Host"), ground.database,
-                              types=["Host"])
+    pipeline = Pipeline.start(workdir, "graph", _records_of(ground.records, "Host"), ground.database, types=["Host"])
     keep(pipeline)
     stack = pipeline.stack
     for name in ("threatconnect_default", "msgraph_default"):

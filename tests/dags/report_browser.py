@@ -16,8 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--remote-debugging-port=0")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--remote-debugging-port=0",
+)
 
 
 def chromium() -> str:
@@ -26,8 +34,12 @@ def chromium() -> str:
     if found:
         return found
     subprocess.run(["apt-get", "update"], check=True, capture_output=True)
-    subprocess.run(["apt-get", "install", "-y", "chromium"], check=True, capture_output=True,
-                   env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    subprocess.run(
+        ["apt-get", "install", "-y", "chromium"],
+        check=True,
+        capture_output=True,
+        env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+    )
     found = shutil.which("chromium")
     if not found:
         raise RuntimeError("apt-get installed chromium, but no chromium binary is on PATH")
@@ -49,8 +61,11 @@ def open_page(url: str, screenshot_width: int = 1280, timeout: float = 60) -> Pa
     from websockets.sync.client import connect
 
     profile = tempfile.mkdtemp(prefix="chromium-profile-")
-    process = subprocess.Popen([chromium(), *FLAGS, f"--user-data-dir={profile}", "about:blank"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [chromium(), *FLAGS, f"--user-data-dir={profile}", "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         port_file = Path(profile) / "DevToolsActivePort"
         deadline = time.monotonic() + timeout
@@ -64,6 +79,7 @@ def open_page(url: str, screenshot_width: int = 1280, timeout: float = 60) -> Pa
         check = PageCheck()
         ids = itertools.count(1)
         with connect(page["webSocketDebuggerUrl"], max_size=None, open_timeout=timeout) as ws:
+
             def call(method: str, **params: Any) -> dict[str, Any]:
                 call_id = next(ids)
                 ws.send(json.dumps({"id": call_id, "method": method, "params": params}))
@@ -83,14 +99,24 @@ def open_page(url: str, screenshot_width: int = 1280, timeout: float = 60) -> Pa
                 message = json.loads(ws.recv(timeout=timeout))
                 _event(message, check)
                 loaded = message.get("method") == "Page.loadEventFired"
-            result = call("Runtime.evaluate", returnByValue=True, expression=(
-                "JSON.stringify({images: Array.from(document.images).map(i => ({src: i.src.slice(0, 30), "
-                "complete: i.complete, naturalWidth: i.naturalWidth})), "
-                "tables: document.querySelectorAll('table').length, height: document.documentElement.scrollHeight})"))
+            result = call(
+                "Runtime.evaluate",
+                returnByValue=True,
+                expression=(
+                    "JSON.stringify({images: Array.from(document.images).map(i => ({src: i.src.slice(0, 30), "
+                    "complete: i.complete, naturalWidth: i.naturalWidth})), "
+                    "tables: document.querySelectorAll('table').length, height: document.documentElement.scrollHeight})"
+                ),
+            )
             seen = json.loads(result["result"]["value"])
             check.images, check.tables = seen["images"], seen["tables"]
-            call("Emulation.setDeviceMetricsOverride", width=screenshot_width, height=min(seen["height"], 6000),
-                 deviceScaleFactor=1, mobile=False)
+            call(
+                "Emulation.setDeviceMetricsOverride",
+                width=screenshot_width,
+                height=min(seen["height"], 6000),
+                deviceScaleFactor=1,
+                mobile=False,
+            )
             shot = call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
             check.screenshot = base64.b64decode(shot["data"])
         return check

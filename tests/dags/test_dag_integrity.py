@@ -34,8 +34,9 @@ def test_the_pipeline_maps_each_stage_over_indicator_types_in_order(dagbag) -> N
     assert {"commit_watermarks", "report"} <= set(dag.task_ids)
 
 
-@pytest.mark.parametrize(("group", "tasks"), [("prepare", ("extract", "normalize", "dedupe")),
-                                              ("deliver", ("load", "verify"))])
+@pytest.mark.parametrize(
+    ("group", "tasks"), [("prepare", ("extract", "normalize", "dedupe")), ("deliver", ("load", "verify"))]
+)
 def test_the_per_type_and_per_target_stages_are_one_mapped_task_group_each(dagbag, group, tasks) -> None:
     dag = dagbag.dags["threatconnect_to_sentinel"]
     for task_id in tasks:
@@ -81,7 +82,8 @@ def test_preflight_runs_before_anything_is_extracted(dagbag) -> None:
 def test_every_task_has_an_execution_timeout_and_the_run_a_dagrun_timeout(dagbag) -> None:
     dag = dagbag.dags["threatconnect_to_sentinel"]
     assert all(task.execution_timeout is not None for task in dag.tasks), [
-        t.task_id for t in dag.tasks if t.execution_timeout is None]
+        t.task_id for t in dag.tasks if t.execution_timeout is None
+    ]
     assert dag.dagrun_timeout is not None
     longest = max(task.execution_timeout for task in dag.tasks)
     assert dag.dagrun_timeout > longest

@@ -28,15 +28,17 @@ UPSTREAM_LINE = "Sending request"
 
 
 @pytest.fixture(scope="module")
-def debug_runs(tmp_path_factory: pytest.TempPathFactory,
-               seeded_records: list[dict[str, Any]]) -> Iterator[dict[str, Pipeline]]:
+def debug_runs(
+    tmp_path_factory: pytest.TempPathFactory, seeded_records: list[dict[str, Any]]
+) -> Iterator[dict[str, Pipeline]]:
     """One DEBUG ``dags test`` per target, both at once (each is a subprocess)."""
     database = migrated_database(tmp_path_factory.mktemp("airflow-template-debug"))
     pipelines: dict[str, Pipeline] = {}
 
     def run(sink: str) -> None:
-        pipeline = Pipeline.start(tmp_path_factory.mktemp(f"debug-{sink}"), sink, seeded_records, database,
-                                  types=TYPES, env=DEBUG)
+        pipeline = Pipeline.start(
+            tmp_path_factory.mktemp(f"debug-{sink}"), sink, seeded_records, database, types=TYPES, env=DEBUG
+        )
         pipelines[sink] = pipeline
         pipeline.run(FIRST_DATE)
 
@@ -73,8 +75,7 @@ def test_the_run_succeeded_and_logged_at_debug_level(pipeline: Pipeline) -> None
 
 def test_the_connection_secrets_mask_requests_are_still_logged_but_blanked(pipeline: Pipeline) -> None:
     # Guard: the upstream line that leaked is present, so its absence cannot be why the scan below passes.
-    requests = [line for line in _logged(pipeline).splitlines()
-                if UPSTREAM_LINE in line and "MaskSecret(" in line]
+    requests = [line for line in _logged(pipeline).splitlines() if UPSTREAM_LINE in line and "MaskSecret(" in line]
     assert any("MaskSecret(value='***', name=None" in line for line in requests), requests[:5]
 
 

@@ -19,13 +19,19 @@ def _active(expected) -> set[str]:
 
 
 def _defender_can_hold(expected) -> set[str]:
-    return {e for e in _active(expected) if expected[e].indicator_type != "Address"
-            or ipaddress.ip_address(expected[e].value).is_global}
+    return {
+        e
+        for e in _active(expected)
+        if expected[e].indicator_type != "Address" or ipaddress.ip_address(expected[e].value).is_global
+    }
 
 
 def _sentinel_live(stack) -> set[str]:
-    return {key[2].removeprefix("indicator--") for key, obj in stack.sentinel.objects.items()
-            if key[1] == SOURCE_SYSTEM and not obj.get("revoked")}
+    return {
+        key[2].removeprefix("indicator--")
+        for key, obj in stack.sentinel.objects.items()
+        if key[1] == SOURCE_SYSTEM and not obj.get("revoked")
+    }
 
 
 def test_a_run_to_sentinel_and_defender_succeeds_with_a_load_and_verify_per_type_and_target(fanout) -> None:
@@ -64,8 +70,9 @@ def test_one_failing_type_and_target_fails_the_run_and_names_only_itself(partial
     assert "did not complete: ['URL → graph']" in run.output
 
 
-def test_the_healthy_types_and_targets_still_load_verify_and_advance_their_watermarks(partial_failure,
-                                                                                        expected) -> None:
+def test_the_healthy_types_and_targets_still_load_verify_and_advance_their_watermarks(
+    partial_failure, expected
+) -> None:
     marks = partial_failure.run.xcom("commit_watermarks", "watermarks")
     latest = {t: iso(max(x.last_modified for x in expected.values() if x.indicator_type == t)) for t in ("Host", "URL")}
     assert marks["Host → graph"] == latest["Host"]

@@ -47,11 +47,17 @@ class Observed:
 
 def live_valid(stack: Stack, indicator_type: str, count: int, skip: int = 0) -> list[dict[str, Any]]:
     """Indicators of a type that the first run delivered (valid, active, not false positives, not duplicates)."""
-    records = [r for r in stack.tc._records.values()
-               if r["type"] == indicator_type and r["active"] and not r.get("falsePositives")
-               and not r.get("_invalid") and r.get("_duplicate_of") is None]
+    records = [
+        r
+        for r in stack.tc._records.values()
+        if r["type"] == indicator_type
+        and r["active"]
+        and not r.get("falsePositives")
+        and not r.get("_invalid")
+        and r.get("_duplicate_of") is None
+    ]
     records.sort(key=lambda r: r["id"])
-    return records[skip:skip + count]
+    return records[skip : skip + count]
 
 
 def graph_state(stack: Stack) -> dict[str, dict[str, Any]]:
@@ -62,8 +68,15 @@ def stack_client(stack: Stack) -> str:
     return stack.connections()["msgraph_default"]["login"]
 
 
-def run(airflow: AirflowEnv, observed: Observed, name: str, stack: Stack, date: str, conf: dict | None = None,
-        sink: str = "graph") -> None:
+def run(
+    airflow: AirflowEnv,
+    observed: Observed,
+    name: str,
+    stack: Stack,
+    date: str,
+    conf: dict | None = None,
+    sink: str = "graph",
+) -> None:
     before = len(stack.graph.writes()) if sink == "graph" else len(stack.sentinel.upload_requests)
     result = airflow.dags_test(DAG_ID, date, conf)
     observed.returncodes[name] = result.returncode
@@ -79,8 +92,7 @@ def run(airflow: AirflowEnv, observed: Observed, name: str, stack: Stack, date: 
 @pytest.fixture(scope="module")
 def graph_scenario(tmp_path_factory) -> Observed:
     work = tmp_path_factory.mktemp("lifecycle-graph")
-    indicators = generate(seed=41, count=400, owner=OWNER, start=D1 - dt.timedelta(days=1), end=D1,
-                          types=tuple(TYPES))
+    indicators = generate(seed=41, count=400, owner=OWNER, start=D1 - dt.timedelta(days=1), end=D1, types=tuple(TYPES))
     stack = start_stack(work, indicators)
     observed = Observed(data_root=work / "data", home=work / "home")
     airflow = AirflowEnv(observed.home, extra=stack.env(str(observed.data_root), "graph", TYPES))
@@ -90,8 +102,12 @@ def graph_scenario(tmp_path_factory) -> Observed:
         run(airflow, observed, "rerun", stack, day(0))
 
         changed, inactive, false_positive, deleted = live_valid(stack, "Address", 4)
-        observed.chosen = {"changed": changed, "inactive": inactive, "false_positive": false_positive,
-                           "deleted": deleted}
+        observed.chosen = {
+            "changed": changed,
+            "inactive": inactive,
+            "false_positive": false_positive,
+            "deleted": deleted,
+        }
         stack.tc.put({**changed, "confidence": 7, "lastModified": D1 + dt.timedelta(hours=1)})
         stack.tc.put({**inactive, "active": False, "lastModified": D1 + dt.timedelta(hours=2)})
         stack.tc.put({**false_positive, "falsePositives": 1, "lastModified": D1 + dt.timedelta(hours=3)})
@@ -110,8 +126,7 @@ def graph_scenario(tmp_path_factory) -> Observed:
         # An upstream "outage": most Host indicators turn inactive at once.
         hosts = live_valid(stack, "Host", 150, skip=1)
         for offset, record in enumerate(hosts):
-            stack.tc.put({**record, "active": False,
-                          "lastModified": D1 + dt.timedelta(days=2, minutes=offset + 1)})
+            stack.tc.put({**record, "active": False, "lastModified": D1 + dt.timedelta(days=2, minutes=offset + 1)})
         observed.chosen["mass"] = {"ids": [r["id"] for r in hosts]}
         run(airflow, observed, "mass_retraction", stack, day(3))
 
@@ -157,19 +172,24 @@ def test_a_changed_confidence_costs_one_update_request(graph_scenario) -> None:
     assert succeeded(graph_scenario, "lifecycle")
     updates = [r for r in graph_scenario.writes["lifecycle"] if r.path.endswith("updateTiIndicators")]
     assert [r.items for r in updates] == [1]
-    changed = [i for i in graph_scenario.targets["lifecycle"].values()
-               if i.get("networkIPv4") == graph_scenario.chosen["changed"]["ip"]
-               or i.get("networkIPv6") == graph_scenario.chosen["changed"]["ip"]]
+    changed = [
+        i
+        for i in graph_scenario.targets["lifecycle"].values()
+        if i.get("networkIPv4") == graph_scenario.chosen["changed"]["ip"]
+        or i.get("networkIPv6") == graph_scenario.chosen["changed"]["ip"]
+    ]
     assert [i["confidence"] for i in changed] == [7]
 
 
 @pytest.mark.parametrize("signal", ["inactive", "false_positive", "deleted"])
 def test_a_retired_indicator_is_retracted_from_graph_on_the_next_run(graph_scenario, signal) -> None:
     value = graph_scenario.chosen[signal]["ip"]
-    before = [i for i in graph_scenario.targets["rerun"].values() if value in (i.get("networkIPv4"),
-                                                                                 i.get("networkIPv6"))]
-    after = [i for i in graph_scenario.targets["lifecycle"].values() if value in (i.get("networkIPv4"),
-                                                                                  i.get("networkIPv6"))]
+    before = [
+        i for i in graph_scenario.targets["rerun"].values() if value in (i.get("networkIPv4"), i.get("networkIPv6"))
+    ]
+    after = [
+        i for i in graph_scenario.targets["lifecycle"].values() if value in (i.get("networkIPv4"), i.get("networkIPv6"))
+    ]
     assert len(before) == 1
     assert after == []
     assert items(graph_scenario.writes["lifecycle"], "deleteTiIndicatorsByExternalId") == 3
@@ -215,8 +235,9 @@ def test_still_live_indicators_are_refreshed_before_they_expire(graph_scenario) 
 
 def test_the_summary_reports_indicators_expiring_within_seven_days(graph_scenario) -> None:
     db = sqlite3.connect(graph_scenario.home / "airflow.db")
-    rows = db.execute("select value from xcom where task_id = 'load' and key = 'return_value' and dag_id = ?",
-                      (DAG_ID,)).fetchall()
+    rows = db.execute(
+        "select value from xcom where task_id = 'load' and key = 'return_value' and dag_id = ?", (DAG_ID,)
+    ).fetchall()
     loads = [xcom_value(v) for (v,) in rows]
     assert any("expiring_7d" in (job.get("load") or {}) for job in loads)
     assert "expiring_7d" in graph_scenario.outputs["refresh"]
@@ -225,8 +246,7 @@ def test_the_summary_reports_indicators_expiring_within_seven_days(graph_scenari
 @pytest.fixture(scope="module")
 def sentinel_scenario(tmp_path_factory) -> Observed:
     work = tmp_path_factory.mktemp("lifecycle-sentinel")
-    indicators = generate(seed=43, count=150, owner=OWNER, start=D1 - dt.timedelta(days=1), end=D1,
-                          types=("Address",))
+    indicators = generate(seed=43, count=150, owner=OWNER, start=D1 - dt.timedelta(days=1), end=D1, types=("Address",))
     stack = start_stack(work, indicators)
     observed = Observed(data_root=work / "data", home=work / "home")
     airflow = AirflowEnv(observed.home, extra=stack.env(str(observed.data_root), "sentinel", ["Address"]))

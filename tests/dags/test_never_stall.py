@@ -49,12 +49,17 @@ def test_item1_the_summary_counts_the_refusal_as_rejected_by_the_target(quaranti
 
 
 def test_item1_a_url_over_2083_characters_is_rejected_before_sending_with_its_reason(quarantine) -> None:
-    rejected = [r for r in _rows(quarantine.pipeline, "rejected", quarantine.first)
-                if r["tc_id"] == quarantine.long_url_id]
+    rejected = [
+        r for r in _rows(quarantine.pipeline, "rejected", quarantine.first) if r["tc_id"] == quarantine.long_url_id
+    ]
     assert len(rejected) == 1
     assert "2,083" in rejected[0]["reason"]
-    assert all(len(str(i.get("url") or "")) <= 2083 for i in quarantine.pipeline.stack.graph.owned_by(
-        quarantine.pipeline.stack.connections()["msgraph_default"]["login"]))
+    assert all(
+        len(str(i.get("url") or "")) <= 2083
+        for i in quarantine.pipeline.stack.graph.owned_by(
+            quarantine.pipeline.stack.connections()["msgraph_default"]["login"]
+        )
+    )
 
 
 def test_item1_a_rerun_does_not_send_the_quarantined_indicator_again(quarantine) -> None:
@@ -114,7 +119,8 @@ def test_item3_the_documented_minimal_sentinel_connection_gives_a_green_run(sent
 
 
 def test_item3_without_management_coordinates_verify_relies_on_acknowledgements_and_says_so(
-        sentinel_acknowledged) -> None:
+    sentinel_acknowledged,
+) -> None:
     row = _report(sentinel_acknowledged.run)["Host"]
     assert row["verified_by"] == "acknowledged"
     assert row["verified"] > 0

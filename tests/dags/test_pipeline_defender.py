@@ -9,9 +9,20 @@ import pytest
 
 pytestmark = [pytest.mark.integration, pytest.mark.dag]
 
-DOCUMENTED_FIELDS = {"indicatorValue", "indicatorType", "action", "title", "description", "expirationTime",
-                     "severity", "recommendedActions", "generateAlert", "rbacGroupNames", "application",
-                     "educateUrl"}
+DOCUMENTED_FIELDS = {
+    "indicatorValue",
+    "indicatorType",
+    "action",
+    "title",
+    "description",
+    "expirationTime",
+    "severity",
+    "recommendedActions",
+    "generateAlert",
+    "rbacGroupNames",
+    "application",
+    "educateUrl",
+}
 
 
 def _defender_can_hold(expected) -> set[str]:
@@ -35,8 +46,9 @@ def test_defender_holds_exactly_the_active_indicators_it_has_a_type_for(defender
     assert held == _defender_can_hold(expected)
 
 
-def test_email_addresses_and_internal_addresses_are_planned_as_not_supported_never_errors(defender_story,
-                                                                                          expected) -> None:
+def test_email_addresses_and_internal_addresses_are_planned_as_not_supported_never_errors(
+    defender_story, expected
+) -> None:
     plan = defender_story.pipeline.stage("plan", defender_story.first)
     skipped = plan.filter(pc.starts_with(plan["reason"], "not supported by defender"))
     emails = {e for e, x in expected.items() if x.indicator_type == "EmailAddress" and x.active}

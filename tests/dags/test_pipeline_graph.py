@@ -58,10 +58,18 @@ def test_the_seeded_data_holds_the_dirt_the_canonicaliser_must_remove(seeded_rec
     for record in seeded_records:
         for raw, observable in zip(raw_values(record), intents[record["id"]].observables, strict=False):
             if raw != observable.value:
-                dirty[(record["type"], "root dot" if raw.endswith(".") else "idn" if not raw.isascii()
-                       else "other")] += 1
-    assert {("Host", "root dot"), ("Host", "idn"), ("Host", "other"), ("Address", "other"), ("URL", "other"),
-            ("EmailAddress", "other"), ("File", "other")} <= set(dirty), dirty
+                dirty[
+                    (record["type"], "root dot" if raw.endswith(".") else "idn" if not raw.isascii() else "other")
+                ] += 1
+    assert {
+        ("Host", "root dot"),
+        ("Host", "idn"),
+        ("Host", "other"),
+        ("Address", "other"),
+        ("URL", "other"),
+        ("EmailAddress", "other"),
+        ("File", "other"),
+    } <= set(dirty), dirty
 
 
 def test_each_seeded_duplicate_means_the_same_canonical_values_as_its_original(intents) -> None:
@@ -83,7 +91,8 @@ def test_the_first_run_covers_exactly_one_day_ending_at_its_logical_date(graph_f
 
 
 def test_every_indicator_meant_to_be_loaded_is_live_in_graph_exactly_once_with_its_canonical_value(
-    graph_first, expected,
+    graph_first,
+    expected,
 ) -> None:
     live = _observed(i for i in graph_first.items if i.get("isActive") is True)
     want = expected_live_keys(expected)
@@ -113,8 +122,9 @@ def test_inactive_and_false_positive_indicators_never_delivered_are_not_created(
     assert set(_observed(graph_first.items)) & _inactive_keys(expected) == set()
 
 
-def test_the_rejected_snapshot_holds_exactly_the_records_meant_to_be_rejected(graph_pipeline, graph_first,
-                                                                              intents) -> None:
+def test_the_rejected_snapshot_holds_exactly_the_records_meant_to_be_rejected(
+    graph_pipeline, graph_first, intents
+) -> None:
     rejected = graph_pipeline.stage("rejected", graph_first.run)
     assert sorted(rejected["tc_id"].to_pylist()) == sorted(expected_rejections(intents.values()))
 
@@ -122,8 +132,11 @@ def test_the_rejected_snapshot_holds_exactly_the_records_meant_to_be_rejected(gr
 def test_each_rejection_gives_the_reason_the_generator_meant(graph_pipeline, graph_first, intents) -> None:
     meant = expected_rejections(intents.values())
     rows = graph_pipeline.stage("rejected", graph_first.run).to_pylist()
-    wrong = [(r["tc_id"], r["raw_value"], meant.get(r["tc_id"]), r["reason"]) for r in rows
-             if r["tc_id"] not in meant or not reason_matches(meant[r["tc_id"]], r["reason"])]
+    wrong = [
+        (r["tc_id"], r["raw_value"], meant.get(r["tc_id"]), r["reason"])
+        for r in rows
+        if r["tc_id"] not in meant or not reason_matches(meant[r["tc_id"]], r["reason"])
+    ]
     assert wrong == []
 
 
@@ -134,9 +147,9 @@ def test_rejected_values_never_reach_graph(graph_first, seeded_records) -> None:
 
 
 @pytest.mark.parametrize("stage", STAGES)
-def test_each_stage_snapshot_reads_as_a_hive_partitioned_dataset_with_a_partition_per_type(graph_pipeline,
-                                                                                            graph_first,
-                                                                                            stage) -> None:
+def test_each_stage_snapshot_reads_as_a_hive_partitioned_dataset_with_a_partition_per_type(
+    graph_pipeline, graph_first, stage
+) -> None:
     table = graph_pipeline.stage(stage, graph_first.run)
     assert table.column_names[-2:] == ["indicator_type", "run_id"]
     assert graph_pipeline.partitions(stage, graph_first.run) == set(TYPES)
@@ -145,8 +158,7 @@ def test_each_stage_snapshot_reads_as_a_hive_partitioned_dataset_with_a_partitio
 def test_the_loaded_snapshot_records_exactly_what_graph_holds_as_delivered(graph_pipeline, graph_first) -> None:
     loaded = graph_pipeline.stage("loaded", graph_first.run)
     delivered = loaded.filter(pc.equal(loaded["status"], "ok"))
-    assert (sorted(delivered["external_id"].to_pylist())
-            == sorted(i["externalId"] for i in graph_first.items))
+    assert sorted(delivered["external_id"].to_pylist()) == sorted(i["externalId"] for i in graph_first.items)
 
 
 # --------------------------------------------------------------------------------------------- watermarks
@@ -156,12 +168,15 @@ def test_the_first_run_commits_each_types_latest_valid_change_as_its_watermark(g
     assert graph_first.run.xcom("commit_watermarks", "watermarks") == {t: iso(m) for t, m in latest.items()}
 
 
-def test_the_next_run_reads_each_type_from_the_committed_watermark_not_its_interval_start(graph_first,
-                                                                                          graph_story) -> None:
+def test_the_next_run_reads_each_type_from_the_committed_watermark_not_its_interval_start(
+    graph_first, graph_story
+) -> None:
     marks = graph_first.run.xcom("commit_watermarks", "watermarks")
     assert all(parse_iso(m) < FIRST_INTERVAL_END for m in marks.values()), "the seed must end before the interval"
-    windows = {job["indicator_type"]: (job["window"]["start"], job["window"]["end"])
-               for job in graph_story.next.run.xcom("plan_run")}
+    windows = {
+        job["indicator_type"]: (job["window"]["start"], job["window"]["end"])
+        for job in graph_story.next.run.xcom("plan_run")
+    }
     assert windows == {t: (marks[t], iso(FIRST_INTERVAL_END + DAY)) for t in TYPES}
 
 

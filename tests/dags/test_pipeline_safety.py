@@ -63,8 +63,9 @@ def test_no_secret_appears_in_any_byte_of_any_parquet_file(pipeline) -> None:
 
 def test_no_secret_appears_in_any_decoded_parquet_value(pipeline) -> None:
     # Snapshots are zstd-compressed: the raw bytes alone would hide a secret sitting in a column value.
-    text = "\n".join(json.dumps(pq.read_table(f).to_pylist(), default=str)
-                     for f in sorted(pipeline.data_root.rglob("*.parquet")))
+    text = "\n".join(
+        json.dumps(pq.read_table(f).to_pylist(), default=str) for f in sorted(pipeline.data_root.rglob("*.parquet"))
+    )
     assert _leaks(text, _secrets(pipeline)) == []
 
 

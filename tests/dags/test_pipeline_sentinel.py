@@ -30,8 +30,9 @@ def test_the_first_sentinel_run_succeeds(sentinel_first) -> None:
     assert sentinel_first.run.succeeded, sentinel_first.run.explain()
 
 
-def test_every_indicator_meant_to_be_loaded_is_stored_once_unrevoked_with_its_canonical_value(sentinel_first,
-                                                                                               expected) -> None:
+def test_every_indicator_meant_to_be_loaded_is_stored_once_unrevoked_with_its_canonical_value(
+    sentinel_first, expected
+) -> None:
     live = _observed(obj for obj in sentinel_first.objects.values() if not obj.get("revoked"))
     want = expected_live_keys(expected)
     assert {k: n for k, n in live.items() if want.get(k) != n} == {}, "held but not meant, or held more than once"
@@ -80,8 +81,9 @@ def test_inactive_and_false_positive_indicators_never_delivered_are_not_uploaded
     assert set(_observed(sentinel_first.objects.values())) & inactive == set()
 
 
-def test_every_record_meant_to_be_rejected_is_rejected_with_the_reason_meant(sentinel_story, sentinel_first,
-                                                                             intents) -> None:
+def test_every_record_meant_to_be_rejected_is_rejected_with_the_reason_meant(
+    sentinel_story, sentinel_first, intents
+) -> None:
     meant = expected_rejections(intents.values())
     rows = sentinel_story.pipeline.stage("rejected", sentinel_first.run).to_pylist()
     assert sorted(r["tc_id"] for r in rows) == sorted(meant)
@@ -97,13 +99,11 @@ def test_a_sentinel_rerun_of_the_same_interval_adds_no_object(sentinel_first, se
     assert sorted(sentinel_rerun.keys) == sorted(sentinel_first.keys)
 
 
-def test_a_sentinel_rerun_of_the_same_interval_leaves_every_object_as_it_was(sentinel_first,
-                                                                             sentinel_rerun) -> None:
+def test_a_sentinel_rerun_of_the_same_interval_leaves_every_object_as_it_was(sentinel_first, sentinel_rerun) -> None:
     assert sentinel_rerun.objects == sentinel_first.objects
 
 
-def test_a_sentinel_rerun_over_an_unchanged_source_uploads_nothing(sentinel_first,
-                                                                                      sentinel_rerun) -> None:
+def test_a_sentinel_rerun_over_an_unchanged_source_uploads_nothing(sentinel_first, sentinel_rerun) -> None:
     assert sentinel_rerun.rows == sentinel_first.rows
 
 

@@ -50,10 +50,26 @@ class Story:
 
 
 def _host(tc_id: int, host: str, modified: dt.datetime) -> dict[str, Any]:
-    return {"id": tc_id, "type": "Host", "owner": OWNER, "hostName": host, "summary": host, "dateAdded": modified,
-            "lastModified": modified, "rating": 3.0, "confidence": 70, "threatAssessScore": 500, "active": True,
-            "falsePositives": 0, "tags": [], "securityLabels": ["TLP:GREEN"], "description": None,
-            "externalDateExpires": None, "_invalid": False, "_duplicate_of": None}
+    return {
+        "id": tc_id,
+        "type": "Host",
+        "owner": OWNER,
+        "hostName": host,
+        "summary": host,
+        "dateAdded": modified,
+        "lastModified": modified,
+        "rating": 3.0,
+        "confidence": 70,
+        "threatAssessScore": 500,
+        "active": True,
+        "falsePositives": 0,
+        "tags": [],
+        "securityLabels": ["TLP:GREEN"],
+        "description": None,
+        "externalDateExpires": None,
+        "_invalid": False,
+        "_duplicate_of": None,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +81,11 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
         first = pipeline.run(FIRST_DATE)
         victim = "failing-host.example.net"
         armed = [True]
-        pipeline.stack.graph.fail_items(lambda item: armed[0] and item.get("domainName") == victim, count=None,
-                                        message="Simulated permanent failure of one indicator")
+        pipeline.stack.graph.fail_items(
+            lambda item: armed[0] and item.get("domainName") == victim,
+            count=None,
+            message="Simulated permanent failure of one indicator",
+        )
         pipeline.stack.tc.put(_host(9_100_001, victim, FIRST_INTERVAL_END + dt.timedelta(hours=3)))
         pipeline.stack.tc.put(_host(9_100_002, "fine-host.example.net", FIRST_INTERVAL_END + dt.timedelta(hours=4)))
         failed = pipeline.run(NEXT_DATE)
@@ -95,6 +114,7 @@ def _row(runs: pd.DataFrame, run: Run, indicator_type: str) -> pd.Series:
 def _expected_counts(story: Story, run: Run, indicator_type: str) -> dict[str, int | None]:
     """The counts a run's snapshots hold for one type (Graph only), computed here with pandas; None where the
     stage wrote no partition for the type (its task failed before, or never ran)."""
+
     def of(stage: str) -> pd.DataFrame | None:
         if indicator_type not in story.pipeline.partitions(stage, run):
             return None
@@ -108,11 +128,16 @@ def _expected_counts(story: Story, run: Run, indicator_type: str) -> dict[str, i
 
     raw, rejected, deduped = of("raw"), of("rejected"), of("deduped")
     plan, loaded, verified = of("plan"), of("loaded"), of("verified")
-    counts = {"extracted": None if raw is None else int((~raw["deleted"].fillna(False)).sum()),
-              "rejected": count(rejected), "deduplicated": count(deduped), "sent": count(loaded),
-              "loaded": count(loaded, "status", ("ok",)), "failed": count(loaded, "status", ("failed",)),
-              "rejected_by_target": count(loaded, "status", ("rejected",)),
-              "verified": count(verified, "status", ("read back", "acknowledged"))}
+    counts = {
+        "extracted": None if raw is None else int((~raw["deleted"].fillna(False)).sum()),
+        "rejected": count(rejected),
+        "deduplicated": count(deduped),
+        "sent": count(loaded),
+        "loaded": count(loaded, "status", ("ok",)),
+        "failed": count(loaded, "status", ("failed",)),
+        "rejected_by_target": count(loaded, "status", ("rejected",)),
+        "verified": count(verified, "status", ("read back", "acknowledged")),
+    }
     for action in ("create", "update", "refresh", "retract", "reject", "skip"):
         counts[f"planned_{action}"] = count(plan, "action", (action,))
     return counts
@@ -221,13 +246,27 @@ def test_the_report_shows_exactly_the_snapshots_numbers(story: Story, which: str
     for indicator_type in TYPES:
         shown = stage_rows[f"{indicator_type} → graph"]
         expected = _expected_counts(story, run, indicator_type)
-        for column in ("extracted", "rejected", "deduplicated", "sent", "loaded", "failed", "verified",
-                       "planned_create", "planned_update", "planned_skip", "rejected_by_target"):
+        for column in (
+            "extracted",
+            "rejected",
+            "deduplicated",
+            "sent",
+            "loaded",
+            "failed",
+            "verified",
+            "planned_create",
+            "planned_update",
+            "planned_skip",
+            "rejected_by_target",
+        ):
             assert shown[column] == ("-" if expected[column] is None else str(expected[column])), (
-                indicator_type, column)
+                indicator_type,
+                column,
+            )
         plan_row = next(r for r in tables["plan-actions"] if r["type → target"] == f"{indicator_type} → graph")
         assert {a: _value(plan_row[a]) for a in ("create", "update", "refresh", "retract", "reject", "skip")} == {
-            a: expected[f"planned_{a}"] for a in ("create", "update", "refresh", "retract", "reject", "skip")}
+            a: expected[f"planned_{a}"] for a in ("create", "update", "refresh", "retract", "reject", "skip")
+        }
     rejected = _stage(story, "rejected", run)
     assert sum(int(r["count"]) for r in tables["rejects"]) == len(rejected)
     by_type = Counter(r["type"] for r in tables["rejects"] for _ in range(int(r["count"])))
@@ -235,25 +274,31 @@ def test_the_report_shows_exactly_the_snapshots_numbers(story: Story, which: str
     # the last 30 runs up to this one: every earlier run of this story appears, none after it
     order = [story.first, story.failed, story.third]
     shown_runs = {r["run"] for r in tables["history"]}
-    assert shown_runs == {r.run_id for r in order[:order.index(run) + 1]}
+    assert shown_runs == {r.run_id for r in order[: order.index(run) + 1]}
 
 
 def test_expiring_in_the_next_seven_days_matches_the_delivered_expiries(story: Story) -> None:
     tables = _report(story, story.third)
     loaded = story.pipeline.stage("loaded").to_pandas()
-    ok = loaded[loaded["status"] == "ok"].sort_values("stix_modified").drop_duplicates(
-        ["indicator_type", "external_id"], keep="last")
+    ok = (
+        loaded[loaded["status"] == "ok"]
+        .sort_values("stix_modified")
+        .drop_duplicates(["indicator_type", "external_id"], keep="last")
+    )
     live = ok[ok["action"] != "retract"]
     start = pd.Timestamp(story.third.interval_end)
-    soon = live[(pd.to_datetime(live["expiration"], utc=True) >= start)
-                & (pd.to_datetime(live["expiration"], utc=True) < start + pd.Timedelta(days=7))]
+    soon = live[
+        (pd.to_datetime(live["expiration"], utc=True) >= start)
+        & (pd.to_datetime(live["expiration"], utc=True) < start + pd.Timedelta(days=7))
+    ]
     assert sum(int(r["count"]) for r in tables["expiring"]) == len(soon)
 
 
 def test_latest_is_the_last_report_written(story: Story) -> None:
     reports = story.pipeline.data_root / "reports"
     assert (reports / "latest.html").read_text() == (
-        reports / f"{quote_partition_value(story.third.run_id)}.html").read_text()
+        reports / f"{quote_partition_value(story.third.run_id)}.html"
+    ).read_text()
 
 
 def test_the_report_renders_in_chromium_without_errors(story: Story) -> None:

@@ -21,8 +21,11 @@ def _our_live(drift: dr.Drift) -> set[str]:
     stack = drift.pipeline.stack
     if drift.pipeline.sink in ("graph", "defender"):  # owned by our app only
         return stack.target_external_ids(drift.pipeline.sink, include_retracted=False)
-    return {key[2].removeprefix("indicator--") for key, obj in stack.sentinel.objects.items()
-            if key[1] == SOURCE_SYSTEM and not obj.get("revoked")}
+    return {
+        key[2].removeprefix("indicator--")
+        for key, obj in stack.sentinel.objects.items()
+        if key[1] == SOURCE_SYSTEM and not obj.get("revoked")
+    }
 
 
 def _plan(drift: dr.Drift) -> dict[str, dict]:

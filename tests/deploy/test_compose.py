@@ -19,8 +19,14 @@ COMPOSE_FILE = REPO_ROOT / "docker-compose.yaml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 PROJECT = "/opt/airflow/project"
 DATA_ROOT = "/opt/airflow/data"
-AIRFLOW_SERVICES = ["airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-worker",
-                    "airflow-triggerer", "airflow-init"]
+AIRFLOW_SERVICES = [
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-worker",
+    "airflow-triggerer",
+    "airflow-init",
+]
 # Names that carry a secret: their values must come from .env, never be written into the compose file.
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|FERNET|TOKEN|_CONN\b|AIRFLOW_CONN_|RESULT_BACKEND")
 
@@ -37,7 +43,10 @@ def _compose_binary() -> Path:
 def _compose(project_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(_compose_binary()), "-f", str(COMPOSE_FILE), "--project-directory", str(project_dir), *args],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -56,8 +65,11 @@ def secrets_env() -> dict[str, str]:
     for key in values:
         if SECRET_NAME.search(key):
             marker = f"marker-{secrets.token_hex(8)}"
-            values[key] = (json.dumps({"conn_type": "http", "host": "https://example.invalid", "password": marker})
-                           if key.startswith("AIRFLOW_CONN_") else marker)
+            values[key] = (
+                json.dumps({"conn_type": "http", "host": "https://example.invalid", "password": marker})
+                if key.startswith("AIRFLOW_CONN_")
+                else marker
+            )
     return values
 
 
@@ -111,15 +123,20 @@ def test_the_official_celery_services_are_all_there(resolved: dict[str, Any]) ->
     assert services["postgres"]["image"] == "postgres:16"
     assert services["redis"]["image"] == "redis:7.2-bookworm"
     commands = {name: services[name].get("command") for name in AIRFLOW_SERVICES[:-1]}
-    assert commands == {"airflow-apiserver": ["api-server"], "airflow-scheduler": ["scheduler"],
-                        "airflow-dag-processor": ["dag-processor"], "airflow-worker": ["celery", "worker"],
-                        "airflow-triggerer": ["triggerer"]}
+    assert commands == {
+        "airflow-apiserver": ["api-server"],
+        "airflow-scheduler": ["scheduler"],
+        "airflow-dag-processor": ["dag-processor"],
+        "airflow-worker": ["celery", "worker"],
+        "airflow-triggerer": ["triggerer"],
+    }
     for name in AIRFLOW_SERVICES:
         env = services[name]["environment"]
         assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/", name
-        assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:") or \
-            env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://:@redis:"), name
+        assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:") or env[
+            "AIRFLOW__CELERY__BROKER_URL"
+        ].startswith("redis://:@redis:"), name
         assert "@postgres/airflow" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"], name
     assert services["airflow-worker"]["depends_on"]["airflow-apiserver"]["condition"] == "service_healthy"
 
@@ -185,15 +202,24 @@ def test_no_secret_is_written_in_the_compose_file(raw: dict[str, Any]) -> None:
     assert checked >= 9  # DB URL, result backend, Fernet, JWT, DB password, admin password, three connections
 
 
-def test_the_secrets_reach_airflow_from_env_and_only_where_named(resolved: dict[str, Any],
-                                                                   secrets_env: dict[str, str]) -> None:
+def test_the_secrets_reach_airflow_from_env_and_only_where_named(
+    resolved: dict[str, Any], secrets_env: dict[str, str]
+) -> None:
     text = COMPOSE_FILE.read_text()
-    markers = {key: re.search(r"marker-[0-9a-f]{16}", value).group(0)  # type: ignore[union-attr]
-               for key, value in secrets_env.items() if SECRET_NAME.search(key)}
+    markers = {
+        key: re.search(r"marker-[0-9a-f]{16}", value).group(0)  # type: ignore[union-attr]
+        for key, value in secrets_env.items()
+        if SECRET_NAME.search(key)
+    }
     assert not [m for m in markers.values() if m in text]
     worker = json.dumps(resolved["services"]["airflow-worker"]["environment"])
-    for key in ("AIRFLOW_CONN_THREATCONNECT_DEFAULT", "AIRFLOW_CONN_MSGRAPH_DEFAULT", "AIRFLOW__CORE__FERNET_KEY",
-                "AIRFLOW__API_AUTH__JWT_SECRET", "POSTGRES_PASSWORD"):
+    for key in (
+        "AIRFLOW_CONN_THREATCONNECT_DEFAULT",
+        "AIRFLOW_CONN_MSGRAPH_DEFAULT",
+        "AIRFLOW__CORE__FERNET_KEY",
+        "AIRFLOW__API_AUTH__JWT_SECRET",
+        "POSTGRES_PASSWORD",
+    ):
         assert markers[key] in worker, key  # the DB password arrives inside the SQLAlchemy URL
     # Task code on a worker never sees the UI admin's password.
     assert markers["_AIRFLOW_WWW_USER_PASSWORD"] not in worker
@@ -222,8 +248,7 @@ def test_airflow_init_creates_the_pool_the_load_tasks_use(resolved: dict[str, An
     # The pool needs the migrated database: the entrypoint (which migrates) runs first.
     assert script.index("/entrypoint airflow") < script.index("airflow pools set")
     for name in AIRFLOW_SERVICES[:-1]:
-        assert resolved["services"][name]["depends_on"]["airflow-init"]["condition"] == \
-            "service_completed_successfully"
+        assert resolved["services"][name]["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
 
 
 def test_every_airflow_service_keeps_the_request_budgets_in_the_compose_redis(resolved: dict[str, Any]) -> None:

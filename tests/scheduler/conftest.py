@@ -19,8 +19,11 @@ def pg_drivers() -> None:
     """Fail with the fix, not with a ModuleNotFoundError deep in an Airflow subprocess."""
     missing = [name for name in DRIVERS if importlib.util.find_spec(name) is None]
     if missing:
-        pytest.fail(f"PostgreSQL drivers missing from .venv: {missing}; add psycopg2-binary and asyncpg to "
-                    "requirements-dev.txt and run `make lock`", pytrace=False)
+        pytest.fail(
+            f"PostgreSQL drivers missing from .venv: {missing}; add psycopg2-binary and asyncpg to "
+            "requirements-dev.txt and run `make lock`",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="module")

@@ -52,10 +52,15 @@ def served(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -
     stack = start_stack(workdir, indicators)
     services: AirflowServices | None = None
     try:
-        airflow = AirflowEnv(workdir / "airflow-home", sql_alchemy_conn=postgres.url, extra={
-            **stack.env(str(result.data_root), "graph", TYPES),
-            "TC_SENTINEL_TEST_START_DATE": LIVE[0].isoformat(), "TC_SENTINEL_TEST_END_DATE": LIVE[0].isoformat(),
-        })
+        airflow = AirflowEnv(
+            workdir / "airflow-home",
+            sql_alchemy_conn=postgres.url,
+            extra={
+                **stack.env(str(result.data_root), "graph", TYPES),
+                "TC_SENTINEL_TEST_START_DATE": LIVE[0].isoformat(),
+                "TC_SENTINEL_TEST_END_DATE": LIVE[0].isoformat(),
+            },
+        )
         (airflow.home / "config").mkdir(parents=True)
         shutil.copy(POLICY, airflow.home / "config" / "airflow_local_settings.py")
         airflow.migrate()
@@ -110,10 +115,18 @@ def test_a_scheduled_run_and_a_backfill_each_add_their_rows(served: Served) -> N
         assert set(mine["status"]) == {"ok"}
         for indicator_type in TYPES:
             row = mine[mine["indicator_type"] == indicator_type].iloc[0]
-            raw = pd.read_parquet(served.data_root / "raw" / f"indicator_type={indicator_type}"
-                                  / f"run_id={quote_partition_value(run['dag_run_id'])}")
-            loaded = pd.read_parquet(served.data_root / "loaded" / f"indicator_type={indicator_type}"
-                                     / f"run_id={quote_partition_value(run['dag_run_id'])}")
+            raw = pd.read_parquet(
+                served.data_root
+                / "raw"
+                / f"indicator_type={indicator_type}"
+                / f"run_id={quote_partition_value(run['dag_run_id'])}"
+            )
+            loaded = pd.read_parquet(
+                served.data_root
+                / "loaded"
+                / f"indicator_type={indicator_type}"
+                / f"run_id={quote_partition_value(run['dag_run_id'])}"
+            )
             assert row["extracted"] == int((~raw["deleted"].fillna(False)).sum())
             assert row["sent"] == len(loaded)
             assert row["loaded"] == int((loaded["status"] == "ok").sum())

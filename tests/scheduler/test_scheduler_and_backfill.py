@@ -64,8 +64,9 @@ def _interval(run: dict[str, Any]) -> tuple[dt.datetime, dt.datetime]:
 
 def _collect_run(services: AirflowServices, scenario: Scenario, run: dict[str, Any]) -> None:
     run_id = run["dag_run_id"]
-    scenario.task_states[run_id] = [(t["task_id"], t["map_index"], t["state"])
-                                    for t in services.task_instances(DAG_ID, run_id)]
+    scenario.task_states[run_id] = [
+        (t["task_id"], t["map_index"], t["state"]) for t in services.task_instances(DAG_ID, run_id)
+    ]
     scenario.plans[run_id] = services.xcom(DAG_ID, run_id, "plan_run", "return_value") or []
     for key in ("watermarks", "backfill_watermarks"):
         scenario.xcoms[(run_id, key)] = services.xcom(DAG_ID, run_id, "commit_watermarks", key)
@@ -110,11 +111,15 @@ def scenario(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory)
     stack = start_stack(workdir, indicators)
     services: AirflowServices | None = None
     try:
-        airflow = AirflowEnv(workdir / "airflow-home", sql_alchemy_conn=postgres.url, extra={
-            **stack.env(str(result.data_root), "graph", TYPES),
-            "TC_SENTINEL_TEST_START_DATE": LIVE_INTERVALS[0][0].isoformat(),
-            "TC_SENTINEL_TEST_END_DATE": LIVE_INTERVALS[-1][0].isoformat(),
-        })
+        airflow = AirflowEnv(
+            workdir / "airflow-home",
+            sql_alchemy_conn=postgres.url,
+            extra={
+                **stack.env(str(result.data_root), "graph", TYPES),
+                "TC_SENTINEL_TEST_START_DATE": LIVE_INTERVALS[0][0].isoformat(),
+                "TC_SENTINEL_TEST_END_DATE": LIVE_INTERVALS[-1][0].isoformat(),
+            },
+        )
         (airflow.home / "config").mkdir(parents=True)
         shutil.copy(POLICY, airflow.home / "config" / "airflow_local_settings.py")
         airflow.migrate()
@@ -154,8 +159,7 @@ def _run_scenario(services: AirflowServices, stack: Stack, result: Scenario) -> 
 
 
 def _generated(scenario: Scenario, indicator_type: str, start: dt.datetime, end: dt.datetime) -> set[int]:
-    return {r["id"] for r in scenario.indicators
-            if r["type"] == indicator_type and start <= r["lastModified"] < end}
+    return {r["id"] for r in scenario.indicators if r["type"] == indicator_type and start <= r["lastModified"] < end}
 
 
 def _rows(scenario: Scenario, stage: str, indicator_type: str, run_id: str) -> list[dict[str, Any]]:
@@ -267,10 +271,15 @@ def test_each_live_run_commits_the_latest_delivered_change_of_each_type_as_its_w
             assert parse_iso(plan["window"]["start"]) == expected_start
             assert parse_iso(plan["window"]["end"]) == end
             rejected = {row["tc_id"] for row in _rows(scenario, "rejected", indicator_type, run_id)}
-            delivered = [r["lastModified"] for r in scenario.indicators
-                         if r["type"] == indicator_type and r["lastModified"] < end and r["id"] not in rejected
-                         and (not previous or r["lastModified"] >= parse_iso(previous[indicator_type]))
-                         and r["lastModified"] >= LIVE_INTERVALS[0][0]]
+            delivered = [
+                r["lastModified"]
+                for r in scenario.indicators
+                if r["type"] == indicator_type
+                and r["lastModified"] < end
+                and r["id"] not in rejected
+                and (not previous or r["lastModified"] >= parse_iso(previous[indicator_type]))
+                and r["lastModified"] >= LIVE_INTERVALS[0][0]
+            ]
             assert marks[indicator_type] == iso(max(delivered)), (run_id, indicator_type)
             assert start <= parse_iso(marks[indicator_type]) < end
             if indicator_type in previous:

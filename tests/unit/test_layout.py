@@ -48,8 +48,11 @@ def test_exactly_one_function_in_include_reads_retry_after() -> None:
     assert readers == ["transport/retry_after.py:retry_after"]
 
 
-@pytest.mark.parametrize("module", sorted((INCLUDE / "threatconnect").rglob("*.py"))
-                         + sorted((INCLUDE / "microsoft").rglob("*.py")), ids=lambda p: str(p.relative_to(INCLUDE)))
+@pytest.mark.parametrize(
+    "module",
+    sorted((INCLUDE / "threatconnect").rglob("*.py")) + sorted((INCLUDE / "microsoft").rglob("*.py")),
+    ids=lambda p: str(p.relative_to(INCLUDE)),
+)
 def test_no_client_module_has_a_retry_loop_of_its_own(module: Path) -> None:
     # A retry loop is a loop that sleeps; the transport (include/transport) is the only place that may.
     tree = ast.parse(module.read_text())

@@ -32,9 +32,19 @@ from include.transport.limiter import SharedRateLimiter, limiter_path
 REQUESTS_PER_MINUTE = DEFAULT_REQUESTS_PER_MINUTE
 
 __all__ = [
-    "DEFAULT_HOST", "DEFENDER_HOSTS", "DEFENDER_SCOPE", "REQUESTS_PER_MINUTE", "DefenderClient", "DefenderError",
-    "DefenderPermanentError", "DefenderSink", "build_payload", "client_from_settings", "indicator_key",
-    "severity_name", "sink_from_settings",
+    "DEFAULT_HOST",
+    "DEFENDER_HOSTS",
+    "DEFENDER_SCOPE",
+    "REQUESTS_PER_MINUTE",
+    "DefenderClient",
+    "DefenderError",
+    "DefenderPermanentError",
+    "DefenderSink",
+    "build_payload",
+    "client_from_settings",
+    "indicator_key",
+    "severity_name",
+    "sink_from_settings",
 ]
 
 
@@ -59,8 +69,12 @@ def client_from_settings(
 
     tenant_id = str(extra["tenant_id"])
     tokens = TokenProvider(
-        tenant_id, client_id, client_secret, scope,
-        authority_host=str(extra.get("authority_host") or MICROSOFT_AUTHORITY_HOST), on_new_token=on_new_token,
+        tenant_id,
+        client_id,
+        client_secret,
+        scope,
+        authority_host=str(extra.get("authority_host") or MICROSOFT_AUTHORITY_HOST),
+        on_new_token=on_new_token,
     )
     limiter: RequestBudget | None = None
     max_requests = int(extra.get("requests_per_minute") or requests_per_minute)
@@ -68,7 +82,8 @@ def client_from_settings(
         limiter = budget(f"{client_id}|{tenant_id}|defender", max_requests, 60.0)
     elif limiter_root is not None:
         limiter = SharedRateLimiter(
-            limiter_path(limiter_root, f"{client_id}|{tenant_id}|defender"), max_requests=max_requests,
+            limiter_path(limiter_root, f"{client_id}|{tenant_id}|defender"),
+            max_requests=max_requests,
             per_seconds=60.0,
         )
     return DefenderClient(endpoint or DEFAULT_HOST, tokens, client_id=client_id, limiter=limiter)
@@ -87,10 +102,15 @@ def sink_from_settings(
 ) -> DefenderSink:
     """Build the Defender sink from connection settings; ``extra`` may set ``action`` (default ``Alert``),
     ``rbac_group_names`` (a list, or one comma-separated string) and ``capacity`` (default 15,000)."""
-    client = client_from_settings(endpoint, client_id, client_secret, extra, limiter_root, scope,
-                                  requests_per_minute, on_new_token, budget)
+    client = client_from_settings(
+        endpoint, client_id, client_secret, extra, limiter_root, scope, requests_per_minute, on_new_token, budget
+    )
     groups = extra.get("rbac_group_names") or []
     if isinstance(groups, str):
         groups = [g.strip() for g in groups.split(",") if g.strip()]
-    return DefenderSink(client, action=str(extra.get("action") or "Alert"), rbac_group_names=groups,
-                        capacity=int(extra.get("capacity") or 15_000))
+    return DefenderSink(
+        client,
+        action=str(extra.get("action") or "Alert"),
+        rbac_group_names=groups,
+        capacity=int(extra.get("capacity") or 15_000),
+    )

@@ -26,9 +26,13 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "https://api.security.microsoft.com"
 #: Hosts that serve the same API (the regional ones are faster near their region; the last is the older name).
 DEFENDER_HOSTS = (
-    DEFAULT_HOST, "https://us.api.security.microsoft.com", "https://eu.api.security.microsoft.com",
-    "https://uk.api.security.microsoft.com", "https://au.api.security.microsoft.com",
-    "https://swa.api.security.microsoft.com", "https://ina.api.security.microsoft.com",
+    DEFAULT_HOST,
+    "https://us.api.security.microsoft.com",
+    "https://eu.api.security.microsoft.com",
+    "https://uk.api.security.microsoft.com",
+    "https://au.api.security.microsoft.com",
+    "https://swa.api.security.microsoft.com",
+    "https://ina.api.security.microsoft.com",
     "https://api.securitycenter.microsoft.com",
 )
 DEFENDER_SCOPE = "https://api.securitycenter.microsoft.com/.default"
@@ -102,11 +106,15 @@ class DefenderClient(TransportClient):
         self.base_url = (base_url or DEFAULT_HOST).rstrip("/")
         self.token_provider = token_provider
         self.client_id = client_id
-        self.transport = Transport(session, BearerAuth(token_provider), limiter,
-                                   RetryPolicy(max_retries=max_retries, backoff=backoff), timeout, sleep, "Defender")
-
-
-
+        self.transport = Transport(
+            session,
+            BearerAuth(token_provider),
+            limiter,
+            RetryPolicy(max_retries=max_retries, backoff=backoff),
+            timeout,
+            sleep,
+            "Defender",
+        )
 
     @property
     def indicators_url(self) -> str:
@@ -230,8 +238,7 @@ class DefenderClient(TransportClient):
         error = DefenderPermanentError if status in PERMANENT_STATUSES else DefenderError
         raise error(text, status, code)
 
-    def _send(self, method: str, url: str, body: Any = None,
-              params: dict[str, str] | None = None) -> requests.Response:
+    def _send(self, method: str, url: str, body: Any = None, params: dict[str, str] | None = None) -> requests.Response:
         """One logical request through the transport (every Defender call may be resent: import is an upsert)."""
         try:
             return self.transport.send(method, url, params=params, json=body)
@@ -249,8 +256,9 @@ def align_results(sent: Sequence[Mapping[str, Any]], results: Sequence[Any]) -> 
     values = [str(item.get("indicatorValue", "")).lower() for item in sent]
     answered = [r for r in results if isinstance(r, Mapping)]
     if len(answered) == len(sent) and all(
-            r.get("indicator") in (None, "") or str(r.get("indicator")).lower() == v
-            for r, v in zip(answered, values, strict=True)):
+        r.get("indicator") in (None, "") or str(r.get("indicator")).lower() == v
+        for r, v in zip(answered, values, strict=True)
+    ):
         return [dict(r) for r in answered]
     pool: dict[str, list[Mapping[str, Any]]] = {}
     for result in answered:
@@ -258,8 +266,11 @@ def align_results(sent: Sequence[Mapping[str, Any]], results: Sequence[Any]) -> 
     aligned = []
     for value in values:
         matches = pool.get(value)
-        aligned.append(dict(matches.pop(0)) if matches else
-                       {"id": None, "indicator": value, "isFailed": True, "failureReason": "no result for this item"})
+        aligned.append(
+            dict(matches.pop(0))
+            if matches
+            else {"id": None, "indicator": value, "isFailed": True, "failureReason": "no result for this item"}
+        )
     return aligned
 
 

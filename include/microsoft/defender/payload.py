@@ -29,15 +29,43 @@ MAX_TITLE = 100
 MAX_DESCRIPTION = 100
 MAX_URL = 2083  # the longest URL Microsoft products accept (KB 208427)
 #: payload keys, in the order the contract lists them (fetch shapes what Defender holds to these keys)
-PAYLOAD_FIELDS = ("indicatorValue", "indicatorType", "action", "title", "description", "expirationTime", "severity",
-                  "recommendedActions", "generateAlert", "rbacGroupNames", "application", "educateUrl")
+PAYLOAD_FIELDS = (
+    "indicatorValue",
+    "indicatorType",
+    "action",
+    "title",
+    "description",
+    "expirationTime",
+    "severity",
+    "recommendedActions",
+    "generateAlert",
+    "rbacGroupNames",
+    "application",
+    "educateUrl",
+)
 # Internal ranges Defender refuses ("indicators can't be created for internal IPs"); our own list, from the IANA
 # special-purpose registries: private, shared (CGNAT), loopback, link-local, multicast, reserved, unspecified,
 # IPv4-mapped and unique-local IPv6.
-_INTERNAL = tuple(ipaddress.ip_network(n) for n in (
-    "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16",
-    "224.0.0.0/4", "240.0.0.0/4", "::/128", "::1/128", "::ffff:0:0/96", "fc00::/7", "fe80::/10", "ff00::/8",
-))
+_INTERNAL = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "0.0.0.0/8",
+        "10.0.0.0/8",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "224.0.0.0/4",
+        "240.0.0.0/4",
+        "::/128",
+        "::1/128",
+        "::ffff:0:0/96",
+        "fc00::/7",
+        "fe80::/10",
+        "ff00::/8",
+    )
+)
 _TAG = re.compile(r"\[tc:([^\]\s]+)\]\s*$")
 
 
@@ -140,7 +168,7 @@ def build_payload(
         "indicatorType": indicator_type,
         "action": action,
         "title": f"ThreatConnect {label}: {value}"[:MAX_TITLE],
-        "description": text[:max(0, MAX_DESCRIPTION - len(suffix))].rstrip() + suffix,
+        "description": text[: max(0, MAX_DESCRIPTION - len(suffix))].rstrip() + suffix,
         "application": APPLICATION,
     }
     expiration = iso_utc(_field(row, "expiration"))

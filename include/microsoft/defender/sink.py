@@ -19,8 +19,23 @@ log = logging.getLogger(__name__)
 #: Words of a ``failureReason`` that refuse the item's content (or the tenant's capacity): a resend in the same run
 #: cannot pass. The real texts are UNCONFIRMED, so anything else counts as transient: resent, then ``failed``, which
 #: is loud, rather than quarantined until the indicator changes, which would be silent.
-CONTENT_REASONS = ("invalid", "not supported", "unsupported", "not valid", "required", "not allowed", "must",
-                   "too long", "longer than", "exceed", "limit", "maximum", "quota", "already exists", "internal ip")
+CONTENT_REASONS = (
+    "invalid",
+    "not supported",
+    "unsupported",
+    "not valid",
+    "required",
+    "not allowed",
+    "must",
+    "too long",
+    "longer than",
+    "exceed",
+    "limit",
+    "maximum",
+    "quota",
+    "already exists",
+    "internal ip",
+)
 
 
 def is_content_refusal(reason: Any) -> bool:
@@ -57,7 +72,13 @@ class DefenderSink:
     #: what verify compares between the sent payload and what Defender holds (``application`` is left out: Defender
     #: keeps the creator's value when another source made the indicator first)
     verify_fields: ClassVar[tuple[str, ...]] = (
-        "indicatorType", "indicatorValue", "action", "severity", "title", "description", "expirationTime",
+        "indicatorType",
+        "indicatorValue",
+        "action",
+        "severity",
+        "title",
+        "description",
+        "expirationTime",
     )
 
     def __init__(
@@ -137,12 +158,17 @@ class DefenderSink:
             try:
                 payloads[external_id] = self.payload(row)
             except (ValueError, TypeError, KeyError) as exc:
-                results[external_id] = SinkResult(external_id, actions[external_id], REJECTED, attempts=0,
-                                                  error=f"payload: {exc}")
+                results[external_id] = SinkResult(
+                    external_id, actions[external_id], REJECTED, attempts=0, error=f"payload: {exc}"
+                )
         results.update(self._import(payloads, actions))
-        log.info("defender upsert: %s rows, %s rejected, %s failed, %s requests so far", len(records),
-                 sum(r.status == REJECTED for r in results.values()),
-                 sum(r.status == FAILED for r in results.values()), self.client.requests_sent)
+        log.info(
+            "defender upsert: %s rows, %s rejected, %s failed, %s requests so far",
+            len(records),
+            sum(r.status == REJECTED for r in results.values()),
+            sum(r.status == FAILED for r in results.values()),
+            self.client.requests_sent,
+        )
         return [results[str(e)] for e in rows["external_id"]]
 
     def _import(self, payloads: dict[str, dict[str, Any]], actions: dict[str, str]) -> dict[str, SinkResult]:
@@ -162,10 +188,13 @@ class DefenderSink:
                 results.append(ItemAnswer(error=reason, transient=not is_content_refusal(reason)))
             return results
 
-        outcomes = send_in_batches(list(payloads), send, self.batch_size, self.max_item_attempts,
-                                   action="defender import")
-        return {key: SinkResult(key, actions[key], o.status, o.target_id, o.attempts, o.error)
-                for key, o in outcomes.items()}
+        outcomes = send_in_batches(
+            list(payloads), send, self.batch_size, self.max_item_attempts, action="defender import"
+        )
+        return {
+            key: SinkResult(key, actions[key], o.status, o.target_id, o.attempts, o.error)
+            for key, o in outcomes.items()
+        }
 
     # ----------------------------------------------------------------- retract
     def retract(self, rows: pd.DataFrame) -> list[SinkResult]:
@@ -209,9 +238,17 @@ class DefenderSink:
             remaining = {e: v for e, v in remaining.items() if v}
             if not remaining:
                 break
-        return {e: SinkResult(e, "retract", FAILED if e in remaining else OK, targets[e][0], attempts[e],
-                              "still present after BatchDelete answered 404" if e in remaining else None)
-                for e in targets}
+        return {
+            e: SinkResult(
+                e,
+                "retract",
+                FAILED if e in remaining else OK,
+                targets[e][0],
+                attempts[e],
+                "still present after BatchDelete answered 404" if e in remaining else None,
+            )
+            for e in targets
+        }
 
     # ----------------------------------------------------------------- fetch
     def fetch(self, external_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -219,11 +256,14 @@ class DefenderSink:
         if not external_ids:
             return {}
         owned = self._own_by_external_id(list(external_ids), self.client.list_own())
-        return {e: {k: items[0][k] for k in mapping.PAYLOAD_FIELDS if items[0].get(k) is not None}
-                for e, items in owned.items()}
+        return {
+            e: {k: items[0][k] for k in mapping.PAYLOAD_FIELDS if items[0].get(k) is not None}
+            for e, items in owned.items()
+        }
 
-    def _own_by_external_id(self, external_ids: list[str],
-                            listed: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    def _own_by_external_id(
+        self, external_ids: list[str], listed: list[dict[str, Any]]
+    ) -> dict[str, list[dict[str, Any]]]:
         """Our listed indicators per external id: those whose description tag names it, else the one under its
         remembered key (unless that one's tag names another id)."""
         by_tag: dict[str, list[dict[str, Any]]] = {}
@@ -237,8 +277,11 @@ class DefenderSink:
         for external_id in external_ids:
             items = list(by_tag.get(external_id, []))
             remembered = by_key.get(self.keys.get(external_id, ("", "")))
-            if remembered is not None and mapping.tagged_id(remembered.get("description")) in (None, external_id) \
-                    and all(remembered is not i for i in items):
+            if (
+                remembered is not None
+                and mapping.tagged_id(remembered.get("description")) in (None, external_id)
+                and all(remembered is not i for i in items)
+            ):
                 items.append(remembered)
             if items:
                 found[external_id] = items

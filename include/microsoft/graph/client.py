@@ -66,10 +66,20 @@ CONTENT_STATUSES = frozenset({400, 409, 413, 422})
 #: Whole-request answers about the caller or the address: fail the task at once with Graph's message.
 PERMANENT_STATUSES = frozenset({401, 403, 404, 405})
 #: Per-item error codes that may pass on a resend; every other per-item error is a refusal of the item's content.
-TRANSIENT_ITEM_CODES = frozenset({
-    "internalservererror", "serviceunavailable", "toomanyrequests", "gatewaytimeout", "badgateway", "timeout",
-    "requesttimeout", "activitylimitreached", "generalexception", "unknownerror",
-})
+TRANSIENT_ITEM_CODES = frozenset(
+    {
+        "internalservererror",
+        "serviceunavailable",
+        "toomanyrequests",
+        "gatewaytimeout",
+        "badgateway",
+        "timeout",
+        "requesttimeout",
+        "activitylimitreached",
+        "generalexception",
+        "unknownerror",
+    }
+)
 
 
 def is_graph_id(value: Any) -> bool:
@@ -138,7 +148,6 @@ def odata_quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-
 class GraphClient(TransportClient):
     """Graph beta ``security/tiIndicators`` operations over one :class:`~include.transport.http.Transport`.
 
@@ -163,11 +172,15 @@ class GraphClient(TransportClient):
         self.collection_url = self.base_url + TI_PATH
         self.token_provider = token_provider
         # Graph allows 1000 tiIndicator requests per minute per app and tenant: one budget for every task process.
-        self.transport = Transport(session, BearerAuth(token_provider), limiter,
-                                   RetryPolicy(max_retries=max_retries, backoff=backoff), timeout, sleep, "Graph")
-
-
-
+        self.transport = Transport(
+            session,
+            BearerAuth(token_provider),
+            limiter,
+            RetryPolicy(max_retries=max_retries, backoff=backoff),
+            timeout,
+            sleep,
+            "Graph",
+        )
 
     # ----------------------------------------------------------------- one request
     def _json(self, method: str, url: str, body: Any = None, idempotent: bool = True) -> tuple[int, Any]:
@@ -198,8 +211,9 @@ class GraphClient(TransportClient):
         status, body = self._json("POST", f"{self.collection_url}/{action}", {"value": list(values)}, idempotent)
         results = (body or {}).get("value")
         if not isinstance(results, list) or len(results) != len(values):
-            raise GraphError(f"{action} answered {len(results or [])} results for {len(values)} values", status,
-                             ambiguous=True)
+            raise GraphError(
+                f"{action} answered {len(results or [])} results for {len(values)} values", status, ambiguous=True
+            )
         # Deletes answer a resultInfo per id, so their 206 always says which; submit/update items may not.
         if status == 206 and not action.startswith("delete") and not any(item_error(r) for r in results):
             # 206 says something failed; if no item says which, nothing can be trusted item by item.
@@ -315,5 +329,3 @@ def _error_of(response: requests.Response) -> tuple[str, str]:
     if isinstance(error, dict):
         return str(error.get("code") or ""), str(error.get("message") or "")
     return "", str(body)[:200]
-
-

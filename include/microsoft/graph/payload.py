@@ -20,8 +20,18 @@ HASH_TYPES = {"md5": "md5", "sha1": "sha1", "sha256": "sha256"}
 # updateTiIndicators may change only these (tiindicator-updatetiindicators.md); threatType and observables are fixed.
 # targetProduct is not editable but the update doc lists it as required, and the MS quickstart echoes it unchanged.
 UPDATE_FIELDS = (
-    "externalId", "action", "targetProduct", "tlpLevel", "confidence", "severity", "description",
-    "expirationDateTime", "tags", "isActive", "additionalInformation", "lastReportedDateTime",
+    "externalId",
+    "action",
+    "targetProduct",
+    "tlpLevel",
+    "confidence",
+    "severity",
+    "description",
+    "expirationDateTime",
+    "tags",
+    "isActive",
+    "additionalInformation",
+    "lastReportedDateTime",
 )
 DATETIME_FIELDS = frozenset({"expirationDateTime", "lastReportedDateTime"})
 

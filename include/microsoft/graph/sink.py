@@ -32,11 +32,14 @@ def _known_ids(rows: pd.DataFrame, payloads: dict[str, Any]) -> dict[str, str]:
         return {}
     known = {}
     for external_id, action, target_id in zip(rows["external_id"], rows["action"], rows["target_id"], strict=True):
-        if action in ("update", "refresh") and isinstance(target_id, str) and is_graph_id(target_id) and (
-                external_id in payloads):
+        if (
+            action in ("update", "refresh")
+            and isinstance(target_id, str)
+            and is_graph_id(target_id)
+            and (external_id in payloads)
+        ):
             known[str(external_id)] = target_id
     return known
-
 
 
 def _raise_unless_content(exc: GraphError) -> None:
@@ -58,8 +61,16 @@ class GraphSink:
     #: payload fields that change without a real change: left out of the lifecycle's content hash
     volatile_fields: ClassVar[tuple[str, ...]] = ("lastReportedDateTime",)
     verify_fields: ClassVar[tuple[str, ...]] = (
-        "externalId", *OBSERVABLE_FIELDS, "fileHashType", "confidence", "severity", "tlpLevel", "threatType",
-        "isActive", "expirationDateTime", "description",
+        "externalId",
+        *OBSERVABLE_FIELDS,
+        "fileHashType",
+        "confidence",
+        "severity",
+        "tlpLevel",
+        "threatType",
+        "isActive",
+        "expirationDateTime",
+        "description",
     )
 
     #: Graph reads every indicator back by its external id
@@ -130,8 +141,9 @@ class GraphSink:
             updated.update(self._update({e: update_body(found[e][0]["id"], payloads[e]) for e in stale if e in found}))
         for external_id, result in updated.items():
             if external_id in duplicates and result.status == "ok":
-                result = SinkResult(external_id, "update", "ok", result.target_id, result.attempts,
-                                    duplicates[external_id])
+                result = SinkResult(
+                    external_id, "update", "ok", result.target_id, result.attempts, duplicates[external_id]
+                )
             results[external_id] = result
         return [results[str(e)] for e in rows["external_id"]]
 
@@ -146,8 +158,9 @@ class GraphSink:
         """One result per key through the shared batch helper (per-item retries, splitting a refused batch)."""
         outcomes = send_in_batches(keys, send, batch_size, self.max_item_attempts, action=f"graph {action}")
         return {
-            key: SinkResult(key, action, o.status, o.target_id if o.status == OK else failed_target(key),
-                            o.attempts, o.error)
+            key: SinkResult(
+                key, action, o.status, o.target_id if o.status == OK else failed_target(key), o.attempts, o.error
+            )
             for key, o in outcomes.items()
         }
 
@@ -162,8 +175,12 @@ class GraphSink:
                 log.warning("submit of %s indicators was ambiguous (%s); reconciling", len(batch), exc)
                 landed = self.client.find_by_external_ids(batch)
                 return [ItemAnswer(landed[e][0]["id"]) if e in landed else ItemAnswer(error=str(exc)) for e in batch]
-            return [ItemAnswer(answer["id"]) if (error := item_error(answer)) is None
-                    else ItemAnswer(error=error, transient=item_transient(answer)) for answer in answers]
+            return [
+                ItemAnswer(answer["id"])
+                if (error := item_error(answer)) is None
+                else ItemAnswer(error=error, transient=item_transient(answer))
+                for answer in answers
+            ]
 
         return self._send(list(creates), "create", send, self.batch_size)
 
@@ -176,12 +193,14 @@ class GraphSink:
                     _raise_unless_content(exc)
                 # Updates are idempotent: an unclear batch is simply tried again.
                 return [ItemAnswer(error=str(exc))] * len(batch)
-            return [ItemAnswer(updates[e]["id"]) if (error := item_error(answer)) is None
-                    else ItemAnswer(error=error, transient=item_transient(answer))
-                    for e, answer in zip(batch, answers, strict=True)]
+            return [
+                ItemAnswer(updates[e]["id"])
+                if (error := item_error(answer)) is None
+                else ItemAnswer(error=error, transient=item_transient(answer))
+                for e, answer in zip(batch, answers, strict=True)
+            ]
 
-        return self._send(list(updates), "update", send, self.batch_size,
-                                       failed_target=lambda e: updates[e]["id"])
+        return self._send(list(updates), "update", send, self.batch_size, failed_target=lambda e: updates[e]["id"])
 
     # ----------------------------------------------------------------- retract and fetch
     def retract(self, rows: pd.DataFrame) -> list[SinkResult]:
@@ -202,18 +221,39 @@ class GraphSink:
                 if isinstance(exc, PermanentError) or (exc.transient and not exc.ambiguous):
                     raise
                 answers = [{"code": exc.status or -1, "message": str(exc)}] * len(batch)
-            return [ItemAnswer(owned[e][0]["id"]) if (error := result_info_error(answer)) is None
-                    else ItemAnswer(error=error) for e, answer in zip(batch, answers, strict=True)]
+            return [
+                ItemAnswer(owned[e][0]["id"])
+                if (error := result_info_error(answer)) is None
+                else ItemAnswer(error=error)
+                for e, answer in zip(batch, answers, strict=True)
+            ]
 
-        results.update(self._send([e for e in ids if e in owned], "retract", send, MAX_BATCH,
-                                               failed_target=lambda e: owned[e][0]["id"]))
+        results.update(
+            self._send(
+                [e for e in ids if e in owned], "retract", send, MAX_BATCH, failed_target=lambda e: owned[e][0]["id"]
+            )
+        )
         return [results[str(e)] for e in rows["external_id"]]
 
     def fetch(self, external_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """What Graph holds for these ids (the oldest row per id), shaped like ``payload``: its keys, nulls dropped."""
-        keys = {"externalId", "action", "targetProduct", "threatType", "tlpLevel", "description", "expirationDateTime",
-                "tags", "isActive", "confidence", "severity", "fileHashType", "additionalInformation",
-                "lastReportedDateTime", *OBSERVABLE_FIELDS}
+        keys = {
+            "externalId",
+            "action",
+            "targetProduct",
+            "threatType",
+            "tlpLevel",
+            "description",
+            "expirationDateTime",
+            "tags",
+            "isActive",
+            "confidence",
+            "severity",
+            "fileHashType",
+            "additionalInformation",
+            "lastReportedDateTime",
+            *OBSERVABLE_FIELDS,
+        }
         found = self.client.find_many(list(external_ids))
         return {
             external_id: {k: v for k, v in items[0].items() if k in keys and v is not None}

@@ -105,7 +105,6 @@ class ManagementTarget:
         )
 
 
-
 class SentinelClient(TransportClient):
     """Upload STIX objects to one workspace and read them back, with bounded retries and a shared budget.
 
@@ -135,20 +134,20 @@ class SentinelClient(TransportClient):
         self.token_provider = token_provider
         self.management = management
         self.api_version = api_version
-        self.transport = Transport(session, BearerAuth(token_provider), limiter,
-                                   RetryPolicy(max_retries=max_retries, backoff=backoff), timeout, sleep, "Sentinel")
-
-
-
-
+        self.transport = Transport(
+            session,
+            BearerAuth(token_provider),
+            limiter,
+            RetryPolicy(max_retries=max_retries, backoff=backoff),
+            timeout,
+            sleep,
+            "Sentinel",
+        )
 
     @property
     def upload_url(self) -> str:
         """The upload URL, without the api-version."""
-        return (
-            f"{self.endpoint}/workspaces/{quote(self.workspace_id, safe='')}"
-            "/threat-intelligence-stix-objects:upload"
-        )
+        return f"{self.endpoint}/workspaces/{quote(self.workspace_id, safe='')}/threat-intelligence-stix-objects:upload"
 
     def upload(self, sourcesystem: str, objects: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """Upload at most 100 STIX objects in one request.
@@ -171,22 +170,30 @@ class SentinelClient(TransportClient):
             raise ValueError(f"at most {MAX_OBJECTS_PER_UPLOAD} objects per upload, got {len(objects)}")
         if not objects:
             return []
-        response = self._send("POST", self.upload_url, {"api-version": self.api_version},
-                              {"sourcesystem": sourcesystem, "stixobjects": list(objects)})
+        response = self._send(
+            "POST",
+            self.upload_url,
+            {"api-version": self.api_version},
+            {"sourcesystem": sourcesystem, "stixobjects": list(objects)},
+        )
         if not response.content.strip():
             return []
         try:
             body = response.json()
         except ValueError as exc:
-            raise SentinelError("upload answered 200 with a body that is not JSON", response.status_code,
-                                response.text[:500]) from exc
+            raise SentinelError(
+                "upload answered 200 with a body that is not JSON", response.status_code, response.text[:500]
+            ) from exc
         errors = body.get("errors") if isinstance(body, dict) else None
         if not errors:
             return []
         return [
-            {"recordIndex": int(e.get("recordIndex", -1)),
-             "errorMessages": [str(m) for m in e.get("errorMessages") or []]}
-            for e in errors if isinstance(e, dict)
+            {
+                "recordIndex": int(e.get("recordIndex", -1)),
+                "errorMessages": [str(m) for m in e.get("errorMessages") or []],
+            }
+            for e in errors
+            if isinstance(e, dict)
         ]
 
     def query(self, stix_ids: Sequence[str], sourcesystem: str | None = None) -> dict[str, dict[str, Any]]:
@@ -205,12 +212,13 @@ class SentinelClient(TransportClient):
             SentinelError: the query failed for good.
         """
         if self.management is None:
-            raise RuntimeError("reading objects back needs the management plane (subscription, resource group, "
-                               "workspace name)")
+            raise RuntimeError(
+                "reading objects back needs the management plane (subscription, resource group, workspace name)"
+            )
         found: dict[str, dict[str, Any]] = {}
         ids = list(dict.fromkeys(stix_ids))
         for start in range(0, len(ids), MAX_QUERY_VALUES):
-            chunk = ids[start:start + MAX_QUERY_VALUES]
+            chunk = ids[start : start + MAX_QUERY_VALUES]
             clauses: list[dict[str, Any]] = [{"field": "id", "operator": "Equals", "values": chunk}]
             if sourcesystem:
                 clauses.append({"field": "source", "operator": "Equals", "values": [sourcesystem]})
@@ -232,8 +240,7 @@ class SentinelClient(TransportClient):
         management = self.management
         assert management is not None
         provider = management.token_provider or self.token_provider
-        response = self._send("POST", management.query_url(), {"api-version": management.api_version}, body,
-                              provider)
+        response = self._send("POST", management.query_url(), {"api-version": management.api_version}, body, provider)
         seen: set[str] = set()
         for _ in range(MAX_QUERY_PAGES):
             page = _json_object(response)
@@ -253,17 +260,18 @@ class SentinelClient(TransportClient):
             response = self._send("GET", next_link, params, None, provider)
         raise SentinelError(f"query paging exceeded {MAX_QUERY_PAGES} pages")
 
-
-    def _send(self, method: str, url: str, params: dict[str, str] | None, body: object,
-              provider: TokenSource | None = None) -> requests.Response:
+    def _send(
+        self, method: str, url: str, params: dict[str, str] | None, body: object, provider: TokenSource | None = None
+    ) -> requests.Response:
         """One request through the transport: the upload plane with its budget, or (``provider`` given) the
         management plane with its own token and no budget; any answer >= 400 raises."""
         try:
             if provider is None:
                 response = self.transport.send(method, url, params=params, json=body)
             else:
-                response = self.transport.send(method, url, params=params, json=body, auth=BearerAuth(provider),
-                                               limiter=None)
+                response = self.transport.send(
+                    method, url, params=params, json=body, auth=BearerAuth(provider), limiter=None
+                )
         except TransportError as exc:
             raise SentinelError(str(exc)) from exc.__cause__ or exc
         status = response.status_code
@@ -281,7 +289,6 @@ def _json_object(response: requests.Response) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise SentinelError("answer is not a JSON object", response.status_code, response.text[:500])
     return body
-
 
 
 def _newer_or_equal(candidate: Mapping[str, Any], held: Mapping[str, Any]) -> bool:

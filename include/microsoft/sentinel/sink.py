@@ -59,8 +59,16 @@ class SentinelSink:
     volatile_fields: ClassVar[tuple[str, ...]] = ("modified",)
     #: what verify compares between the sent payload and what the query returns
     verify_fields: ClassVar[tuple[str, ...]] = (
-        "pattern", "name", "revoked", "valid_from", "valid_until", "confidence", "object_marking_refs",
-        "labels", "indicator_types", "modified",
+        "pattern",
+        "name",
+        "revoked",
+        "valid_from",
+        "valid_until",
+        "confidence",
+        "object_marking_refs",
+        "labels",
+        "indicator_types",
+        "modified",
     )
 
     @staticmethod
@@ -134,8 +142,9 @@ class SentinelSink:
         """True when the connection names the workspace on the management plane (the only way to read back)."""
         return self.client.management is not None
 
-    def _load(self, records: list[dict[str, Any]], objects: list[dict[str, Any] | str],
-              actions: list[str]) -> list[SinkResult]:
+    def _load(
+        self, records: list[dict[str, Any]], objects: list[dict[str, Any] | str], actions: list[str]
+    ) -> list[SinkResult]:
         """Upload in batches of one sourcesystem; one result per record.
 
         Through the shared batch helper: a record Sentinel rejects (an ``errors[]`` entry) is resent with the other
@@ -145,7 +154,8 @@ class SentinelSink:
         """
         # A row the builder refused (a string: why) never reaches Sentinel but still gets its result.
         outcomes: dict[int, ItemOutcome[int]] = {
-            i: ItemOutcome(i, REJECTED, None, 0, o) for i, o in enumerate(objects) if isinstance(o, str)}
+            i: ItemOutcome(i, REJECTED, None, 0, o) for i, o in enumerate(objects) if isinstance(o, str)
+        }
         by_source: dict[str, list[int]] = {}
         for index in range(len(records)):
             if index not in outcomes:
@@ -163,35 +173,45 @@ class SentinelSink:
                 for error in rejected:
                     position = error["recordIndex"]
                     if not 0 <= position < len(batch):
-                        log.warning("upload reported an error for record %s of a %s-object batch", position,
-                                    len(batch))
+                        log.warning("upload reported an error for record %s of a %s-object batch", position, len(batch))
                         continue
                     message = "; ".join(error["errorMessages"]) or "rejected without a message"
                     answers[position] = ItemAnswer(error=message[:1000])
                 return answers
 
-            outcomes.update(send_in_batches(indexes, send, self.batch_size, self.max_item_attempts,
-                                            exhausted=REJECTED, action="sentinel upload"))
+            outcomes.update(
+                send_in_batches(
+                    indexes, send, self.batch_size, self.max_item_attempts, exhausted=REJECTED, action="sentinel upload"
+                )
+            )
         results = []
         for index, record in enumerate(records):
             outcome = outcomes[index]
             external_id = str(record["external_id"])
-            results.append(SinkResult(
-                external_id=external_id,
-                action=actions[index],
-                status=OK if outcome.status == OK else REJECTED,
-                target_id=stix_id(external_id),
-                attempts=outcome.attempts,
-                error=outcome.error,
-            ))
+            results.append(
+                SinkResult(
+                    external_id=external_id,
+                    action=actions[index],
+                    status=OK if outcome.status == OK else REJECTED,
+                    target_id=stix_id(external_id),
+                    attempts=outcome.attempts,
+                    error=outcome.error,
+                )
+            )
         rejected_count = sum(1 for r in results if r.status != OK)
-        log.info("sentinel %s: %s objects, %s rejected, %s requests so far", actions[0] if actions else "load",
-                 len(records), rejected_count, self.client.requests_sent)
+        log.info(
+            "sentinel %s: %s objects, %s rejected, %s requests so far",
+            actions[0] if actions else "load",
+            len(records),
+            rejected_count,
+            self.client.requests_sent,
+        )
         return results
 
 
-def _build_all(records: list[dict[str, Any]],
-               build: Callable[[Mapping[str, Any]], dict[str, Any]]) -> list[dict[str, Any] | str]:
+def _build_all(
+    records: list[dict[str, Any]], build: Callable[[Mapping[str, Any]], dict[str, Any]]
+) -> list[dict[str, Any] | str]:
     built: list[dict[str, Any] | str] = []
     for record in records:
         try:
@@ -264,20 +284,29 @@ def sink_from_settings(
     from include.microsoft.auth import MICROSOFT_AUTHORITY_HOST, TokenProvider
 
     tokens = TokenProvider(
-        str(extra["tenant_id"]), client_id, client_secret, scope,
-        authority_host=str(extra.get("authority_host") or MICROSOFT_AUTHORITY_HOST), on_new_token=on_new_token,
+        str(extra["tenant_id"]),
+        client_id,
+        client_secret,
+        scope,
+        authority_host=str(extra.get("authority_host") or MICROSOFT_AUTHORITY_HOST),
+        on_new_token=on_new_token,
     )
     management = None
     if all(extra.get(k) for k in ("subscription_id", "resource_group", "workspace_name")):
         management = ManagementTarget(
-            str(extra["subscription_id"]), str(extra["resource_group"]), str(extra["workspace_name"]),
+            str(extra["subscription_id"]),
+            str(extra["resource_group"]),
+            str(extra["workspace_name"]),
             host=str(extra.get("management_host") or DEFAULT_MANAGEMENT_HOST),
         )
     workspace_id = str(extra["workspace_id"])
     max_requests = int(extra.get("requests_per_minute") or requests_per_minute)
     limiter: RequestBudget = (
-        budget(f"{client_id}|{workspace_id}", max_requests, 60.0) if budget is not None
-        else SharedRateLimiter(limiter_path(limiter_root, f"{client_id}|{workspace_id}"), max_requests=max_requests,
-                               per_seconds=60.0))
+        budget(f"{client_id}|{workspace_id}", max_requests, 60.0)
+        if budget is not None
+        else SharedRateLimiter(
+            limiter_path(limiter_root, f"{client_id}|{workspace_id}"), max_requests=max_requests, per_seconds=60.0
+        )
+    )
     client = SentinelClient(endpoint, workspace_id, tokens, limiter=limiter, management=management)
     return SentinelSink(client, sourcesystem=source_system(owner))

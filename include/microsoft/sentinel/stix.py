@@ -63,7 +63,7 @@ def external_id_of(stix_object_id: str) -> str:
     """The normalized ``external_id`` inside a STIX indicator id (the inverse of :func:`stix_id`)."""
     if not stix_object_id.startswith(STIX_ID_PREFIX):
         raise ValueError(f"not an indicator id: {stix_object_id!r}")
-    return stix_object_id[len(STIX_ID_PREFIX):]
+    return stix_object_id[len(STIX_ID_PREFIX) :]
 
 
 def format_timestamp(value: dt.datetime) -> str:
@@ -112,8 +112,9 @@ def indicator_types_for(indicator_type: str) -> list[str]:
         return list(FALLBACK_INDICATOR_TYPES)
 
 
-def build_indicator(row: Mapping[str, Any], revoked: bool | None = None,
-                    modified: dt.datetime | None = None) -> dict[str, Any]:
+def build_indicator(
+    row: Mapping[str, Any], revoked: bool | None = None, modified: dt.datetime | None = None
+) -> dict[str, Any]:
     """The STIX 2.1 indicator for one normalized row (deterministic: no clock reads, sorted labels).
 
     Args:

@@ -33,8 +33,9 @@ def public_ip(index: int) -> str:
 
 def ip_rows(count: int, start: int = 1, **overrides: Any) -> pd.DataFrame:
     """``count`` distinct public IPv4 rows (the Graph helper's 10.x addresses are internal, which Defender refuses)."""
-    return rows_frame([normalized_row("ipv4", i, **{"value": public_ip(i), **overrides})
-                       for i in range(start, start + count)])
+    return rows_frame(
+        [normalized_row("ipv4", i, **{"value": public_ip(i), **overrides}) for i in range(start, start + count)]
+    )
 
 
 @dataclass

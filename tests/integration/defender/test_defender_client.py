@@ -14,14 +14,21 @@ pytestmark = pytest.mark.integration
 
 
 def _indicator(index: int, **overrides: Any) -> dict[str, Any]:
-    item = {"indicatorValue": public_ip(index), "indicatorType": "IpAddress", "action": "Alert",
-            "title": f"ip {index}", "description": f"test {index}", "expirationTime": "2026-06-01T00:00:00Z"}
+    item = {
+        "indicatorValue": public_ip(index),
+        "indicatorType": "IpAddress",
+        "action": "Alert",
+        "title": f"ip {index}",
+        "description": f"test {index}",
+        "expirationTime": "2026-06-01T00:00:00Z",
+    }
     item.update(overrides)
     return item
 
 
-def test_an_import_of_500_is_one_call_with_one_result_per_indicator(stack: DefenderStack,
-                                                                    client: DefenderClient) -> None:
+def test_an_import_of_500_is_one_call_with_one_result_per_indicator(
+    stack: DefenderStack, client: DefenderClient
+) -> None:
     results = client.import_indicators([_indicator(i) for i in range(1, 501)])
     assert len(results) == 500
     assert not any(r["isFailed"] for r in results)
@@ -30,8 +37,9 @@ def test_an_import_of_500_is_one_call_with_one_result_per_indicator(stack: Defen
         client.import_indicators([_indicator(i) for i in range(501)])
 
 
-def test_the_listing_follows_next_links_and_sees_every_indicator_once(stack: DefenderStack,
-                                                                      client: DefenderClient) -> None:
+def test_the_listing_follows_next_links_and_sees_every_indicator_once(
+    stack: DefenderStack, client: DefenderClient
+) -> None:
     client.import_indicators([_indicator(i) for i in range(1, 251)])
     stack.defender.page_size = 100
     listed = list(client.list_indicators())
@@ -45,8 +53,9 @@ def test_a_full_page_without_a_next_link_is_followed_by_skip(stack: DefenderStac
     assert len({i["id"] for i in listed}) == 250
 
 
-def test_list_own_filters_on_the_creating_app_even_with_readwrite_all(stack: DefenderStack,
-                                                                      client: DefenderClient) -> None:
+def test_list_own_filters_on_the_creating_app_even_with_readwrite_all(
+    stack: DefenderStack, client: DefenderClient
+) -> None:
     stack.new_client(OTHER_CLIENT, OTHER_SECRET).import_indicators([_indicator(1)])
     client.import_indicators([_indicator(2)])
     stack.defender.grant(CLIENT, "Ti.ReadWrite.All")
@@ -106,8 +115,9 @@ def test_401_after_a_fresh_token_and_403_are_permanent(stack: DefenderStack, cli
 
 
 def test_a_wrong_base_path_is_permanent(stack: DefenderStack) -> None:
-    client = DefenderClient(stack.server.base_url + "/nowhere", stack.provider(), client_id=CLIENT,
-                            sleep=stack.clock.sleep)
+    client = DefenderClient(
+        stack.server.base_url + "/nowhere", stack.provider(), client_id=CLIENT, sleep=stack.clock.sleep
+    )
     with pytest.raises(DefenderPermanentError):
         client.import_indicators([_indicator(1)])
 

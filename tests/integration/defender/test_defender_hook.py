@@ -37,7 +37,8 @@ def _use_connection(stack: Stack, monkeypatch: pytest.MonkeyPatch, **extra: obje
 
 
 def test_the_stack_connection_gives_a_sink_that_loads_into_the_defender_simulator(
-        running: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    running: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tc_sentinel.hooks import DefenderHook
 
     _use_connection(running, monkeypatch)
@@ -49,8 +50,7 @@ def test_the_stack_connection_gives_a_sink_that_loads_into_the_defender_simulato
     assert set(sink.fetch([r.external_id for r in results])) == {r.external_id for r in results}
 
 
-def test_the_requests_per_minute_extra_sets_the_shared_budget(running: Stack,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_requests_per_minute_extra_sets_the_shared_budget(running: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
     from tc_sentinel.hooks import DefenderHook
 
     _use_connection(running, monkeypatch, requests_per_minute=12, action="Block")

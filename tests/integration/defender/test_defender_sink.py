@@ -24,8 +24,7 @@ def _statuses(results: list) -> list[tuple[str, str]]:
     return [(r.action, r.status) for r in results]
 
 
-def test_600_rows_go_in_two_imports_and_a_rerun_creates_no_duplicates(stack: DefenderStack,
-                                                                     sink: DefenderSink) -> None:
+def test_600_rows_go_in_two_imports_and_a_rerun_creates_no_duplicates(stack: DefenderStack, sink: DefenderSink) -> None:
     rows = ip_rows(600)
     first = sink.upsert(rows)
     assert [r.external_id for r in first] == list(rows["external_id"])
@@ -45,8 +44,7 @@ def test_a_changed_row_updates_the_same_indicator(stack: DefenderStack, sink: De
     assert len(stack.ours()) == 3
 
 
-def test_an_item_refused_for_its_content_is_rejected_and_not_resent(stack: DefenderStack,
-                                                                    sink: DefenderSink) -> None:
+def test_an_item_refused_for_its_content_is_rejected_and_not_resent(stack: DefenderStack, sink: DefenderSink) -> None:
     bad = public_ip(2)
     stack.defender.fail_items(lambda i: i["indicatorValue"] == bad, reason="InvalidIpAddress: refused by policy.")
     results = sink.upsert(ip_rows(3))
@@ -65,8 +63,9 @@ def test_a_transient_item_failure_is_resent_and_then_succeeds(stack: DefenderSta
     assert [w.items for w in stack.defender.writes("/import")] == [3, 1]
 
 
-def test_an_item_that_keeps_failing_transiently_is_failed_after_the_bounded_attempts(stack: DefenderStack,
-                                                                                     client: DefenderClient) -> None:
+def test_an_item_that_keeps_failing_transiently_is_failed_after_the_bounded_attempts(
+    stack: DefenderStack, client: DefenderClient
+) -> None:
     sink = DefenderSink(client, max_item_attempts=3)
     stack.defender.fail_items(lambda i: i["indicatorValue"] == public_ip(1))
     results = sink.upsert(ip_rows(2))
@@ -89,7 +88,8 @@ def test_an_outage_beyond_the_retries_raises_for_the_task_retry(stack: DefenderS
 
 
 def test_a_whole_import_refused_with_400_is_split_until_the_refused_item_stands_alone(
-        stack: DefenderStack, sink: DefenderSink) -> None:
+    stack: DefenderStack, sink: DefenderSink
+) -> None:
     stack.defender.inject(400, count=3, path_contains="/import")
     results = sink.upsert(ip_rows(4))
     assert [r.status for r in results] == ["rejected", "ok", "ok", "ok"]
@@ -97,8 +97,13 @@ def test_a_whole_import_refused_with_400_is_split_until_the_refused_item_stands_
 
 
 def test_rows_defender_cannot_hold_are_rejected_without_a_request(stack: DefenderStack, sink: DefenderSink) -> None:
-    rows = rows_frame([normalized_row("email"), normalized_row("ipv4", 1, value="10.0.0.1"),
-                       normalized_row("ipv4", 2, value=public_ip(2))])
+    rows = rows_frame(
+        [
+            normalized_row("email"),
+            normalized_row("ipv4", 1, value="10.0.0.1"),
+            normalized_row("ipv4", 2, value=public_ip(2)),
+        ]
+    )
     results = sink.upsert(rows)
     assert [(r.status, r.attempts) for r in results] == [("rejected", 0), ("rejected", 0), ("ok", 1)]
     assert results[0].error == "payload: not supported by defender: EmailAddress"
@@ -114,11 +119,18 @@ def test_the_tenant_cap_is_reported_as_rejected(stack: DefenderStack, sink: Defe
     assert "limit" in (results[-1].error or "")
 
 
-def test_fetch_finds_our_indicators_by_their_tag_from_a_fresh_process(stack: DefenderStack,
-                                                                      client: DefenderClient) -> None:
-    rows = rows_frame([normalized_row("ipv4", 1, value=public_ip(1)), normalized_row("host"),
-                       normalized_row("ipv6", value="2a02:c7f::1"), normalized_row("sha256"),
-                       normalized_row("url")])
+def test_fetch_finds_our_indicators_by_their_tag_from_a_fresh_process(
+    stack: DefenderStack, client: DefenderClient
+) -> None:
+    rows = rows_frame(
+        [
+            normalized_row("ipv4", 1, value=public_ip(1)),
+            normalized_row("host"),
+            normalized_row("ipv6", value="2a02:c7f::1"),
+            normalized_row("sha256"),
+            normalized_row("url"),
+        ]
+    )
     DefenderSink(client).upsert(rows)
     fresh = DefenderSink(stack.new_client())  # nothing remembered: only the description tags can tell
     found = fresh.fetch([*rows["external_id"], "not-ours"])
@@ -129,8 +141,9 @@ def test_fetch_finds_our_indicators_by_their_tag_from_a_fresh_process(stack: Def
     assert found[rows["external_id"][2]]["indicatorValue"] == "2a02:c7f:0:0:0:0:0:1"
 
 
-def test_fetch_falls_back_to_the_remembered_key_when_a_tag_was_edited_away(stack: DefenderStack,
-                                                                           sink: DefenderSink) -> None:
+def test_fetch_falls_back_to_the_remembered_key_when_a_tag_was_edited_away(
+    stack: DefenderStack, sink: DefenderSink
+) -> None:
     rows = ip_rows(2)
     sink.upsert(rows)
     for indicator in stack.defender.indicators.values():
@@ -139,8 +152,9 @@ def test_fetch_falls_back_to_the_remembered_key_when_a_tag_was_edited_away(stack
     assert DefenderSink(stack.new_client()).fetch(list(rows["external_id"])) == {}
 
 
-def test_fetch_does_not_return_another_apps_indicator_even_with_readwrite_all(stack: DefenderStack,
-                                                                              client: DefenderClient) -> None:
+def test_fetch_does_not_return_another_apps_indicator_even_with_readwrite_all(
+    stack: DefenderStack, client: DefenderClient
+) -> None:
     rows = ip_rows(1)
     DefenderSink(stack.new_client(OTHER_CLIENT, OTHER_SECRET)).upsert(rows)  # same tag, other app
     stack.defender.grant(CLIENT, "Ti.ReadWrite.All")
@@ -164,7 +178,8 @@ def test_an_expired_indicator_is_gone_from_fetch(stack: DefenderStack, sink: Def
 
 
 def test_retract_deletes_ours_and_leaves_another_apps_indicator_with_the_same_value(
-        stack: DefenderStack, sink: DefenderSink) -> None:
+    stack: DefenderStack, sink: DefenderSink
+) -> None:
     shared = ip_rows(1)
     other = DefenderSink(stack.new_client(OTHER_CLIENT, OTHER_SECRET))
     other.upsert(shared)
@@ -180,8 +195,9 @@ def test_retract_deletes_ours_and_leaves_another_apps_indicator_with_the_same_va
     assert [w.items for w in stack.defender.writes("BatchDelete")] == [2]
 
 
-def test_retract_with_readwrite_all_still_leaves_an_indicator_another_app_created(stack: DefenderStack,
-                                                                                  sink: DefenderSink) -> None:
+def test_retract_with_readwrite_all_still_leaves_an_indicator_another_app_created(
+    stack: DefenderStack, sink: DefenderSink
+) -> None:
     shared = ip_rows(1)
     DefenderSink(stack.new_client(OTHER_CLIENT, OTHER_SECRET)).upsert(shared)
     stack.defender.grant(CLIENT, "Ti.ReadWrite.All")
@@ -205,8 +221,9 @@ def test_retract_after_a_404_lists_again_and_deletes_what_is_left(stack: Defende
     assert stack.ours() == {}
 
 
-def test_retract_is_done_when_batch_delete_answered_404_after_deleting_the_rest(stack: DefenderStack,
-                                                                                sink: DefenderSink) -> None:
+def test_retract_is_done_when_batch_delete_answered_404_after_deleting_the_rest(
+    stack: DefenderStack, sink: DefenderSink
+) -> None:
     rows = ip_rows(3)
     sink.upsert(rows)
     stack.defender.batch_delete_partial = True
@@ -218,7 +235,8 @@ def test_retract_is_done_when_batch_delete_answered_404_after_deleting_the_rest(
 
 
 def test_retract_survives_an_indicator_deleted_between_listing_and_batch_delete(
-        stack: DefenderStack, sink: DefenderSink, monkeypatch: pytest.MonkeyPatch) -> None:
+    stack: DefenderStack, sink: DefenderSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rows = ip_rows(3)
     sink.upsert(rows)
     stale = sink.client.list_own()

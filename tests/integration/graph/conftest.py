@@ -23,8 +23,6 @@ OTHER_CLIENT = "bbbbbbbb-0000-0000-0000-000000000002"
 OTHER_SECRET = "other-app-secret-value"
 
 
-
-
 @dataclass
 class GraphStack:
     """Everything a Graph integration test touches."""

@@ -13,9 +13,17 @@ pytestmark = pytest.mark.integration
 
 
 def _indicator(external_id: str, **overrides: object) -> dict[str, object]:
-    body = {"externalId": external_id, "action": "alert", "description": "round trip", "tlpLevel": "green",
-            "expirationDateTime": "2026-04-10T08:30:00Z", "targetProduct": "Azure Sentinel", "threatType": "C2",
-            "networkIPv4": "192.0.2.10", "confidence": 60}
+    body = {
+        "externalId": external_id,
+        "action": "alert",
+        "description": "round trip",
+        "tlpLevel": "green",
+        "expirationDateTime": "2026-04-10T08:30:00Z",
+        "targetProduct": "Azure Sentinel",
+        "threatType": "C2",
+        "networkIPv4": "192.0.2.10",
+        "confidence": 60,
+    }
     body.update(overrides)
     return body
 
@@ -66,8 +74,9 @@ def test_submit_update_find_and_delete_round_trip(stack: GraphStack, client: Gra
     assert set(client.find_by_external_ids(["ext-1", "ext-2"])) == {"ext-2"}
 
 
-def test_single_entity_create_get_patch_and_delete_answer_the_documented_codes(stack: GraphStack,
-                                                                               client: GraphClient) -> None:
+def test_single_entity_create_get_patch_and_delete_answer_the_documented_codes(
+    stack: GraphStack, client: GraphClient
+) -> None:
     session, url = client.session, client.collection_url
     auth = client.transport.auth
     created = session.post(url, json=_indicator("single"), auth=auth)
@@ -75,8 +84,7 @@ def test_single_entity_create_get_patch_and_delete_answer_the_documented_codes(s
     assert created.json()["@odata.context"].endswith("#Security/tiIndicators/$entity")
     item_url = f"{url}/{created.json()['id']}"
     assert session.patch(item_url, json={"severity": 1}, auth=auth).status_code == 204
-    represented = session.patch(item_url, json={"severity": 2}, auth=auth,
-                                headers={"Prefer": "return=representation"})
+    represented = session.patch(item_url, json={"severity": 2}, auth=auth, headers={"Prefer": "return=representation"})
     assert (represented.status_code, represented.json()["severity"]) == (200, 2)
     assert session.get(item_url, auth=auth).json()["severity"] == 2
     assert session.delete(item_url, auth=auth).status_code == 204
@@ -90,8 +98,9 @@ def test_the_simulator_rejects_a_description_over_100_characters(stack: GraphSta
     assert "100 characters" in (item_error(results[0]) or "")
     assert item_error(results[1]) is None
     assert stack.graph.requests[-1].status == 206
-    single = client.session.post(client.collection_url, json=_indicator("long", description="d" * 101),
-                                 auth=client.transport.auth)
+    single = client.session.post(
+        client.collection_url, json=_indicator("long", description="d" * 101), auth=client.transport.auth
+    )
     assert single.status_code == 400
     assert "100 characters" in single.json()["error"]["message"]
 
@@ -101,16 +110,20 @@ def test_microsoft_sentinel_as_target_product_fails_the_item(client: GraphClient
     assert "Azure Sentinel" in (item_error(results[0]) or "")
 
 
-def test_resubmitting_an_external_id_creates_a_second_row_like_the_real_service(stack: GraphStack,
-                                                                                  client: GraphClient) -> None:
+def test_resubmitting_an_external_id_creates_a_second_row_like_the_real_service(
+    stack: GraphStack, client: GraphClient
+) -> None:
     client.submit([_indicator("dup")])
     client.submit([_indicator("dup")])
     assert len(client.find_by_external_ids(["dup"])["dup"]) == 2
 
 
 def test_a_batch_over_100_is_a_bad_request_at_the_service(client: GraphClient) -> None:
-    response = client.session.post(f"{client.collection_url}/submitTiIndicators", auth=client.transport.auth,
-                                   json={"value": [_indicator(str(i)) for i in range(101)]})
+    response = client.session.post(
+        f"{client.collection_url}/submitTiIndicators",
+        auth=client.transport.auth,
+        json={"value": [_indicator(str(i)) for i in range(101)]},
+    )
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "BadRequest"
 
@@ -125,8 +138,11 @@ def test_listing_follows_next_links_across_pages(stack: GraphStack, client: Grap
 
 def test_a_filter_with_top_pages_with_next_links(client: GraphClient) -> None:
     client.submit([_indicator(f"t{i}") for i in range(5)])
-    page = client.session.get(client.collection_url, auth=client.transport.auth,
-                              params={"$filter": "threatType eq 'C2' and tlpLevel eq 'green'", "$top": "2"}).json()
+    page = client.session.get(
+        client.collection_url,
+        auth=client.transport.auth,
+        params={"$filter": "threatType eq 'C2' and tlpLevel eq 'green'", "$top": "2"},
+    ).json()
     assert len(page["value"]) == 2
     rest = client.session.get(page["@odata.nextLink"], auth=client.transport.auth).json()
     assert len(rest["value"]) == 2
@@ -167,8 +183,7 @@ def test_the_429_body_is_the_documented_too_many_requests_error(stack: GraphStac
     assert response.json()["error"]["code"] == "TooManyRequests"
 
 
-def test_the_per_app_rate_limit_throttles_and_the_client_waits_it_out(stack: GraphStack,
-                                                                      client: GraphClient) -> None:
+def test_the_per_app_rate_limit_throttles_and_the_client_waits_it_out(stack: GraphStack, client: GraphClient) -> None:
     stack.graph.rate_limit_per_minute = 3
     for i in range(5):
         client.submit([_indicator(f"r{i}")])
@@ -177,8 +192,7 @@ def test_the_per_app_rate_limit_throttles_and_the_client_waits_it_out(stack: Gra
     assert len(client.find_by_external_ids([f"r{i}" for i in range(5)])) == 5
 
 
-def test_persistent_503s_end_in_a_transient_error_after_bounded_retries(stack: GraphStack,
-                                                                        client: GraphClient) -> None:
+def test_persistent_503s_end_in_a_transient_error_after_bounded_retries(stack: GraphStack, client: GraphClient) -> None:
     stack.graph.inject(503, count=100)
     with pytest.raises(GraphError) as raised:
         client.find_by_external_ids(["a"])

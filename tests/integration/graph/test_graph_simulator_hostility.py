@@ -14,9 +14,17 @@ LONGEST_URL = "https://bad.example/" + "a" * (2083 - len("https://bad.example/")
 
 
 def _indicator(external_id: str, **overrides: object) -> dict[str, object]:
-    body = {"externalId": external_id, "action": "alert", "description": "hostile corners", "tlpLevel": "green",
-            "expirationDateTime": "2026-04-10T08:30:00Z", "targetProduct": "Azure Sentinel",
-            "threatType": "MaliciousUrl", "url": "https://bad.example/x", "confidence": 60}
+    body = {
+        "externalId": external_id,
+        "action": "alert",
+        "description": "hostile corners",
+        "tlpLevel": "green",
+        "expirationDateTime": "2026-04-10T08:30:00Z",
+        "targetProduct": "Azure Sentinel",
+        "threatType": "MaliciousUrl",
+        "url": "https://bad.example/x",
+        "confidence": 60,
+    }
     body.update(overrides)
     return body
 
@@ -40,8 +48,9 @@ def test_an_acknowledged_but_dropped_submit_looks_successful_and_is_nowhere_to_b
     assert set(client.find_by_external_ids(["kept", "lost"])) == {"kept"}
 
 
-def test_an_acknowledged_but_dropped_update_leaves_the_indicator_as_it_was(stack: GraphStack,
-                                                                          client: GraphClient) -> None:
+def test_an_acknowledged_but_dropped_update_leaves_the_indicator_as_it_was(
+    stack: GraphStack, client: GraphClient
+) -> None:
     [created] = client.submit([_indicator("u")])
     stack.graph.drop_acknowledged(lambda item: True, count=1)
     [answer] = client.update([{"id": created["id"], "isActive": False}])
@@ -50,8 +59,9 @@ def test_an_acknowledged_but_dropped_update_leaves_the_indicator_as_it_was(stack
     assert client.find_by_external_ids(["u"])["u"][0]["isActive"] is True
 
 
-def test_an_indicator_removed_behind_the_clients_back_is_gone_from_its_reads(stack: GraphStack,
-                                                                            client: GraphClient) -> None:
+def test_an_indicator_removed_behind_the_clients_back_is_gone_from_its_reads(
+    stack: GraphStack, client: GraphClient
+) -> None:
     client.submit([_indicator("a"), _indicator("b")])
     assert stack.graph.remove(lambda entity: entity["externalId"] == "a") == 1
     assert set(client.find_by_external_ids(["a", "b"])) == {"b"}

@@ -66,8 +66,9 @@ def test_injected_429s_and_503s_end_in_the_same_final_state(stack: GraphStack, s
     assert 2.0 in stack.clock.sleeps
 
 
-def test_a_submit_that_timed_out_after_committing_is_reconciled_not_duplicated(stack: GraphStack,
-                                                                               sink: GraphSink) -> None:
+def test_a_submit_that_timed_out_after_committing_is_reconciled_not_duplicated(
+    stack: GraphStack, sink: GraphSink
+) -> None:
     stack.graph.inject(504, count=1, path_contains="submitTiIndicators", processed=True)
     results = sink.upsert(ip_rows(30))
     assert {(r.action, r.status) for r in results} == {("create", "ok")}
@@ -121,7 +122,8 @@ def test_a_row_graph_cannot_take_is_rejected_alone(stack: GraphStack, sink: Grap
 
 
 def test_duplicates_left_by_an_earlier_run_are_reported_and_only_the_oldest_updated(
-        stack: GraphStack, sink: GraphSink, client: GraphClient) -> None:
+    stack: GraphStack, sink: GraphSink, client: GraphClient
+) -> None:
     rows = ip_rows(2)
     dup = rows["external_id"][0]
     client.submit([sink.payload(rows.to_dict("records")[0])])
@@ -179,8 +181,9 @@ def test_another_app_can_neither_see_nor_retract_our_indicators(stack: GraphStac
     assert stack.graph.owned_by(OTHER_CLIENT) == []
 
 
-def test_graph_staying_down_raises_for_the_task_to_retry_and_the_rerun_is_clean(stack: GraphStack,
-                                                                                 sink: GraphSink) -> None:
+def test_graph_staying_down_raises_for_the_task_to_retry_and_the_rerun_is_clean(
+    stack: GraphStack, sink: GraphSink
+) -> None:
     rows = ip_rows(20)
     stack.graph.inject(503, count=100, path_contains="submitTiIndicators")
     with pytest.raises(GraphError) as raised:
@@ -221,7 +224,8 @@ def test_a_remembered_id_deleted_out_of_band_is_recreated_not_lost(stack: GraphS
 
 
 def test_a_url_graph_refuses_for_its_content_is_rejected_at_once_and_the_rest_of_the_batch_loads(
-        stack: GraphStack, sink: GraphSink) -> None:
+    stack: GraphStack, sink: GraphSink
+) -> None:
     long_url = "http://example.com/" + "a" * 2_100
     rows = rows_frame([normalized_row("url", 1), normalized_row("url", 2, value=long_url), normalized_row("url", 3)])
     results = sink.upsert(rows)
@@ -233,7 +237,8 @@ def test_a_url_graph_refuses_for_its_content_is_rejected_at_once_and_the_rest_of
 
 
 def test_a_per_item_server_error_is_retried_and_then_reported_failed_not_rejected(
-        stack: GraphStack, sink: GraphSink) -> None:
+    stack: GraphStack, sink: GraphSink
+) -> None:
     rows = ip_rows(3)
     victim = rows["external_id"][1]
     stack.graph.fail_items(lambda item: item.get("externalId") == victim, count=None)
@@ -245,8 +250,12 @@ def test_a_per_item_server_error_is_retried_and_then_reported_failed_not_rejecte
 def test_a_per_item_bad_request_is_rejected_without_a_retry(stack: GraphStack, sink: GraphSink) -> None:
     rows = ip_rows(3)
     victim = rows["external_id"][2]
-    stack.graph.fail_items(lambda item: item.get("externalId") == victim, count=None, code="BadRequest",
-                           message="Invalid value for 'networkIPv4'.")
+    stack.graph.fail_items(
+        lambda item: item.get("externalId") == victim,
+        count=None,
+        code="BadRequest",
+        message="Invalid value for 'networkIPv4'.",
+    )
     results = sink.upsert(rows)
     assert [(r.status, r.attempts) for r in results] == [("ok", 1), ("ok", 1), ("rejected", 1)]
     assert "Invalid value" in (results[2].error or "")
@@ -265,8 +274,9 @@ def _gets(stack: GraphStack) -> int:
     return sum(1 for r in stack.graph.requests if r.method == "GET")
 
 
-def test_reading_back_many_ids_lists_owned_pages_when_that_costs_fewer_requests(stack: GraphStack,
-                                                                                sink: GraphSink) -> None:
+def test_reading_back_many_ids_lists_owned_pages_when_that_costs_fewer_requests(
+    stack: GraphStack, sink: GraphSink
+) -> None:
     rows = ip_rows(450)
     sink.upsert(rows)
     before = _gets(stack)
@@ -283,7 +293,8 @@ def test_an_empty_target_is_proven_by_one_listing_request(stack: GraphStack, sin
 
 
 def test_reading_back_a_few_ids_in_a_large_target_falls_back_to_look_ups(
-        stack: GraphStack, sink: GraphSink, client: GraphClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    stack: GraphStack, sink: GraphSink, client: GraphClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import include.microsoft.graph.client as graph_module
 
     monkeypatch.setattr(graph_module, "MAX_PAGE", 10)  # a large target, scaled down: 60 owned = 6 pages

@@ -26,8 +26,7 @@ START = END - dt.timedelta(days=1)
 
 @pytest.fixture
 def stack(tmp_path, monkeypatch):
-    started = start_stack(tmp_path, generate(seed=9, count=300, owner=OWNER, start=START, end=END,
-                                             types=("Host",)))
+    started = start_stack(tmp_path, generate(seed=9, count=300, owner=OWNER, start=START, end=END, types=("Host",)))
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(started.tls.ca_file))
     yield started
     started.stop()
@@ -37,15 +36,17 @@ def run_once(stack, root: str, run_id: str) -> dict:
     store = SnapshotStore(root)
     mapping = load_mapping("Host")
     client = ThreatConnectClient(f"{stack.tc_server.base_url}/api", TC_ACCESS_ID, stack.tc_secret, owner=OWNER)
-    tokens = TokenProvider(TENANT_ID, CLIENT_ID, stack.client_secret, GRAPH_SCOPE,
-                           authority_host=stack.ms_server.base_url)
+    tokens = TokenProvider(
+        TENANT_ID, CLIENT_ID, stack.client_secret, GRAPH_SCOPE, authority_host=stack.ms_server.base_url
+    )
     sink = GraphSink(GraphClient(stack.ms_server.base_url, tokens))
     window = watermarks.Window(START, END, "test")
     stages.extract(client, store, run_id, "Host", window)
     stages.normalize(store, run_id, "Host", lambda batch: normalize(batch, mapping))
     stages.dedupe(store, run_id, "Host", winners)
-    policy = lifecycle.Policy(interval_start=START, interval_end=END, expiry_days=mapping.expiration.days_for,
-                              expiration=mapping.expiration)
+    policy = lifecycle.Policy(
+        interval_start=START, interval_end=END, expiry_days=mapping.expiration.days_for, expiration=mapping.expiration
+    )
     loaded = stages.load(sink, store, run_id, "Host", policy)
     verified = stages.verify(sink, store, run_id, "Host", None)
     return {"load": loaded, "verify": verified}

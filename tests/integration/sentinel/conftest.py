@@ -49,8 +49,9 @@ def stack(tls: TlsMaterial, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     login.base_url = server.base_url
     built = SentinelStack(server, login, sentinel, clock, tmp_path)
 
-    def new_client(client_id: str = CLIENT, secret: str = SECRET, workspace: str = WORKSPACE,
-                   **kwargs: Any) -> SentinelClient:
+    def new_client(
+        client_id: str = CLIENT, secret: str = SECRET, workspace: str = WORKSPACE, **kwargs: Any
+    ) -> SentinelClient:
         kwargs.setdefault("sleep", clock.sleep)
         kwargs.setdefault("management", built.management())
         provider = kwargs.pop("token_provider", None) or built.provider(client_id, secret)

@@ -35,8 +35,6 @@ NAMESPACE = uuid.UUID("0b6a1e52-3f4d-4e1c-9a2b-7c8d9e0f1a2b")
 BASE_TIME = dt.datetime(2026, 3, 2, 9, 15, tzinfo=dt.UTC)
 
 
-
-
 @dataclass
 class SentinelStack:
     """Everything a Sentinel integration test touches."""

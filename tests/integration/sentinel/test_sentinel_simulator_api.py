@@ -16,12 +16,19 @@ pytestmark = pytest.mark.integration
 API = {"api-version": "2024-02-01-preview"}
 
 
-def _post(stack: SentinelStack, body: object, params: dict[str, str] | None = None, token: str | None = None,
-          workspace: str = WORKSPACE) -> requests.Response:
+def _post(
+    stack: SentinelStack,
+    body: object,
+    params: dict[str, str] | None = None,
+    token: str | None = None,
+    workspace: str = WORKSPACE,
+) -> requests.Response:
     token = token or stack.provider().token()
     return requests.post(
         f"{stack.server.base_url}/workspaces/{workspace}/threat-intelligence-stix-objects:upload",
-        params=API if params is None else params, json=body, headers={"Authorization": f"Bearer {token}"},
+        params=API if params is None else params,
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
         timeout=10,
     )
 
@@ -72,8 +79,9 @@ def test_bad_records_are_reported_by_index_while_good_ones_are_stored(stack: Sen
         ({"pattern": "[file:hashes.'SHA-256' = 'abc']"}, "pattern"),
     ],
 )
-def test_each_documented_field_rule_rejects_its_record(stack: SentinelStack, change: dict[str, Any],
-                                                       property_name: str) -> None:
+def test_each_documented_field_rule_rejects_its_record(
+    stack: SentinelStack, change: dict[str, Any], property_name: str
+) -> None:
     response = _post(stack, {"sourcesystem": SOURCE, "stixobjects": [_good(0, **change)]})
     assert response.status_code == 200
     [error] = response.json()["errors"]
@@ -96,8 +104,14 @@ def test_complex_patterns_are_accepted_like_the_real_api(stack: SentinelStack) -
 
 
 def test_other_supported_object_types_are_accepted(stack: SentinelStack) -> None:
-    identity = {"type": "identity", "spec_version": "2.1", "id": "identity--6ba7b810-9dad-51d1-80b4-00c04fd430c8",
-                "created": "2026-01-01T00:00:00.000Z", "modified": "2026-01-01T00:00:00.000Z", "name": "TC"}
+    identity = {
+        "type": "identity",
+        "spec_version": "2.1",
+        "id": "identity--6ba7b810-9dad-51d1-80b4-00c04fd430c8",
+        "created": "2026-01-01T00:00:00.000Z",
+        "modified": "2026-01-01T00:00:00.000Z",
+        "name": "TC",
+    }
     response = _post(stack, {"sourcesystem": SOURCE, "stixobjects": [identity]})
     assert response.status_code == 200
     assert response.content == b""
@@ -116,14 +130,14 @@ def test_a_missing_or_restricted_sourcesystem_is_a_400(stack: SentinelStack, sou
 
 
 def test_a_wrong_api_version_is_a_400(stack: SentinelStack) -> None:
-    response = _post(stack, {"sourcesystem": SOURCE, "stixobjects": [_good(0)]},
-                     params={"api-version": "2022-07-01"})
+    response = _post(stack, {"sourcesystem": SOURCE, "stixobjects": [_good(0)]}, params={"api-version": "2022-07-01"})
     assert response.status_code == 400
 
 
 def test_an_unknown_workspace_is_a_404(stack: SentinelStack) -> None:
-    response = _post(stack, {"sourcesystem": SOURCE, "stixobjects": [_good(0)]},
-                     workspace="00000000-0000-0000-0000-000000000000")
+    response = _post(
+        stack, {"sourcesystem": SOURCE, "stixobjects": [_good(0)]}, workspace="00000000-0000-0000-0000-000000000000"
+    )
     assert response.status_code == 404
 
 
@@ -173,9 +187,16 @@ def test_the_same_id_under_two_sourcesystems_is_two_objects(stack: SentinelStack
 
 def test_the_query_endpoint_needs_the_registered_workspace_path(stack: SentinelStack) -> None:
     token = stack.provider().token()
-    url = (f"{stack.server.base_url}/subscriptions/x/resourceGroups/y/providers/Microsoft.OperationalInsights/"
-           "workspaces/z/providers/Microsoft.SecurityInsights/threatIntelligence/main/query")
-    response = requests.post(url, params={"api-version": "2025-07-01-preview"}, json={},
-                             headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    url = (
+        f"{stack.server.base_url}/subscriptions/x/resourceGroups/y/providers/Microsoft.OperationalInsights/"
+        "workspaces/z/providers/Microsoft.SecurityInsights/threatIntelligence/main/query"
+    )
+    response = requests.post(
+        url,
+        params={"api-version": "2025-07-01-preview"},
+        json={},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "ResourceNotFound"

@@ -16,9 +16,17 @@ LONGEST_URL = "https://bad.example/" + "a" * (2083 - len("https://bad.example/")
 
 
 def _indicator(n: int, url: str = "https://bad.example/x") -> dict[str, Any]:
-    return {"type": "indicator", "spec_version": "2.1", "id": f"indicator--00000000-0000-4000-8000-{n:012d}",
-            "created": "2026-03-01T00:00:00.000Z", "modified": "2026-03-02T09:15:00.000Z", "name": f"url {n}",
-            "pattern": f"[url:value = '{url}']", "pattern_type": "stix", "valid_from": "2026-03-01T00:00:00.000Z"}
+    return {
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": f"indicator--00000000-0000-4000-8000-{n:012d}",
+        "created": "2026-03-01T00:00:00.000Z",
+        "modified": "2026-03-02T09:15:00.000Z",
+        "name": f"url {n}",
+        "pattern": f"[url:value = '{url}']",
+        "pattern_type": "stix",
+        "valid_from": "2026-03-01T00:00:00.000Z",
+    }
 
 
 def test_an_overlong_url_value_is_a_per_record_pattern_error(stack: SentinelStack, client: SentinelClient) -> None:
@@ -29,16 +37,18 @@ def test_an_overlong_url_value_is_a_per_record_pattern_error(stack: SentinelStac
     assert set(client.query([o["id"] for o in objects], SOURCE)) == {objects[0]["id"]}
 
 
-def test_an_acknowledged_but_dropped_object_is_absent_from_the_query(stack: SentinelStack,
-                                                                    client: SentinelClient) -> None:
+def test_an_acknowledged_but_dropped_object_is_absent_from_the_query(
+    stack: SentinelStack, client: SentinelClient
+) -> None:
     objects = [_indicator(1), _indicator(2)]
     stack.sentinel.drop_acknowledged(lambda obj: obj["id"] == objects[1]["id"])
     assert client.upload(SOURCE, objects) == []
     assert set(client.query([o["id"] for o in objects], SOURCE)) == {objects[0]["id"]}
 
 
-def test_an_object_removed_behind_the_clients_back_is_absent_from_the_query(stack: SentinelStack,
-                                                                           client: SentinelClient) -> None:
+def test_an_object_removed_behind_the_clients_back_is_absent_from_the_query(
+    stack: SentinelStack, client: SentinelClient
+) -> None:
     objects = [_indicator(1), _indicator(2)]
     client.upload(SOURCE, objects)
     assert stack.sentinel.remove(lambda obj: obj["id"] == objects[0]["id"]) == 1

@@ -26,8 +26,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_an_upload_round_trips_through_the_query_api(stack: SentinelStack, sink: SentinelSink) -> None:
-    rows = pd.concat([make_rows(3, kind=kind) for kind in ("ip", "host", "url", "email", "hash")],
-                     ignore_index=True)
+    rows = pd.concat([make_rows(3, kind=kind) for kind in ("ip", "host", "url", "email", "hash")], ignore_index=True)
     results = sink.upsert(rows)
     assert [r.status for r in results] == ["ok"] * len(rows)
     fetched = sink.fetch(list(rows["external_id"]))
@@ -39,8 +38,7 @@ def test_an_upload_round_trips_through_the_query_api(stack: SentinelStack, sink:
 
 
 def test_every_stored_object_is_valid_stix_2_1(stack: SentinelStack, sink: SentinelSink) -> None:
-    rows = pd.concat([make_rows(2, kind=kind) for kind in ("ip", "host", "url", "email", "hash")],
-                     ignore_index=True)
+    rows = pd.concat([make_rows(2, kind=kind) for kind in ("ip", "host", "url", "email", "hash")], ignore_index=True)
     sink.upsert(rows)
     stored = stack.objects()
     assert len(stored) == len(rows)
@@ -101,8 +99,9 @@ def test_a_record_rejected_once_is_retried_and_lands(stack: SentinelStack, sink:
     assert flaky in stack.objects()
 
 
-def test_a_record_rejected_twice_is_reported_rejected_with_sentinels_message(stack: SentinelStack,
-                                                                           sink: SentinelSink) -> None:
+def test_a_record_rejected_twice_is_reported_rejected_with_sentinels_message(
+    stack: SentinelStack, sink: SentinelSink
+) -> None:
     rows = make_rows(5)
     bad = stix_id(rows["external_id"][1])
     stack.sentinel.fail_records(lambda obj: obj["id"] == bad, count=5, message="Error for Property=id: Nope.")

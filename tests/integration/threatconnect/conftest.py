@@ -71,8 +71,13 @@ def tc_client_factory(
         options.setdefault("sleep", lambda seconds: None)
         options.setdefault("clock", time.time)
         return ThreatConnectClient(
-            server.base_url + "/api", options.pop("access_id", ACCESS_ID), options.pop("secret_key", SECRET_KEY),
-            options.pop("owner", DEFAULT_OWNER), api_version=api_version, session=session, **options,
+            server.base_url + "/api",
+            options.pop("access_id", ACCESS_ID),
+            options.pop("secret_key", SECRET_KEY),
+            options.pop("owner", DEFAULT_OWNER),
+            api_version=api_version,
+            session=session,
+            **options,
         )
 
     yield make

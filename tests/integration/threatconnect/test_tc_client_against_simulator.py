@@ -29,6 +29,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.parametrize("version", ["v2",
 def _window_matches_the_data(tc_window: tuple[dt.datetime, dt.datetime]) -> None:
     assert tc_window == (START, END)
 
+
 Factory = Callable[..., ThreatConnectClient]
 Sim = tuple[HttpsServer, ThreatConnectService]
 
@@ -157,7 +158,8 @@ def test_deleted_indicators_are_listed(
     deleted = list(tc_client_factory(version).iter_deleted("Host", START + dt.timedelta(days=5)))
     # deletedSince filters on the deletion time; the entries carry no deletion time of their own.
     assert [(d["indicator_type"], d["summary"], d["owner"]) for d in deleted] == [
-        ("Host", hosts[1]["summary"], hosts[1]["owner"]), ("Host", hosts[2]["summary"], hosts[2]["owner"]),
+        ("Host", hosts[1]["summary"], hosts[1]["owner"]),
+        ("Host", hosts[2]["summary"], hosts[2]["owner"]),
     ]
     remaining = set(_fetch(tc_client_factory(version), "Host").column("tc_id").to_pylist())
     assert not {h["id"] for h in hosts} & remaining

@@ -47,8 +47,13 @@ def url(server: RedisServer) -> Iterator[str]:
     redis.Redis.from_url(server.url()).flushdb()
 
 
-def _limiter(url: str, identity: str = f"{CLIENT_ID}|tenant|graph", max_requests: int = 3,
-             per_seconds: float = 60, sleep: RefusingSleep | None = None) -> RedisRateLimiter:
+def _limiter(
+    url: str,
+    identity: str = f"{CLIENT_ID}|tenant|graph",
+    max_requests: int = 3,
+    per_seconds: float = 60,
+    sleep: RefusingSleep | None = None,
+) -> RedisRateLimiter:
     return RedisRateLimiter(url, identity, max_requests, per_seconds, sleep=sleep or RefusingSleep())
 
 
@@ -178,14 +183,24 @@ def test_it_offers_the_interface_of_the_file_limiter() -> None:
 # ------------------------------------------------------------------------- the hook's choice
 
 
-def test_the_hook_uses_redis_when_the_connection_is_configured(server: RedisServer, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_hook_uses_redis_when_the_connection_is_configured(
+    server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tc_sentinel.hooks import request_budget
 
     monkeypatch.setenv("TC_SENTINEL_LIMITER_DIR", str(tmp_path / "limiters"))
-    monkeypatch.setenv("AIRFLOW_CONN_TC_SENTINEL_REDIS", json.dumps({
-        "conn_type": "redis", "host": "127.0.0.1", "port": server.port, "password": server.password,
-        "extra": {"db": 3}}))
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_TC_SENTINEL_REDIS",
+        json.dumps(
+            {
+                "conn_type": "redis",
+                "host": "127.0.0.1",
+                "port": server.port,
+                "password": server.password,
+                "extra": {"db": 3},
+            }
+        ),
+    )
     budget = request_budget("app|tenant|graph", 5, 60.0)
     assert isinstance(budget, RedisRateLimiter)
     budget.acquire()
@@ -195,7 +210,8 @@ def test_the_hook_uses_redis_when_the_connection_is_configured(server: RedisServ
 
 
 def test_the_hook_uses_the_celery_broker_when_it_is_redis_and_no_connection_is_configured(
-        server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tc_sentinel.hooks import request_budget
 
     monkeypatch.delenv("AIRFLOW_CONN_TC_SENTINEL_REDIS", raising=False)
@@ -208,8 +224,9 @@ def test_the_hook_uses_the_celery_broker_when_it_is_redis_and_no_connection_is_c
     redis.Redis.from_url(server.url(4)).flushdb()
 
 
-def test_without_redis_the_hook_keeps_the_file_lock_of_the_machine(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_without_redis_the_hook_keeps_the_file_lock_of_the_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tc_sentinel.hooks import request_budget
 
     monkeypatch.delenv("AIRFLOW_CONN_TC_SENTINEL_REDIS", raising=False)

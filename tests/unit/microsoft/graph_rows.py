@@ -23,8 +23,13 @@ SAMPLES: dict[str, tuple[str, str, str, str, str | None]] = {
     "email": ("email", "emailSenderAddress", "Phishing", "phish@bad.example.com", None),
     "md5": ("hash", "fileHashValue", "Malware", "d41d8cd98f00b204e9800998ecf8427e", "md5"),
     "sha1": ("hash", "fileHashValue", "Malware", "da39a3ee5e6b4b0d3255bfef95601890afd80709", "sha1"),
-    "sha256": ("hash", "fileHashValue", "Malware",
-               "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "sha256"),
+    "sha256": (
+        "hash",
+        "fileHashValue",
+        "Malware",
+        "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+        "sha256",
+    ),
 }
 TC_TYPES = {"ip": "Address", "host": "Host", "url": "URL", "email": "EmailAddress", "hash": "File"}
 

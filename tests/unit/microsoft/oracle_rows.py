@@ -79,8 +79,11 @@ def odd_rows() -> list[tuple[str, dict[str, Any]]]:
         ("IPv6 with embedded IPv4", "ipv6", {"value": "::ffff:192.0.2.128"}),
         ("IPv4 CIDR block", "ipv4", {"value": "198.51.100.0/24"}),
         ("IPv6 CIDR block", "ipv6", {"value": "2001:db8::/32"}),
-        ("URL with a query and fragment", "url",
-         {"value": "https://bad.example.com/a/b.php?user=alice&token=A%20B&x='1'#frag"}),
+        (
+            "URL with a query and fragment",
+            "url",
+            {"value": "https://bad.example.com/a/b.php?user=alice&token=A%20B&x='1'#frag"},
+        ),
         ("URL with a port and a backslash", "url", {"value": "http://bad.example.com:8080/a\\b?q=it's"}),
         ("URL on an IDN host", "url", {"value": "https://xn--bcher-kva.example/login"}),
         ("email with plus and dots", "email", {"value": "first.last+tag@sub.bad.example.com"}),
@@ -88,8 +91,16 @@ def odd_rows() -> list[tuple[str, dict[str, Any]]]:
         ("md5 upper half", "md5", {"value": "0123456789abcdef0123456789abcdef"}),
         ("sha1", "sha1", {"value": "a9993e364706816aba3e25717850c26c9cd0d89d"}),
         ("sha256", "sha256", {"value": "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"}),
-        ("sub-second timestamps", "ipv4", {"date_added": t, "last_modified": t, "valid_from": t,
-                                           "expiration": t + dt.timedelta(days=1, microseconds=1)}),
+        (
+            "sub-second timestamps",
+            "ipv4",
+            {
+                "date_added": t,
+                "last_modified": t,
+                "valid_from": t,
+                "expiration": t + dt.timedelta(days=1, microseconds=1),
+            },
+        ),
         ("expired at birth", "ipv4", {"expiration": normalized_row("ipv4")["valid_from"]}),
         ("inactive (retracted)", "host", {"active": False}),
         ("false positive (retracted)", "url", {"false_positive": True}),
@@ -99,16 +110,20 @@ def odd_rows() -> list[tuple[str, dict[str, Any]]]:
         ("confidence and severity at their bounds", "ipv4", {"confidence": 100, "severity": 5}),
         ("confidence and severity zero", "ipv4", {"confidence": 0, "severity": 0}),
         ("a description of exactly 100 characters", "host", {"description": "d" * 100}),
-        ("unicode in tags and description", "host", {"tags": ["Müller", "пример", "例え"],
-                                                     "description": "Kampagne gegen Bücher-Händler"}),
+        (
+            "unicode in tags and description",
+            "host",
+            {"tags": ["Müller", "пример", "例え"], "description": "Kampagne gegen Bücher-Händler"},
+        ),
     ]
     return [(name, _through_frame(normalized_row(sample, **overrides))) for name, sample, overrides in cases]
 
 
 def all_rows(description: bool = True) -> list[tuple[str, dict[str, Any]]]:
     """Every row the oracles judge, each with a readable id (see ``bare_rows`` for ``description``)."""
-    generated = [(f"generated {r['indicator_type']} {r['hash_type'] or ''} {r['value'][:40]}", r)
-                 for r in generated_rows()]
+    generated = [
+        (f"generated {r['indicator_type']} {r['hash_type'] or ''} {r['value'][:40]}", r) for r in generated_rows()
+    ]
     return bare_rows(description) + odd_rows() + generated
 
 

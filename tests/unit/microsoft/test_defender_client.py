@@ -41,14 +41,23 @@ class _Session:
 
 def _client(session: _Session, clock: FakeClock | None = None) -> DefenderClient:
     clock = clock or FakeClock()
-    return DefenderClient("https://defender.invalid", _Tokens(), client_id="app", session=session,  # type: ignore[arg-type]
-                          sleep=clock.sleep)
+    return DefenderClient(
+        "https://defender.invalid",
+        _Tokens(),
+        client_id="app",
+        session=session,  # type: ignore[arg-type]
+        sleep=clock.sleep,
+    )
 
 
 def test_a_repeated_next_link_ends_the_listing_with_an_error() -> None:
     link = "https://defender.invalid/api/indicators?$skip=1"
-    session = _Session([(200, {"value": [{"id": "1"}], "@odata.nextLink": link}, {}),
-                        (200, {"value": [{"id": "2"}], "@odata.nextLink": link}, {})])
+    session = _Session(
+        [
+            (200, {"value": [{"id": "1"}], "@odata.nextLink": link}, {}),
+            (200, {"value": [{"id": "2"}], "@odata.nextLink": link}, {}),
+        ]
+    )
     with pytest.raises(DefenderError, match=r"repeated an @odata\.nextLink"):
         list(_client(session).list_indicators())
 
@@ -64,8 +73,12 @@ def test_a_server_that_ignores_skip_cannot_make_the_listing_loop() -> None:
 def test_retry_after_as_an_http_date_is_honoured() -> None:
     clock = FakeClock(now=dt.datetime.now(dt.UTC).timestamp())
     when = email.utils.format_datetime(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=30), usegmt=True)
-    session = _Session([(429, {"error": {"code": "TooManyRequests"}}, {"Retry-After": when}),
-                        (200, {"value": [{"id": "1", "indicator": "x", "isFailed": False}]}, {})])
+    session = _Session(
+        [
+            (429, {"error": {"code": "TooManyRequests"}}, {"Retry-After": when}),
+            (200, {"value": [{"id": "1", "indicator": "x", "isFailed": False}]}, {}),
+        ]
+    )
     _client(session, clock).import_indicators([{"indicatorValue": "x"}])
     assert len(clock.sleeps) == 1
     assert 25 <= clock.sleeps[0] <= 30
@@ -79,13 +92,16 @@ def test_results_out_of_order_are_matched_by_value_and_missing_ones_fail() -> No
     assert aligned[2]["isFailed"] is True
 
 
-@pytest.mark.parametrize(("reason", "content"), [
-    ("InvalidIpAddress: indicators can't be created for internal IPs.", True),
-    ("The tenant has reached the limit of 15000 active indicators", True),
-    ("An indicator with this type and value already exists", True),
-    ("Simulated internal error; try again later.", False),
-    ("", False),
-    (None, False),
-])
+@pytest.mark.parametrize(
+    ("reason", "content"),
+    [
+        ("InvalidIpAddress: indicators can't be created for internal IPs.", True),
+        ("The tenant has reached the limit of 15000 active indicators", True),
+        ("An indicator with this type and value already exists", True),
+        ("Simulated internal error; try again later.", False),
+        ("", False),
+        (None, False),
+    ],
+)
 def test_only_reasons_about_the_content_or_the_cap_count_as_refusals(reason: str | None, content: bool) -> None:
     assert is_content_refusal(reason) is content

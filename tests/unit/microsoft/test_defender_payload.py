@@ -14,8 +14,20 @@ from include.microsoft.defender.payload import build_payload, same_value, severi
 from tests.unit.microsoft.graph_rows import normalized_row
 
 # Copied from the docs (ti-indicator.md / post-ti-indicator.md), not from the code under test.
-DOCUMENTED_FIELDS = {"indicatorValue", "indicatorType", "action", "title", "description", "expirationTime", "severity",
-                     "recommendedActions", "generateAlert", "rbacGroupNames", "application", "educateUrl"}
+DOCUMENTED_FIELDS = {
+    "indicatorValue",
+    "indicatorType",
+    "action",
+    "title",
+    "description",
+    "expirationTime",
+    "severity",
+    "recommendedActions",
+    "generateAlert",
+    "rbacGroupNames",
+    "application",
+    "educateUrl",
+}
 DOCUMENTED_TYPES = {"FileSha1", "FileMd5", "CertificateThumbprint", "FileSha256", "IpAddress", "DomainName", "Url"}
 DOCUMENTED_ACTIONS = {"Alert", "Warn", "Block", "Audit", "BlockAndRemediate", "AlertAndBlock", "Allowed"}
 DOCUMENTED_SEVERITIES = {"Informational", "Low", "Medium", "High"}
@@ -35,16 +47,20 @@ def _row(sample: str, **overrides: Any) -> dict[str, Any]:
     return normalized_row(sample, **overrides)
 
 
-@pytest.mark.parametrize(("sample", "value", "expected_type"), [
-    ("ipv4", "198.51.100.7", "IpAddress"),
-    ("host", "bad.example.com", "DomainName"),
-    ("url", "https://bad.example.com/login?x=1", "Url"),
-    ("md5", "d41d8cd98f00b204e9800998ecf8427e", "FileMd5"),
-    ("sha1", "da39a3ee5e6b4b0d3255bfef95601890afd80709", "FileSha1"),
-    ("sha256", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "FileSha256"),
-])
-def test_each_kind_becomes_its_documented_indicator_type(sink: DefenderSink, sample: str, value: str,
-                                                         expected_type: str) -> None:
+@pytest.mark.parametrize(
+    ("sample", "value", "expected_type"),
+    [
+        ("ipv4", "198.51.100.7", "IpAddress"),
+        ("host", "bad.example.com", "DomainName"),
+        ("url", "https://bad.example.com/login?x=1", "Url"),
+        ("md5", "d41d8cd98f00b204e9800998ecf8427e", "FileMd5"),
+        ("sha1", "da39a3ee5e6b4b0d3255bfef95601890afd80709", "FileSha1"),
+        ("sha256", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855", "FileSha256"),
+    ],
+)
+def test_each_kind_becomes_its_documented_indicator_type(
+    sink: DefenderSink, sample: str, value: str, expected_type: str
+) -> None:
     body = sink.payload(_row(sample))
     assert body["indicatorType"] == expected_type
     assert body["indicatorValue"] == value
@@ -71,8 +87,9 @@ def test_audit_always_asks_for_an_alert_because_defender_requires_it() -> None:
     assert body["action"] == "Audit"
     assert body["generateAlert"] is True
     with pytest.raises(ValueError, match="generateAlert"):
-        DefenderSink(DefenderClient("https://defender.invalid", _Tokens(), client_id="app"), action="Audit",
-                     generate_alert=False)
+        DefenderSink(
+            DefenderClient("https://defender.invalid", _Tokens(), client_id="app"), action="Audit", generate_alert=False
+        )
 
 
 def test_an_action_in_the_wrong_case_is_refused_before_sending() -> None:
@@ -86,9 +103,17 @@ def test_block_and_remediate_is_for_files_only() -> None:
         build_payload(_row("host"), action="BlockAndRemediate")
 
 
-@pytest.mark.parametrize(("severity", "expected"), [
-    (0, "Informational"), (1, "Informational"), (2, "Low"), (3, "Medium"), (4, "High"), (5, "High"),
-])
+@pytest.mark.parametrize(
+    ("severity", "expected"),
+    [
+        (0, "Informational"),
+        (1, "Informational"),
+        (2, "Low"),
+        (3, "Medium"),
+        (4, "High"),
+        (5, "High"),
+    ],
+)
 def test_the_0_to_5_severity_maps_onto_defenders_four_levels(severity: int, expected: str) -> None:
     assert severity_name(severity) == expected
     assert build_payload(_row("ipv4", severity=severity))["severity"] == expected
@@ -98,12 +123,15 @@ def test_a_row_without_severity_sends_none(sink: DefenderSink) -> None:
     assert "severity" not in sink.payload(_row("ipv4", severity=None))
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("2a02:c7f::1", "2a02:c7f:0:0:0:0:0:1"),  # the docs' own example
-    ("2001:DB8:0:0:8:800:200C:417A", "2001:db8:0:0:8:800:200c:417a"),
-    ("2001:0db8:0000:0000:0000:0000:0000:0007", "2001:db8:0:0:0:0:0:7"),
-    ("2606:4700::", "2606:4700:0:0:0:0:0:0"),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2a02:c7f::1", "2a02:c7f:0:0:0:0:0:1"),  # the docs' own example
+        ("2001:DB8:0:0:8:800:200C:417A", "2001:db8:0:0:8:800:200c:417a"),
+        ("2001:0db8:0000:0000:0000:0000:0000:0007", "2001:db8:0:0:0:0:0:7"),
+        ("2606:4700::", "2606:4700:0:0:0:0:0:0"),
+    ],
+)
 def test_ipv6_is_written_with_all_eight_segments(sink: DefenderSink, value: str, expected: str) -> None:
     body = sink.payload(_row("ipv6", value=value))
     assert body["indicatorValue"] == expected
@@ -111,10 +139,22 @@ def test_ipv6_is_written_with_all_eight_segments(sink: DefenderSink, value: str,
     assert len(body["indicatorValue"].split(":")) == 8
 
 
-@pytest.mark.parametrize("value", [
-    "10.1.2.3", "172.16.0.1", "192.168.1.1", "127.0.0.1", "169.254.10.10", "100.64.0.1", "0.0.0.0",  # noqa: S104
-    "224.0.0.1", "fe80::1", "fd00::1", "::1",
-])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "10.1.2.3",
+        "172.16.0.1",
+        "192.168.1.1",
+        "127.0.0.1",
+        "169.254.10.10",
+        "100.64.0.1",
+        "0.0.0.0",  # noqa: S104
+        "224.0.0.1",
+        "fe80::1",
+        "fd00::1",
+        "::1",
+    ],
+)
 def test_internal_addresses_are_refused_before_sending(sink: DefenderSink, value: str) -> None:
     sample = "ipv6" if ":" in value else "ipv4"
     with pytest.raises(ValueError, match="not supported by defender: internal address"):

@@ -40,8 +40,9 @@ class ScriptedSession:
         self.script = list(script)
         self.calls: list[tuple[str, str, Any, str]] = []
 
-    def request(self, method: str, url: str, json: Any = None, auth: Any = None, timeout: Any = None,
-                **_: Any) -> requests.Response:
+    def request(
+        self, method: str, url: str, json: Any = None, auth: Any = None, timeout: Any = None, **_: Any
+    ) -> requests.Response:
         prepared = requests.Request(method, url).prepare()
         auth(prepared)
         self.calls.append((method, url, json, prepared.headers["Authorization"]))
@@ -51,11 +52,18 @@ class ScriptedSession:
         return answer
 
 
-def _client(session: ScriptedSession, provider: FakeTokenProvider | None = None,
-            max_retries: int = 3) -> tuple[GraphClient, list[float]]:
+def _client(
+    session: ScriptedSession, provider: FakeTokenProvider | None = None, max_retries: int = 3
+) -> tuple[GraphClient, list[float]]:
     sleeps: list[float] = []
-    client = GraphClient("https://graph.example", provider or FakeTokenProvider(), session=session,  # type: ignore[arg-type]
-                         max_retries=max_retries, backoff=1.0, sleep=sleeps.append)
+    client = GraphClient(
+        "https://graph.example",
+        provider or FakeTokenProvider(),
+        session=session,  # type: ignore[arg-type]
+        max_retries=max_retries,
+        backoff=1.0,
+        sleep=sleeps.append,
+    )
     return client, sleeps
 
 
@@ -95,8 +103,11 @@ def test_a_numeric_defender_id_is_a_success() -> None:
 
 
 def test_an_item_with_an_error_element_failed_with_its_message() -> None:
-    item = {"id": "Failed to create, check Error element for reason", "externalId": "x",
-            "Error": {"code": "BadRequest", "message": "description must be 100 characters or less."}}
+    item = {
+        "id": "Failed to create, check Error element for reason",
+        "externalId": "x",
+        "Error": {"code": "BadRequest", "message": "description must be 100 characters or less."},
+    }
     assert item_error(item) == "BadRequest: description must be 100 characters or less."
 
 
@@ -106,7 +117,8 @@ def test_a_lowercase_error_key_also_marks_a_failure() -> None:
 
 def test_an_item_whose_id_is_not_a_graph_id_failed() -> None:
     assert item_error({"id": "Failed to create, check Error element for reason"}) == (
-        "Failed to create, check Error element for reason")
+        "Failed to create, check Error element for reason"
+    )
 
 
 def test_an_item_without_an_id_failed() -> None:
@@ -120,13 +132,15 @@ def test_delete_results_that_leave_nothing_behind_are_successes(info: dict[str, 
 
 def test_a_failed_delete_result_reports_code_message_and_either_subcode_spelling() -> None:
     assert result_info_error({"code": 500, "message": "provider down", "subCode": "7"}) == (
-        "500: provider down (subcode 7)")
+        "500: provider down (subcode 7)"
+    )
 
 
 # ----------------------------------------------------------------------------------------- retry layer
 def test_a_429_waits_the_retry_after_seconds_then_succeeds() -> None:
-    session = ScriptedSession(_response(429, {"error": {"code": "TooManyRequests"}}, {"Retry-After": "7"}),
-                              _ok_items(1))
+    session = ScriptedSession(
+        _response(429, {"error": {"code": "TooManyRequests"}}, {"Retry-After": "7"}), _ok_items(1)
+    )
     client, sleeps = _client(session)
     assert client.update([{"id": GUID}])[0]["id"] == GUID
     assert sleeps == [7.0]
@@ -258,10 +272,22 @@ def test_a_quote_in_an_external_id_is_doubled_in_the_filter() -> None:
 
 
 def test_lookups_follow_next_links_and_group_duplicates_oldest_first() -> None:
-    first = _response(200, {"value": [{"id": "b", "externalId": "x", "ingestedDateTime": "2026-01-02T00:00:00Z"}],
-                            "@odata.nextLink": "https://graph.example/beta/security/tiIndicators?$skiptoken=1"})
-    second = _response(200, {"value": [{"id": "a", "externalId": "x", "ingestedDateTime": "2026-01-01T00:00:00Z"},
-                                       {"id": "c", "externalId": "y"}]})
+    first = _response(
+        200,
+        {
+            "value": [{"id": "b", "externalId": "x", "ingestedDateTime": "2026-01-02T00:00:00Z"}],
+            "@odata.nextLink": "https://graph.example/beta/security/tiIndicators?$skiptoken=1",
+        },
+    )
+    second = _response(
+        200,
+        {
+            "value": [
+                {"id": "a", "externalId": "x", "ingestedDateTime": "2026-01-01T00:00:00Z"},
+                {"id": "c", "externalId": "y"},
+            ]
+        },
+    )
     client, _ = _client(ScriptedSession(first, second))
     found = client.find_by_external_ids(["x", "y", "z"])
     assert [i["id"] for i in found["x"]] == ["a", "b"]
@@ -292,11 +318,17 @@ class CountingLimiter:
 
 
 def test_every_request_including_retries_takes_a_slot_of_the_shared_budget() -> None:
-    session = ScriptedSession(_response(429, {"error": {"code": "TooManyRequests"}}, {"Retry-After": "2"}),
-                              _response(200, {"value": []}))
+    session = ScriptedSession(
+        _response(429, {"error": {"code": "TooManyRequests"}}, {"Retry-After": "2"}), _response(200, {"value": []})
+    )
     limiter = CountingLimiter()
-    client = GraphClient("https://graph.example", FakeTokenProvider(), session=session,  # type: ignore[arg-type]
-                         sleep=lambda _: None, limiter=limiter)  # type: ignore[arg-type]
+    client = GraphClient(
+        "https://graph.example",
+        FakeTokenProvider(),
+        session=session,  # type: ignore[arg-type]
+        sleep=lambda _: None,
+        limiter=limiter,
+    )  # type: ignore[arg-type]
     client.find_by_external_ids(["a"])
     assert limiter.acquired == 2
     assert limiter.penalties == [2.0]

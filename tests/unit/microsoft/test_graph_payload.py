@@ -18,12 +18,20 @@ def _row(sample: str, **overrides: object) -> dict[str, object]:
 
 @pytest.mark.parametrize(
     ("sample", "observable"),
-    [("ipv4", "networkIPv4"), ("ipv6", "networkIPv6"), ("host", "domainName"), ("url", "url"),
-     ("email", "emailSenderAddress"), ("md5", "fileHashValue"), ("sha1", "fileHashValue"),
-     ("sha256", "fileHashValue")],
+    [
+        ("ipv4", "networkIPv4"),
+        ("ipv6", "networkIPv6"),
+        ("host", "domainName"),
+        ("url", "url"),
+        ("email", "emailSenderAddress"),
+        ("md5", "fileHashValue"),
+        ("sha1", "fileHashValue"),
+        ("sha256", "fileHashValue"),
+    ],
 )
-def test_each_type_carries_its_value_in_its_observable_property(offline_sink: GraphSink, sample: str,
-                                                                observable: str) -> None:
+def test_each_type_carries_its_value_in_its_observable_property(
+    offline_sink: GraphSink, sample: str, observable: str
+) -> None:
     payload = offline_sink.payload(_row(sample))
     assert payload[observable] == SAMPLES[sample][3]
     other_observables = {"networkIPv4", "networkIPv6", "domainName", "url", "emailSenderAddress", "fileHashValue"}
@@ -77,10 +85,12 @@ def test_a_long_description_is_cut_to_graphs_100_characters(offline_sink: GraphS
     assert payload["description"] == "x" * 100
 
 
-@pytest.mark.parametrize(("active", "false_positive", "expected"),
-                         [(True, False, True), (False, False, False), (True, True, False)])
-def test_is_active_means_active_and_not_a_false_positive(offline_sink: GraphSink, active: bool,
-                                                         false_positive: bool, expected: bool) -> None:
+@pytest.mark.parametrize(
+    ("active", "false_positive", "expected"), [(True, False, True), (False, False, False), (True, True, False)]
+)
+def test_is_active_means_active_and_not_a_false_positive(
+    offline_sink: GraphSink, active: bool, false_positive: bool, expected: bool
+) -> None:
     payload = offline_sink.payload(_row("ipv4", active=active, false_positive=false_positive))
     assert payload["isActive"] is expected
 
@@ -98,11 +108,16 @@ def test_out_of_range_scores_are_clamped(offline_sink: GraphSink) -> None:
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
-    [({"observable": "networkCidr"}, "observable"), ({"expiration": None}, "expiration"),
-     ({"threat_type": None}, "threat_type"), ({"hash_type": "ssdeep"}, "hash type")],
+    [
+        ({"observable": "networkCidr"}, "observable"),
+        ({"expiration": None}, "expiration"),
+        ({"threat_type": None}, "threat_type"),
+        ({"hash_type": "ssdeep"}, "hash type"),
+    ],
 )
-def test_rows_graph_cannot_take_are_refused(offline_sink: GraphSink, overrides: dict[str, object],
-                                            message: str) -> None:
+def test_rows_graph_cannot_take_are_refused(
+    offline_sink: GraphSink, overrides: dict[str, object], message: str
+) -> None:
     sample = "sha1" if "hash_type" in overrides else "ipv4"
     with pytest.raises(ValueError, match=message):
         offline_sink.payload(_row(sample, **overrides))
@@ -110,13 +125,15 @@ def test_rows_graph_cannot_take_are_refused(offline_sink: GraphSink, overrides: 
 
 @pytest.mark.parametrize(
     ("field", "sent", "stored"),
-    [("expirationDateTime", "2026-04-10T08:30:00Z", "2026-04-10T08:30:00Z"),
-     ("expirationDateTime", "2026-04-10T08:30:00.25Z", "2026-04-10T08:30:00.2500000Z"),
-     ("expirationDateTime", "2026-04-10T08:30:00Z", "2026-04-10T10:30:00+02:00"),
-     ("expirationDateTime", "2026-04-10T08:30:00Z", "2026-04-10T08:30:00+0000"),
-     ("confidence", 75, "75"),
-     ("fileHashValue", "ABCDEF", "abcdef"),
-     ("networkIPv4", None, None)],
+    [
+        ("expirationDateTime", "2026-04-10T08:30:00Z", "2026-04-10T08:30:00Z"),
+        ("expirationDateTime", "2026-04-10T08:30:00.25Z", "2026-04-10T08:30:00.2500000Z"),
+        ("expirationDateTime", "2026-04-10T08:30:00Z", "2026-04-10T10:30:00+02:00"),
+        ("expirationDateTime", "2026-04-10T08:30:00Z", "2026-04-10T08:30:00+0000"),
+        ("confidence", 75, "75"),
+        ("fileHashValue", "ABCDEF", "abcdef"),
+        ("networkIPv4", None, None),
+    ],
 )
 def test_same_value_accepts_graphs_equivalent_formats(field: str, sent: object, stored: object) -> None:
     assert GraphSink.same_value(field, sent, stored)
@@ -124,19 +141,22 @@ def test_same_value_accepts_graphs_equivalent_formats(field: str, sent: object, 
 
 @pytest.mark.parametrize(
     ("field", "sent", "stored"),
-    [("expirationDateTime", "2026-04-10T08:30:00Z", "2026-04-10T08:30:01Z"),
-     ("expirationDateTime", "2026-04-10T08:30:00Z", None),
-     ("confidence", 75, 74),
-     ("isActive", True, False),
-     ("networkIPv4", "10.0.0.1", None)],
+    [
+        ("expirationDateTime", "2026-04-10T08:30:00Z", "2026-04-10T08:30:01Z"),
+        ("expirationDateTime", "2026-04-10T08:30:00Z", None),
+        ("confidence", 75, 74),
+        ("isActive", True, False),
+        ("networkIPv4", "10.0.0.1", None),
+    ],
 )
 def test_same_value_tells_real_differences(field: str, sent: object, stored: object) -> None:
     assert not GraphSink.same_value(field, sent, stored)
 
 
 @pytest.mark.parametrize("sample", sorted(SAMPLES))
-def test_verify_fields_cover_every_field_that_identifies_and_scores_the_indicator(offline_sink: GraphSink,
-                                                                                   sample: str) -> None:
+def test_verify_fields_cover_every_field_that_identifies_and_scores_the_indicator(
+    offline_sink: GraphSink, sample: str
+) -> None:
     payload = offline_sink.payload(_row(sample))
     core = set(GraphSink.verify_fields) - set(OBSERVABLE_FIELDS) - {"fileHashType"}
     assert core <= payload.keys()

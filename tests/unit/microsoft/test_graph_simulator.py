@@ -10,14 +10,22 @@ from simulators.graph import GraphValidationError, parse_filter, validate_new, v
 
 
 def _indicator(**overrides: Any) -> dict[str, Any]:
-    body = {"action": "alert", "description": "test", "expirationDateTime": "2026-04-10T08:30:00Z",
-            "targetProduct": "Azure Sentinel", "threatType": "C2", "tlpLevel": "amber", "networkIPv4": "10.0.0.1"}
+    body = {
+        "action": "alert",
+        "description": "test",
+        "expirationDateTime": "2026-04-10T08:30:00Z",
+        "targetProduct": "Azure Sentinel",
+        "threatType": "C2",
+        "tlpLevel": "amber",
+        "networkIPv4": "10.0.0.1",
+    }
     body.update(overrides)
     return {k: v for k, v in body.items() if v is not None}
 
 
-@pytest.mark.parametrize("missing", ["action", "description", "expirationDateTime", "targetProduct", "threatType",
-                                     "tlpLevel"])
+@pytest.mark.parametrize(
+    "missing", ["action", "description", "expirationDateTime", "targetProduct", "threatType", "tlpLevel"]
+)
 def test_each_required_field_is_required(missing: str) -> None:
     with pytest.raises(GraphValidationError, match=missing):
         validate_new(_indicator(**{missing: None}))
@@ -33,11 +41,22 @@ def test_microsoft_sentinel_is_not_a_target_product() -> None:
         validate_new(_indicator(targetProduct="Microsoft Sentinel"))
 
 
-@pytest.mark.parametrize(("field", "value"), [("description", "x" * 101), ("confidence", 101), ("severity", 6),
-                                               ("tlpLevel", "purple"), ("action", "quarantine"),
-                                               ("threatType", "Spam"), ("diamondModel", "attacker"),
-                                               ("expirationDateTime", "tomorrow"), ("isActive", "yes"),
-                                               ("tags", "one-tag"), ("networkIPv4s", "10.0.0.1")])
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("description", "x" * 101),
+        ("confidence", 101),
+        ("severity", 6),
+        ("tlpLevel", "purple"),
+        ("action", "quarantine"),
+        ("threatType", "Spam"),
+        ("diamondModel", "attacker"),
+        ("expirationDateTime", "tomorrow"),
+        ("isActive", "yes"),
+        ("tags", "one-tag"),
+        ("networkIPv4s", "10.0.0.1"),
+    ],
+)
 def test_values_outside_their_domain_are_rejected(field: str, value: Any) -> None:
     with pytest.raises(GraphValidationError):
         validate_new(_indicator(**{field: value}))
@@ -49,8 +68,15 @@ def test_a_hash_needs_its_hash_type() -> None:
 
 
 def test_scalars_are_coerced_leniently_like_the_real_service() -> None:
-    stored = validate_new(_indicator(confidence="75", isActive="true", passiveOnly="false",
-                                     expirationDateTime="2026-04-10T10:30:00+0200", tlpLevel="Amber"))
+    stored = validate_new(
+        _indicator(
+            confidence="75",
+            isActive="true",
+            passiveOnly="false",
+            expirationDateTime="2026-04-10T10:30:00+0200",
+            tlpLevel="Amber",
+        )
+    )
     assert stored["confidence"] == 75
     assert stored["isActive"] is True
     assert stored["passiveOnly"] is False
@@ -85,8 +111,10 @@ def test_filters_honour_parentheses_and_doubled_quotes() -> None:
     assert not predicate({"externalId": "o'brien", "isActive": False})
 
 
-@pytest.mark.parametrize("expression", ["externalId gt 'a'", "nosuch eq 'a'", "externalId eq 'a' or",
-                                        "contains(externalId,'a')", "externalId eq 'a')"])
+@pytest.mark.parametrize(
+    "expression",
+    ["externalId gt 'a'", "nosuch eq 'a'", "externalId eq 'a' or", "contains(externalId,'a')", "externalId eq 'a')"],
+)
 def test_unsupported_filters_are_a_bad_request(expression: str) -> None:
     with pytest.raises(GraphValidationError):
         parse_filter(expression)

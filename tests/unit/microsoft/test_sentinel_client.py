@@ -74,8 +74,13 @@ def _client(script: list[requests.Response | Exception], **kwargs: Any) -> tuple
     session = FakeSession(script)
     sleeps = Sleeps()
     kwargs.setdefault("token_provider", FakeTokens())
-    client = SentinelClient("https://api.ti.sentinel.azure.com/", WORKSPACE, session=session,  # type: ignore[arg-type]
-                            sleep=sleeps, **kwargs)
+    client = SentinelClient(
+        "https://api.ti.sentinel.azure.com/",
+        WORKSPACE,
+        session=session,  # type: ignore[arg-type]
+        sleep=sleeps,
+        **kwargs,
+    )
     return client, session, sleeps
 
 
@@ -87,8 +92,9 @@ def test_an_upload_posts_the_documented_url_and_body() -> None:
     assert client.upload("ThreatConnect-Org", [OBJECT]) == []
     [call] = session.calls
     assert call["method"] == "POST"
-    assert call["url"] == (f"https://api.ti.sentinel.azure.com/workspaces/{WORKSPACE}"
-                           "/threat-intelligence-stix-objects:upload")
+    assert call["url"] == (
+        f"https://api.ti.sentinel.azure.com/workspaces/{WORKSPACE}/threat-intelligence-stix-objects:upload"
+    )
     assert call["params"] == {"api-version": "2024-02-01-preview"}
     assert call["json"] == {"sourcesystem": "ThreatConnect-Org", "stixobjects": [OBJECT]}
     assert call["headers"]["Authorization"] == "Bearer token-1"
@@ -199,20 +205,26 @@ def test_client_errors_are_not_retried(status: int) -> None:
         ({"Retry-After": "soon"}, None, None),
     ],
 )
-def test_retry_after_reads_the_header_and_the_body(headers: dict[str, str], body: object,
-                                                   expected: float | None) -> None:
+def test_retry_after_reads_the_header_and_the_body(
+    headers: dict[str, str], body: object, expected: float | None
+) -> None:
     assert retry_after(_response(429, body, headers)) == expected
 
 
 MANAGEMENT = ManagementTarget("sub-1", "rg-1", "ws-name", host="https://management.azure.com")
-QUERY_URL = ("https://management.azure.com/subscriptions/sub-1/resourceGroups/rg-1/providers/"
-             "Microsoft.OperationalInsights/workspaces/ws-name/providers/Microsoft.SecurityInsights/"
-             "threatIntelligence/main/query")
+QUERY_URL = (
+    "https://management.azure.com/subscriptions/sub-1/resourceGroups/rg-1/providers/"
+    "Microsoft.OperationalInsights/workspaces/ws-name/providers/Microsoft.SecurityInsights/"
+    "threatIntelligence/main/query"
+)
 
 
 def _item(stix_object_id: str, modified: str = "2026-01-01T00:00:00.000Z") -> dict[str, Any]:
-    return {"id": f"/x/{stix_object_id}", "name": stix_object_id,
-            "properties": {"source": "src", "data": {"id": stix_object_id, "modified": modified}}}
+    return {
+        "id": f"/x/{stix_object_id}",
+        "name": stix_object_id,
+        "properties": {"source": "src", "data": {"id": stix_object_id, "modified": modified}},
+    }
 
 
 def test_a_query_posts_id_and_source_clauses_to_the_management_plane() -> None:
@@ -240,8 +252,10 @@ def test_a_query_posts_id_and_source_clauses_to_the_management_plane() -> None:
 def test_a_query_follows_next_links_with_get() -> None:
     next_link = f"{QUERY_URL}?api-version=2025-07-01-preview&$skipToken=abc"
     client, session, _ = _client(
-        [_response(200, {"value": [_item("indicator--a")], "nextLink": next_link}),
-         _response(200, {"value": [_item("indicator--b")]})],
+        [
+            _response(200, {"value": [_item("indicator--a")], "nextLink": next_link}),
+            _response(200, {"value": [_item("indicator--b")]}),
+        ],
         management=MANAGEMENT,
     )
     assert set(client.query(["indicator--a", "indicator--b"])) == {"indicator--a", "indicator--b"}
@@ -287,5 +301,3 @@ def test_the_management_plane_can_use_its_own_token_provider() -> None:
     client, session, _ = _client([_response(200, {"value": []})], management=target)
     client.query(["indicator--a"])
     assert session.calls[0]["headers"]["Authorization"] == "Bearer arm-token"
-
-

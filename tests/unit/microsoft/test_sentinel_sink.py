@@ -155,18 +155,25 @@ def test_other_request_failures_propagate_for_the_task_retry(status: int | None)
 
 
 def test_without_a_fixed_sourcesystem_each_owner_uploads_under_its_own() -> None:
-    rows = rows_frame([normalized_row("ipv4", 1, owner="Org A"), normalized_row("ipv4", 2, owner="Org B"),
-                       normalized_row("ipv4", 3, owner="Org A")])
+    rows = rows_frame(
+        [
+            normalized_row("ipv4", 1, owner="Org A"),
+            normalized_row("ipv4", 2, owner="Org B"),
+            normalized_row("ipv4", 3, owner="Org A"),
+        ]
+    )
     client = FakeClient()
     _sink(client).upsert(rows)
     assert sorted((source, len(objects)) for source, objects in client.uploads) == [
-        ("ThreatConnect-Org A", 2), ("ThreatConnect-Org B", 1)
+        ("ThreatConnect-Org A", 2),
+        ("ThreatConnect-Org B", 1),
     ]
 
 
 def test_a_first_version_is_a_create_and_a_later_one_an_update() -> None:
-    rows = rows_frame([normalized_row("ipv4", 1, last_modified=BASE_TIME - dt.timedelta(days=30)),
-                       normalized_row("ipv4", 2)])
+    rows = rows_frame(
+        [normalized_row("ipv4", 1, last_modified=BASE_TIME - dt.timedelta(days=30)), normalized_row("ipv4", 2)]
+    )
     results = _sink(FakeClient(), sourcesystem="src").upsert(rows)
     assert [r.action for r in results] == ["create", "update"]
 

@@ -203,7 +203,10 @@ def test_tlp_becomes_the_standard_stix_marking_definition(tlp: str, marking: str
 def test_the_tlp_table_matches_the_stix_2_1_specification() -> None:
     # Markings stix2 itself ships with are the spec's: a typo here would mislabel every indicator.
     assert TLP_MARKINGS == {
-        "white": stix2.TLP_WHITE.id, "green": stix2.TLP_GREEN.id, "amber": stix2.TLP_AMBER.id, "red": stix2.TLP_RED.id,
+        "white": stix2.TLP_WHITE.id,
+        "green": stix2.TLP_GREEN.id,
+        "amber": stix2.TLP_AMBER.id,
+        "red": stix2.TLP_RED.id,
     }
 
 
@@ -224,8 +227,9 @@ def test_no_tags_means_no_labels() -> None:
     ("active", "false_positive", "revoked"),
     [(True, False, False), (False, False, True), (True, True, True), (None, None, False)],
 )
-def test_revoked_means_inactive_or_false_positive(active: bool | None, false_positive: bool | None,
-                                                  revoked: bool) -> None:
+def test_revoked_means_inactive_or_false_positive(
+    active: bool | None, false_positive: bool | None, revoked: bool
+) -> None:
     obj = build_indicator(normalized_row("ipv4", active=active, false_positive=false_positive))
     assert obj["revoked"] is revoked
 

@@ -42,8 +42,11 @@ def test_every_generated_value_canonicalises_to_the_clean_value_it_was_made_from
 
 
 def test_every_value_broken_on_purpose_is_refused(dataset) -> None:
-    accepted = [(r["summary"], dataset.intents[r["id"]].reason) for r in dataset.records
-                if dataset.intents[r["id"]].outcome == REJECTED and any(v is not None for v, _ in _canonicalised(r))]
+    accepted = [
+        (r["summary"], dataset.intents[r["id"]].reason)
+        for r in dataset.records
+        if dataset.intents[r["id"]].outcome == REJECTED and any(v is not None for v, _ in _canonicalised(r))
+    ]
     assert accepted == []
 
 

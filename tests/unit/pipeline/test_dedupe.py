@@ -173,20 +173,24 @@ def test_a_million_rows_dedupe_to_their_newest_halves():
 def test_a_value_re_created_after_its_deletion_keeps_the_live_row_even_when_the_deletion_is_stamped_later():
     # The deleted listing's row is versioned by the window that reported it, which can be later than the
     # re-created row's lastModified: the active listing only shows what exists now, so the live row must win.
-    table = pa.table({
-        "external_id": ["a", "a", "b", "b"],
-        "last_modified": pa.array([5, 9, 3, 4], pa.int64()).cast(TS),
-        "tc_id": [1, 2, 3, 4],
-        "deleted": [False, True, True, False],
-    })
+    table = pa.table(
+        {
+            "external_id": ["a", "a", "b", "b"],
+            "last_modified": pa.array([5, 9, 3, 4], pa.int64()).cast(TS),
+            "tc_id": [1, 2, 3, 4],
+            "deleted": [False, True, True, False],
+        }
+    )
     assert winners(table).to_pylist() == [True, False, False, True]
 
 
 def test_a_deletion_alone_is_kept_and_two_deletions_keep_the_newest():
-    table = pa.table({
-        "external_id": ["a", "b", "b"],
-        "last_modified": pa.array([5, 1, 2], pa.int64()).cast(TS),
-        "tc_id": [1, 2, 3],
-        "deleted": [True, True, True],
-    })
+    table = pa.table(
+        {
+            "external_id": ["a", "b", "b"],
+            "last_modified": pa.array([5, 1, 2], pa.int64()).cast(TS),
+            "tc_id": [1, 2, 3],
+            "deleted": [True, True, True],
+        }
+    )
     assert winners(table).to_pylist() == [True, False, True]

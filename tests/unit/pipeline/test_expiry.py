@@ -30,26 +30,37 @@ def with_tc_expiry(use: bool):
 
 def delivered(tmp_path, mapping) -> pd.DataFrame:
     """Normalize two raw rows (one with ThreatConnect's expiry, one rated 4 without), deliver them, read back."""
-    raw = raw_table([
-        raw_row(tc_id=1, summary="192.0.2.1", external_date_expires=THREATCONNECT_EXPIRES,
-                last_modified=T0 - dt.timedelta(days=28)),
-        raw_row(tc_id=2, summary="192.0.2.2", rating=4.0, last_modified=T0 - dt.timedelta(days=58, hours=-1)),
-    ])
+    raw = raw_table(
+        [
+            raw_row(
+                tc_id=1,
+                summary="192.0.2.1",
+                external_date_expires=THREATCONNECT_EXPIRES,
+                last_modified=T0 - dt.timedelta(days=28),
+            ),
+            raw_row(tc_id=2, summary="192.0.2.2", rating=4.0, last_modified=T0 - dt.timedelta(days=58, hours=-1)),
+        ]
+    )
     rows = normalize(raw, mapping)[0].to_pandas()
     first = lifecycle.Policy(interval_start=T0 - dt.timedelta(days=60), interval_end=T0 - dt.timedelta(days=59))
     planned = lifecycle.plan(rows, pd.DataFrame(), GRAPH.payload, "graph", first, GRAPH.volatile_fields)
     writes = planned[planned["action"].isin(lifecycle.WRITE_ACTIONS)].copy()
     writes["status"], writes["target_id"], writes["attempts"], writes["error"] = "ok", None, 1, None
     store = SnapshotStore(str(tmp_path))
-    store.write_table("loaded", "Address", "run-1", pa.Table.from_pandas(writes, schema=LOADED_SCHEMA,
-                                                                         preserve_index=False))
+    store.write_table(
+        "loaded", "Address", "run-1", pa.Table.from_pandas(writes, schema=LOADED_SCHEMA, preserve_index=False)
+    )
     return lifecycle.delivered_state(store, "Address", "graph")
 
 
 def refresh_plan(state: pd.DataFrame, mapping) -> dict[int, pd.Timestamp]:
-    policy = lifecycle.Policy(interval_start=INTERVAL_END - dt.timedelta(days=1), interval_end=INTERVAL_END,
-                              refresh_within=dt.timedelta(days=3), expiry_days=mapping.expiration.days_for,
-                              expiration=mapping.expiration)
+    policy = lifecycle.Policy(
+        interval_start=INTERVAL_END - dt.timedelta(days=1),
+        interval_end=INTERVAL_END,
+        refresh_within=dt.timedelta(days=3),
+        expiry_days=mapping.expiration.days_for,
+        expiration=mapping.expiration,
+    )
     planned = lifecycle.plan(state.iloc[:0], state, GRAPH.payload, "graph", policy, GRAPH.volatile_fields)
     assert set(planned["action"]) <= {"refresh"}
     return dict(zip(planned["tc_id"], planned["expiration"], strict=True))
@@ -68,14 +79,20 @@ def test_refresh_grants_the_mapping_days_when_threatconnect_expiry_is_not_used(t
     mapping = with_tc_expiry(False)
     state = delivered(tmp_path, mapping)
     refreshed = refresh_plan(state, mapping)
-    assert refreshed == {1: pd.Timestamp(INTERVAL_END + dt.timedelta(days=30)),
-                         2: pd.Timestamp(INTERVAL_END + dt.timedelta(days=60))}
+    assert refreshed == {
+        1: pd.Timestamp(INTERVAL_END + dt.timedelta(days=30)),
+        2: pd.Timestamp(INTERVAL_END + dt.timedelta(days=60)),
+    }
 
 
 def test_an_explicit_expiration_policy_wins_over_the_days_callable(tmp_path) -> None:
     state = delivered(tmp_path, with_tc_expiry(True))
-    policy = lifecycle.Policy(interval_start=INTERVAL_END - dt.timedelta(days=1), interval_end=INTERVAL_END,
-                              expiry_days=lambda severity: 7, expiration=with_tc_expiry(True).expiration)
+    policy = lifecycle.Policy(
+        interval_start=INTERVAL_END - dt.timedelta(days=1),
+        interval_end=INTERVAL_END,
+        expiry_days=lambda severity: 7,
+        expiration=with_tc_expiry(True).expiration,
+    )
     planned = lifecycle.plan(state.iloc[:0], state, GRAPH.payload, "graph", policy, GRAPH.volatile_fields)
     assert planned["tc_id"].tolist() == [2]
 

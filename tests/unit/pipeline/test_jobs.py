@@ -20,24 +20,80 @@ MARK = "2026-05-31T22:00:00Z"
 def type_job(sink: str = '["sentinel", "defender"]', marks: dict | None = None) -> TypeJob:
     cfg = resolve({"sink": sink}, lambda key: None, DEFAULT_INDICATOR_TYPES)
     marks = {"sentinel": MARK, "defender": MARK} if marks is None else marks
-    return TypeJob("Host", "scheduled__2026-06-02T00:00:00+00:00", True, cfg, Window(START, END, "the interval"),
-                   START, END, False, marks)
+    return TypeJob(
+        "Host",
+        "scheduled__2026-06-02T00:00:00+00:00",
+        True,
+        cfg,
+        Window(START, END, "the interval"),
+        START,
+        END,
+        False,
+        marks,
+    )
 
 
 def verified(job: TypeJob) -> VerifiedJob:
-    extracted = job.extracted("Example Org", {"indicator_type": "Host", "run_id": job.run_id, "window": {},
-                                              "extracted": 5, "deleted": 0, "pages": 1, "max_last_modified": MARK,
-                                              "raw": "/data/raw"})
-    prepared = extracted.normalized({"indicator_type": "Host", "run_id": job.run_id, "raw": 5, "normalized": 4,
-                                     "rejected": 1, "normalized_path": "n", "rejected_path": "r"}).deduped(
-        {"indicator_type": "Host", "run_id": job.run_id, "normalized": 4, "deduplicated": 3, "duplicates": 1,
-         "deduped_path": "d"})
+    extracted = job.extracted(
+        "Example Org",
+        {
+            "indicator_type": "Host",
+            "run_id": job.run_id,
+            "window": {},
+            "extracted": 5,
+            "deleted": 0,
+            "pages": 1,
+            "max_last_modified": MARK,
+            "raw": "/data/raw",
+        },
+    )
+    prepared = extracted.normalized(
+        {
+            "indicator_type": "Host",
+            "run_id": job.run_id,
+            "raw": 5,
+            "normalized": 4,
+            "rejected": 1,
+            "normalized_path": "n",
+            "rejected_path": "r",
+        }
+    ).deduped(
+        {
+            "indicator_type": "Host",
+            "run_id": job.run_id,
+            "normalized": 4,
+            "deduplicated": 3,
+            "duplicates": 1,
+            "deduped_path": "d",
+        }
+    )
     delivery = prepared.deliveries()[-1]
-    loaded = delivery.loaded({"indicator_type": "Host", "run_id": job.run_id, "sink": delivery.target,
-                              "dry_run": False, "planned": {"create": 3}, "plan_path": "p", "reconciled": False,
-                              "read_back_before_planning": 0, "capacity": None, "created": 3})
-    return loaded.verified({"indicator_type": "Host", "run_id": job.run_id, "expected": 3, "verified": 3,
-                            "missing": 0, "different": 0, "watermark": MARK, "verified_by": "read back"})
+    loaded = delivery.loaded(
+        {
+            "indicator_type": "Host",
+            "run_id": job.run_id,
+            "sink": delivery.target,
+            "dry_run": False,
+            "planned": {"create": 3},
+            "plan_path": "p",
+            "reconciled": False,
+            "read_back_before_planning": 0,
+            "capacity": None,
+            "created": 3,
+        }
+    )
+    return loaded.verified(
+        {
+            "indicator_type": "Host",
+            "run_id": job.run_id,
+            "expected": 3,
+            "verified": 3,
+            "missing": 0,
+            "different": 0,
+            "watermark": MARK,
+            "verified_by": "read back",
+        }
+    )
 
 
 def test_a_job_survives_the_round_trip_through_xcom_json_unchanged() -> None:

@@ -16,8 +16,9 @@ from include.pipeline.snapshots import SnapshotStore
 from tests.unit.microsoft.graph_rows import BASE_TIME, ip_rows, normalized_row, rows_frame
 
 GRAPH = GraphSink(client=None)
-POLICY = lifecycle.Policy(interval_start=BASE_TIME - dt.timedelta(days=1),
-                          interval_end=BASE_TIME + dt.timedelta(days=1))
+POLICY = lifecycle.Policy(
+    interval_start=BASE_TIME - dt.timedelta(days=1), interval_end=BASE_TIME + dt.timedelta(days=1)
+)
 
 
 def plan(candidates: pd.DataFrame, state: pd.DataFrame, policy=POLICY, sink=GRAPH, inventory=None) -> pd.DataFrame:
@@ -29,8 +30,9 @@ def deliver(tmp_path, planned: pd.DataFrame, run_id: str = "run-1", status: str 
     store = SnapshotStore(str(tmp_path))
     writes = planned[planned["action"].isin(lifecycle.WRITE_ACTIONS)].copy()
     writes["status"], writes["target_id"], writes["attempts"], writes["error"] = status, None, 1, None
-    store.write_table("loaded", "Address", run_id, pa.Table.from_pandas(writes, schema=LOADED_SCHEMA,
-                                                                       preserve_index=False))
+    store.write_table(
+        "loaded", "Address", run_id, pa.Table.from_pandas(writes, schema=LOADED_SCHEMA, preserve_index=False)
+    )
     return lifecycle.delivered_state(store, "Address", "graph")
 
 
@@ -70,8 +72,11 @@ def test_a_newer_last_modified_without_a_real_change_sends_nothing(tmp_path) -> 
 
 @pytest.mark.parametrize(
     ("flags", "reason"),
-    [({"active": False}, "inactive"), ({"false_positive": True}, "false positive"),
-     ({"deleted": True, "active": False}, "deleted")],
+    [
+        ({"active": False}, "inactive"),
+        ({"false_positive": True}, "false positive"),
+        ({"deleted": True, "active": False}, "deleted"),
+    ],
 )
 def test_a_retired_indicator_that_was_delivered_is_retracted(tmp_path, flags, reason) -> None:
     rows = ip_rows(3)
@@ -119,8 +124,12 @@ def test_still_live_indicators_are_refreshed_before_they_expire(tmp_path) -> Non
     rows = ip_rows(3, expiration=soon)
     rows.loc[0, "expiration"] = BASE_TIME + dt.timedelta(days=60)
     state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
-    policy = lifecycle.Policy(interval_start=BASE_TIME, interval_end=BASE_TIME + dt.timedelta(days=1),
-                              refresh_within=dt.timedelta(days=3), expiry_days=lambda severity: 30)
+    policy = lifecycle.Policy(
+        interval_start=BASE_TIME,
+        interval_end=BASE_TIME + dt.timedelta(days=1),
+        refresh_within=dt.timedelta(days=3),
+        expiry_days=lambda severity: 30,
+    )
     planned = plan(rows.iloc[:0], state, policy=policy)
     assert actions(planned) == {"refresh": 2}
     assert (planned["expiration"] == pd.Timestamp(BASE_TIME + dt.timedelta(days=31))).all()
@@ -146,8 +155,11 @@ def test_the_guard_lets_a_few_retractions_through(tmp_path) -> None:
 
 def test_failed_writes_are_not_part_of_the_delivered_state(tmp_path) -> None:
     rows = ip_rows(3)
-    state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")),
-                    status="failed")
+    state = deliver(
+        tmp_path,
+        plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")),
+        status="failed",
+    )
     assert state.empty
     assert actions(plan(rows, state)) == {"create": 3}
 
@@ -189,8 +201,9 @@ def test_a_delivered_indicator_missing_in_the_target_is_created_again(tmp_path) 
     held = {e: {"confidence": c} for e, c in zip(rows["external_id"], rows["confidence"], strict=True)}
     gone = rows["external_id"][1]
     del held[gone]
-    planned = lifecycle.plan(rows, state, GRAPH.payload, "graph", POLICY, GRAPH.volatile_fields,
-                             target=_view(state, held))
+    planned = lifecycle.plan(
+        rows, state, GRAPH.payload, "graph", POLICY, GRAPH.volatile_fields, target=_view(state, held)
+    )
     by_id = planned.set_index("external_id")
     assert by_id.loc[gone, "action"] == "create"
     assert by_id.loc[gone, "reason"] == "heal: missing in the target"
@@ -203,8 +216,9 @@ def test_a_delivered_indicator_different_in_the_target_is_updated(tmp_path) -> N
     held = {e: {"confidence": c} for e, c in zip(rows["external_id"], rows["confidence"], strict=True)}
     altered = rows["external_id"][0]
     held[altered] = {"confidence": 1}
-    planned = lifecycle.plan(rows, state, GRAPH.payload, "graph", POLICY, GRAPH.volatile_fields,
-                             target=_view(state, held)).set_index("external_id")
+    planned = lifecycle.plan(
+        rows, state, GRAPH.payload, "graph", POLICY, GRAPH.volatile_fields, target=_view(state, held)
+    ).set_index("external_id")
     assert planned.loc[altered, "action"] == "update"
     assert planned.loc[altered, "reason"].startswith("heal: different in the target")
     assert planned.loc[rows["external_id"][1], "action"] == "skip"
@@ -213,8 +227,9 @@ def test_a_delivered_indicator_different_in_the_target_is_updated(tmp_path) -> N
 def test_ids_the_target_was_not_asked_about_are_planned_from_the_log_alone(tmp_path) -> None:
     rows = ip_rows(2)
     state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
-    planned = lifecycle.plan(rows, state, GRAPH.payload, "graph", POLICY, GRAPH.volatile_fields,
-                             target=_view(state, {}, read=set()))
+    planned = lifecycle.plan(
+        rows, state, GRAPH.payload, "graph", POLICY, GRAPH.volatile_fields, target=_view(state, {}, read=set())
+    )
     assert actions(planned) == {"skip": 2}
 
 
@@ -222,8 +237,16 @@ def test_reconciliation_heals_delivered_indicators_outside_the_window(tmp_path) 
     rows = ip_rows(3)
     state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
     held = {rows["external_id"][0]: {"confidence": int(rows["confidence"][0])}}
-    planned = lifecycle.plan(rows.iloc[:0], state, GRAPH.payload, "graph", POLICY, GRAPH.volatile_fields,
-                             inventory=set(rows["external_id"]), target=_view(state, held))
+    planned = lifecycle.plan(
+        rows.iloc[:0],
+        state,
+        GRAPH.payload,
+        "graph",
+        POLICY,
+        GRAPH.volatile_fields,
+        inventory=set(rows["external_id"]),
+        target=_view(state, held),
+    )
     assert sorted(planned["action"]) == ["create", "create"]
     assert set(planned["external_id"]) == set(rows["external_id"][1:])
 
@@ -235,8 +258,13 @@ def _ranked_rows(severities: list[int]) -> pd.DataFrame:
 def test_capacity_loads_the_highest_priority_and_reports_the_rest_over_capacity(tmp_path) -> None:
     rows = _ranked_rows([1, 5, 3, 4])
     planned = plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph"))
-    adjusted, info = lifecycle.apply_capacity(planned, lifecycle.delivered_state(
-        SnapshotStore(str(tmp_path)), "Address", "graph"), capacity=3, others_live=1, sink="defender")
+    adjusted, info = lifecycle.apply_capacity(
+        planned,
+        lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph"),
+        capacity=3,
+        others_live=1,
+        sink="defender",
+    )
     by_id = adjusted.set_index("external_id")
     kept = set(by_id.index[by_id["action"] == "create"])
     assert kept == set(rows["external_id"][[1, 3]])  # severity 5 and 4: two fit beside the other types' one
@@ -269,10 +297,12 @@ def test_a_value_the_target_cannot_hold_is_skipped_never_rejected(tmp_path) -> N
     def payload(row):
         raise NotSupported("not supported by defender: internal address")
 
-    planned = lifecycle.plan(ip_rows(1), lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "x"),
-                             payload, "defender", POLICY)
+    planned = lifecycle.plan(
+        ip_rows(1), lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "x"), payload, "defender", POLICY
+    )
     assert list(zip(planned["action"], planned["reason"], strict=True)) == [
-        ("skip", "not supported by defender: internal address")]
+        ("skip", "not supported by defender: internal address")
+    ]
 
 
 def test_a_plan_of_nothing_but_skips_still_writes_with_its_schema(tmp_path) -> None:
@@ -281,8 +311,9 @@ def test_a_plan_of_nothing_but_skips_still_writes_with_its_schema(tmp_path) -> N
     def payload(row):
         raise NotSupported("not supported by defender: EmailAddress")
 
-    planned = lifecycle.plan(ip_rows(3), lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "x"),
-                             payload, "defender", POLICY)
+    planned = lifecycle.plan(
+        ip_rows(3), lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "x"), payload, "defender", POLICY
+    )
     table = lifecycle.plan_table(planned)
     assert table.num_rows == 3
     assert table.column("stix_modified").null_count == 3
@@ -291,7 +322,13 @@ def test_a_plan_of_nothing_but_skips_still_writes_with_its_schema(tmp_path) -> N
 def test_a_target_that_refuses_past_expirations_is_not_sent_what_has_already_expired(tmp_path) -> None:
     rows = ip_rows(2)
     rows.loc[0, "expiration"] = POLICY.interval_end - dt.timedelta(days=1)
-    planned = lifecycle.plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "x"),
-                             GRAPH.payload, "defender", POLICY, expired_before=POLICY.interval_end)
+    planned = lifecycle.plan(
+        rows,
+        lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "x"),
+        GRAPH.payload,
+        "defender",
+        POLICY,
+        expired_before=POLICY.interval_end,
+    )
     assert list(planned["action"]) == ["skip", "create"]
     assert planned["reason"][0].startswith("expired: defender refuses")

@@ -35,6 +35,7 @@ def test_a_failed_write_leaves_the_previous_partition_and_no_temporary_files(tmp
     store = SnapshotStore(str(tmp_path))
     store.write_table("raw", "Address", RUN, pa.table({"tc_id": [1]}))
     schema = pa.schema([("tc_id", pa.int64())])
+
     def interrupted_write() -> None:
         with store.writer("raw", "Address", RUN, schema) as writer:
             writer.write(pa.table({"tc_id": [5, 6]}))

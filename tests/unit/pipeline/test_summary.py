@@ -6,11 +6,25 @@ from include.pipeline.summary import render, summarize
 
 
 def job(indicator_type: str, verified: int | None = 3) -> dict:
-    result = {"indicator_type": indicator_type, "extract": {"extracted": 5}, "normalize": {"rejected": 1},
-              "dedupe": {"deduplicated": 4},
-              "load": {"created": 2, "updated": 1, "refreshed": 1, "retracted": 1, "unchanged": 0, "failed": 0,
-                       "expiring_7d": 2, "rejected_before_sending": 1, "rejected_by_target": 2, "quarantined": 1,
-                       "healed": 1}}
+    result = {
+        "indicator_type": indicator_type,
+        "extract": {"extracted": 5},
+        "normalize": {"rejected": 1},
+        "dedupe": {"deduplicated": 4},
+        "load": {
+            "created": 2,
+            "updated": 1,
+            "refreshed": 1,
+            "retracted": 1,
+            "unchanged": 0,
+            "failed": 0,
+            "expiring_7d": 2,
+            "rejected_before_sending": 1,
+            "rejected_by_target": 2,
+            "quarantined": 1,
+            "healed": 1,
+        },
+    }
     if verified is not None:
         result["verify"] = {"verified": verified, "watermark": "2026-03-01T00:00:00Z", "verified_by": "read back"}
     return result
@@ -18,10 +32,24 @@ def job(indicator_type: str, verified: int | None = 3) -> dict:
 
 def test_every_stage_count_lands_in_the_summary_row() -> None:
     row = summarize([job("Host")], ["Host"])["types"]["Host"]
-    assert row == {"extracted": 5, "rejected": 2, "deduplicated": 4, "created": 2, "updated": 2, "retracted": 1,
-                   "unchanged": 0, "tgt_rejected": 2, "quarantined": 1, "healed": 1, "failed": 0, "verified": 3,
-                   "verified_by": "read back", "capacity": None, "expiring_7d": 2,
-                   "watermark": "2026-03-01T00:00:00Z"}
+    assert row == {
+        "extracted": 5,
+        "rejected": 2,
+        "deduplicated": 4,
+        "created": 2,
+        "updated": 2,
+        "retracted": 1,
+        "unchanged": 0,
+        "tgt_rejected": 2,
+        "quarantined": 1,
+        "healed": 1,
+        "failed": 0,
+        "verified": 3,
+        "verified_by": "read back",
+        "capacity": None,
+        "expiring_7d": 2,
+        "watermark": "2026-03-01T00:00:00Z",
+    }
 
 
 def test_a_type_that_never_verified_is_reported_as_failed() -> None:

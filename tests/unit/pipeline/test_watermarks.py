@@ -14,8 +14,9 @@ D2 = D1 + dt.timedelta(days=1)
 
 
 def loaded(*rows: tuple[str, str]) -> pd.DataFrame:
-    return pd.DataFrame({"last_modified": pd.to_datetime([r[0] for r in rows], utc=True),
-                         "status": [r[1] for r in rows]})
+    return pd.DataFrame(
+        {"last_modified": pd.to_datetime([r[0] for r in rows], utc=True), "status": [r[1] for r in rows]}
+    )
 
 
 def test_a_first_run_reads_exactly_its_data_interval() -> None:
@@ -50,8 +51,7 @@ def test_the_watermark_moves_to_the_latest_delivered_change() -> None:
 
 
 def test_the_watermark_never_moves_past_an_indicator_that_failed_to_load() -> None:
-    rows = loaded(("2026-03-01T05:00:00Z", "ok"), ("2026-03-01T07:00:00Z", "failed"),
-                  ("2026-03-01T09:30:00Z", "ok"))
+    rows = loaded(("2026-03-01T05:00:00Z", "ok"), ("2026-03-01T07:00:00Z", "failed"), ("2026-03-01T09:30:00Z", "ok"))
     assert advance("2026-02-28T00:00:00Z", rows) == "2026-03-01T07:00:00Z"
 
 

@@ -34,8 +34,9 @@ class RecordingMsal:
     built: ClassVar[list[dict[str, Any]]] = []
 
     def __init__(self, client_id: str, client_credential: str, authority: str, **kwargs: Any) -> None:
-        RecordingMsal.built.append({"client_id": client_id, "client_credential": client_credential,
-                                    "authority": authority, **kwargs})
+        RecordingMsal.built.append(
+            {"client_id": client_id, "client_credential": client_credential, "authority": authority, **kwargs}
+        )
 
     def acquire_token_for_client(self, scopes: list[str]) -> dict[str, Any]:
         RecordingMsal.built[-1]["scopes"] = scopes
@@ -60,15 +61,23 @@ def _microsoft(monkeypatch: pytest.MonkeyPatch, conn_id: str, host: str | None, 
     use_connection(monkeypatch, conn_id, **fields)
 
 
-def _threatconnect(monkeypatch: pytest.MonkeyPatch, host: str = "https://app.threatconnect.com/api",
-                   **extra: Any) -> None:
-    use_connection(monkeypatch, "threatconnect_default", host=host, login="12345678901234567890",
-                   password=SECRET, extra={"owner": "Example Org", **extra})
+def _threatconnect(
+    monkeypatch: pytest.MonkeyPatch, host: str = "https://app.threatconnect.com/api", **extra: Any
+) -> None:
+    use_connection(
+        monkeypatch,
+        "threatconnect_default",
+        host=host,
+        login="12345678901234567890",
+        password=SECRET,
+        extra={"owner": "Example Org", **extra},
+    )
 
 
 # ============================================================================================== ThreatConnect
 def test_the_threatconnect_connection_gives_a_v3_client_for_its_owner_and_base_url(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     _threatconnect(monkeypatch)
     client = ThreatConnectHook().get_conn()
     assert client.base_url == "https://app.threatconnect.com/api"
@@ -77,7 +86,8 @@ def test_the_threatconnect_connection_gives_a_v3_client_for_its_owner_and_base_u
 
 
 def test_the_threatconnect_client_signs_with_the_connections_access_id_and_secret_key(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     _threatconnect(monkeypatch)
     client = ThreatConnectHook().get_conn()
     request = client.transport.auth(requests.Request("GET", f"{client.base_url}/v3/indicators?owner=X").prepare())
@@ -86,10 +96,12 @@ def test_the_threatconnect_client_signs_with_the_connections_access_id_and_secre
     assert request.headers["Authorization"] == f"TC 12345678901234567890:{expected}"
 
 
-@pytest.mark.parametrize(("extra", "version"),
-                         [({"api_version": "v2"}, "v2"), ({"api_version": "V3"}, "v3"), ({}, "v3")])
-def test_the_api_version_extra_chooses_v2_or_v3(monkeypatch: pytest.MonkeyPatch, extra: dict[str, str],
-                                                version: str) -> None:
+@pytest.mark.parametrize(
+    ("extra", "version"), [({"api_version": "v2"}, "v2"), ({"api_version": "V3"}, "v3"), ({}, "v3")]
+)
+def test_the_api_version_extra_chooses_v2_or_v3(
+    monkeypatch: pytest.MonkeyPatch, extra: dict[str, str], version: str
+) -> None:
     _threatconnect(monkeypatch, **extra)
     assert ThreatConnectHook().get_conn().api_version == version
 
@@ -114,8 +126,9 @@ def test_a_threatconnect_connection_without_an_owner_names_the_missing_extra(mon
 
 
 @pytest.mark.parametrize("missing", ["login", "password"])
-def test_a_connection_without_its_id_or_secret_says_which_fields_it_needs(monkeypatch: pytest.MonkeyPatch,
-                                                                         missing: str) -> None:
+def test_a_connection_without_its_id_or_secret_says_which_fields_it_needs(
+    monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
     fields = {"host": "https://tc.example/api", "login": "id", "password": SECRET, "extra": {"owner": "Org"}}
     del fields[missing]
     use_connection(monkeypatch, "threatconnect_default", **fields)
@@ -134,17 +147,20 @@ def test_a_connection_that_does_not_exist_is_an_error_naming_it() -> None:
         ThreatConnectHook("threatconnect_nowhere").get_conn()
 
 
-@pytest.mark.parametrize(("fields", "url"), [
-    ({"host": "tc.example.com"}, "https://tc.example.com"),
-    ({"host": "tc.example.com/api/"}, "https://tc.example.com/api"),
-    ({"host": "tc.example.com", "port": 8443}, "https://tc.example.com:8443"),
-    ({"host": "https://tc.example.com/api", "port": 8443}, "https://tc.example.com:8443/api"),
-    ({"host": "tc.example.com", "schema": "http"}, "http://tc.example.com"),
-])
+@pytest.mark.parametrize(
+    ("fields", "url"),
+    [
+        ({"host": "tc.example.com"}, "https://tc.example.com"),
+        ({"host": "tc.example.com/api/"}, "https://tc.example.com/api"),
+        ({"host": "tc.example.com", "port": 8443}, "https://tc.example.com:8443"),
+        ({"host": "https://tc.example.com/api", "port": 8443}, "https://tc.example.com:8443/api"),
+        ({"host": "tc.example.com", "schema": "http"}, "http://tc.example.com"),
+    ],
+)
 def test_a_host_without_a_scheme_is_https_unless_the_schema_says_otherwise(
-        monkeypatch: pytest.MonkeyPatch, fields: dict[str, Any], url: str) -> None:
-    use_connection(monkeypatch, "threatconnect_default", login="id", password=SECRET, extra={"owner": "Org"},
-                   **fields)
+    monkeypatch: pytest.MonkeyPatch, fields: dict[str, Any], url: str
+) -> None:
+    use_connection(monkeypatch, "threatconnect_default", login="id", password=SECRET, extra={"owner": "Org"}, **fields)
     assert ThreatConnectHook().get_conn().base_url == url
 
 
@@ -164,7 +180,8 @@ def _checks(monkeypatch: pytest.MonkeyPatch, targets: list[str]) -> dict[str, pr
 
 
 def test_preflight_refuses_a_threatconnect_connection_on_plain_http_before_sending_anything(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     _threatconnect(monkeypatch, host=f"{PLAIN_HTTP}/api")
     check = _checks(monkeypatch, [])["threatconnect_default"]
     assert not check.ok
@@ -172,13 +189,17 @@ def test_preflight_refuses_a_threatconnect_connection_on_plain_http_before_sendi
     assert "plain http: the APIs and MSAL need https" in check.detail
 
 
-@pytest.mark.parametrize(("target", "conn_id", "extra"), [
-    ("graph", "msgraph_default", {}),
-    ("sentinel", "sentinel_default", {"workspace_id": WORKSPACE}),
-    ("defender", "defender_default", {}),
-])
+@pytest.mark.parametrize(
+    ("target", "conn_id", "extra"),
+    [
+        ("graph", "msgraph_default", {}),
+        ("sentinel", "sentinel_default", {"workspace_id": WORKSPACE}),
+        ("defender", "defender_default", {}),
+    ],
+)
 def test_preflight_refuses_a_microsoft_connection_on_plain_http_before_asking_for_a_token(
-        monkeypatch: pytest.MonkeyPatch, target: str, conn_id: str, extra: dict[str, Any]) -> None:
+    monkeypatch: pytest.MonkeyPatch, target: str, conn_id: str, extra: dict[str, Any]
+) -> None:
     _threatconnect(monkeypatch, host=f"{PLAIN_HTTP}/api")
     _microsoft(monkeypatch, conn_id, PLAIN_HTTP, **extra)
     check = _checks(monkeypatch, [target])[conn_id]
@@ -187,11 +208,18 @@ def test_preflight_refuses_a_microsoft_connection_on_plain_http_before_asking_fo
     assert RecordingMsal.built == []  # no token was asked for
 
 
-def test_preflight_refuses_a_plain_http_management_host_for_sentinel_read_back(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_preflight_refuses_a_plain_http_management_host_for_sentinel_read_back(monkeypatch: pytest.MonkeyPatch) -> None:
     _threatconnect(monkeypatch, host=f"{PLAIN_HTTP}/api")
-    _microsoft(monkeypatch, "sentinel_default", "https://api.ti.sentinel.azure.com", workspace_id=WORKSPACE,
-               subscription_id="sub", resource_group="rg", workspace_name="ws", management_host=PLAIN_HTTP)
+    _microsoft(
+        monkeypatch,
+        "sentinel_default",
+        "https://api.ti.sentinel.azure.com",
+        workspace_id=WORKSPACE,
+        subscription_id="sub",
+        resource_group="rg",
+        workspace_name="ws",
+        management_host=PLAIN_HTTP,
+    )
     check = _checks(monkeypatch, ["sentinel"])["sentinel_default"]
     assert not check.ok
     assert f"{PLAIN_HTTP!r} is plain http" in check.detail
@@ -210,7 +238,8 @@ def test_preflight_names_every_connection_that_lacks_a_required_field(monkeypatc
 
 # ============================================================================================== Graph
 def test_the_graph_connection_gives_a_client_on_its_host_with_a_token_for_graph_from_its_tenant(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     _microsoft(monkeypatch, "msgraph_default", "https://graph.microsoft.com/")
     client = MsGraphHook().get_conn()
     assert client.base_url == "https://graph.microsoft.com"
@@ -235,8 +264,7 @@ def test_an_authority_host_extra_reaches_msal_without_instance_discovery(monkeyp
     assert RecordingMsal.built[-1]["instance_discovery"] is False
 
 
-def test_the_graph_budget_is_950_a_minute_unless_the_connection_says_otherwise(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_graph_budget_is_950_a_minute_unless_the_connection_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
     _microsoft(monkeypatch, "msgraph_default", "https://graph.microsoft.com")
     assert MsGraphHook().get_conn().limiter.max_requests == 950
     _microsoft(monkeypatch, "msgraph_default", "https://graph.microsoft.com", requests_per_minute=120)
@@ -254,7 +282,8 @@ def test_the_graph_sink_wraps_the_hooks_client(monkeypatch: pytest.MonkeyPatch) 
 
 # ============================================================================================== Sentinel
 def test_the_sentinel_connection_gives_a_sink_for_its_workspace_and_the_owners_sourcesystem(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     _microsoft(monkeypatch, "sentinel_default", "https://api.ti.sentinel.azure.com", workspace_id=WORKSPACE)
     sink = SentinelHook().get_sink("Example Org")
     assert sink.client.endpoint == "https://api.ti.sentinel.azure.com"
@@ -268,14 +297,26 @@ def test_the_sentinel_connection_gives_a_sink_for_its_workspace_and_the_owners_s
 
 
 def test_the_sentinel_management_coordinates_reach_the_read_back_target(monkeypatch: pytest.MonkeyPatch) -> None:
-    _microsoft(monkeypatch, "sentinel_default", None, workspace_id=WORKSPACE, subscription_id="sub-1",
-               resource_group="rg-1", workspace_name="ws-1", management_host="https://management.example",
-               requests_per_minute=40)
+    _microsoft(
+        monkeypatch,
+        "sentinel_default",
+        None,
+        workspace_id=WORKSPACE,
+        subscription_id="sub-1",
+        resource_group="rg-1",
+        workspace_name="ws-1",
+        management_host="https://management.example",
+        requests_per_minute=40,
+    )
     sink = SentinelHook().get_sink("Org")
     assert sink.client.endpoint == "https://api.ti.sentinel.azure.com"
     management = sink.client.management
     assert (management.subscription_id, management.resource_group, management.workspace_name, management.host) == (
-        "sub-1", "rg-1", "ws-1", "https://management.example")
+        "sub-1",
+        "rg-1",
+        "ws-1",
+        "https://management.example",
+    )
     assert sink.client.limiter.max_requests == 40
     assert sink.read_back
 
@@ -287,9 +328,17 @@ def test_partial_management_coordinates_leave_verify_on_acknowledgements(monkeyp
 
 # ============================================================================================== Defender
 def test_the_defender_connection_gives_a_sink_with_its_action_groups_capacity_and_budget(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    _microsoft(monkeypatch, "defender_default", "https://eu.api.security.microsoft.com", action="Block",
-               rbac_group_names="SOC, Tier 2 ,", capacity=5000, requests_per_minute=10)
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _microsoft(
+        monkeypatch,
+        "defender_default",
+        "https://eu.api.security.microsoft.com",
+        action="Block",
+        rbac_group_names="SOC, Tier 2 ,",
+        capacity=5000,
+        requests_per_minute=10,
+    )
     sink = DefenderHook().get_sink()
     assert sink.client.base_url == "https://eu.api.security.microsoft.com"
     assert sink.client.client_id == CLIENT
@@ -330,10 +379,12 @@ DEFAULT_BUDGET = {"graph": 950, "sentinel": 95, "defender": 28}
 
 
 @pytest.mark.parametrize("kind", list(CONN_IDS))
-def test_a_microsoft_connection_without_a_tenant_names_the_missing_extra(monkeypatch: pytest.MonkeyPatch,
-                                                                         kind: str) -> None:
-    use_connection(monkeypatch, CONN_IDS[kind], host="https://api.example", login=CLIENT, password=SECRET,
-                   extra=EXTRA[kind])
+def test_a_microsoft_connection_without_a_tenant_names_the_missing_extra(
+    monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    use_connection(
+        monkeypatch, CONN_IDS[kind], host="https://api.example", login=CLIENT, password=SECRET, extra=EXTRA[kind]
+    )
     with pytest.raises(ValueError, match=rf"'{CONN_IDS[kind]}' lacks extra field\(s\) \['tenant_id'\]"):
         _client_of(kind)
 
@@ -361,27 +412,44 @@ def test_the_limiter_identity_never_contains_the_secret(monkeypatch: pytest.Monk
 
 @pytest.mark.parametrize("kind", list(CONN_IDS))
 def test_one_identity_shares_one_budget_file_whatever_its_secret_and_another_identity_gets_its_own(
-        monkeypatch: pytest.MonkeyPatch, kind: str, offline: Path) -> None:
+    monkeypatch: pytest.MonkeyPatch, kind: str, offline: Path
+) -> None:
     _microsoft(monkeypatch, CONN_IDS[kind], "https://api.example", **EXTRA[kind])
     first = _client_of(kind).limiter.state_path
-    use_connection(monkeypatch, CONN_IDS[kind], host="https://api.example", login=CLIENT, password="rotated",
-                   extra={"tenant_id": TENANT, **EXTRA[kind]})
+    use_connection(
+        monkeypatch,
+        CONN_IDS[kind],
+        host="https://api.example",
+        login=CLIENT,
+        password="rotated",
+        extra={"tenant_id": TENANT, **EXTRA[kind]},
+    )
     assert _client_of(kind).limiter.state_path == first
-    use_connection(monkeypatch, CONN_IDS[kind], host="https://api.example", login="another-client",
-                   password=SECRET, extra={"tenant_id": TENANT, **EXTRA[kind]})
+    use_connection(
+        monkeypatch,
+        CONN_IDS[kind],
+        host="https://api.example",
+        login="another-client",
+        password=SECRET,
+        extra={"tenant_id": TENANT, **EXTRA[kind]},
+    )
     assert _client_of(kind).limiter.state_path != first
     assert first.parent == offline
     assert SECRET not in str(first)
 
 
 @pytest.mark.parametrize("empty", ["", None])
-@pytest.mark.parametrize("kind", [
-    "graph",
-    "sentinel",
-    "defender",
-])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "graph",
+        "sentinel",
+        "defender",
+    ],
+)
 def test_an_empty_requests_per_minute_extra_falls_back_to_the_default_budget(
-        monkeypatch: pytest.MonkeyPatch, kind: str, empty: str | None) -> None:
+    monkeypatch: pytest.MonkeyPatch, kind: str, empty: str | None
+) -> None:
     _microsoft(monkeypatch, CONN_IDS[kind], "https://api.example", requests_per_minute=empty, **EXTRA[kind])
     assert _client_of(kind).limiter.max_requests == DEFAULT_BUDGET[kind]
 

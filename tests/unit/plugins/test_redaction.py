@@ -140,7 +140,8 @@ def test_the_wrapped_renderer_scrubs_console_lines() -> None:
 def test_the_wrapped_renderer_keeps_json_lines_valid() -> None:
     token = _jwt()
     render = redaction.ScrubbingRenderer(
-        structlog.processors.JSONRenderer(serializer=lambda obj, **kw: json.dumps(obj, **kw).encode()))
+        structlog.processors.JSONRenderer(serializer=lambda obj, **kw: json.dumps(obj, **kw).encode())
+    )
     out = render(None, "debug", {"event": "token response", "body": {"access_token": token}})
     assert isinstance(out, bytes)
     assert token.encode() not in out
@@ -205,7 +206,8 @@ def test_install_reaches_a_structlog_logger_that_was_bound_and_cached_before() -
     out = io.StringIO()
     structlog.configure(
         processors=[structlog.processors.add_log_level, structlog.dev.ConsoleRenderer(colors=False)],
-        logger_factory=structlog.WriteLoggerFactory(file=out), cache_logger_on_first_use=True,
+        logger_factory=structlog.WriteLoggerFactory(file=out),
+        cache_logger_on_first_use=True,
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
     )
     log = structlog.get_logger()

@@ -17,11 +17,26 @@ START = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 
 def _row(day: int, indicator_type: str, **counts: int) -> dict:
     run_id = f"scheduled__2026-06-{day:02d}"
-    base = {"indicator_type": indicator_type, "run_id": run_id, "target": "sentinel", "run_type": "scheduled",
-            "status": "ok", "data_interval_start": START + (day - 1) * DAY, "data_interval_end": START + day * DAY,
-            "extracted": 0, "rejected": 0, "deduplicated": 0, "sent": 0, "loaded": 0, "verified": 0,
-            "retracted": 0, "quarantined": 0, "rejected_by_target": 0, "failed": 0,
-            **{f"planned_{a}": 0 for a in runs.PLAN_ACTIONS}}
+    base = {
+        "indicator_type": indicator_type,
+        "run_id": run_id,
+        "target": "sentinel",
+        "run_type": "scheduled",
+        "status": "ok",
+        "data_interval_start": START + (day - 1) * DAY,
+        "data_interval_end": START + day * DAY,
+        "extracted": 0,
+        "rejected": 0,
+        "deduplicated": 0,
+        "sent": 0,
+        "loaded": 0,
+        "verified": 0,
+        "retracted": 0,
+        "quarantined": 0,
+        "rejected_by_target": 0,
+        "failed": 0,
+        **{f"planned_{a}": 0 for a in runs.PLAN_ACTIONS},
+    }
     return {**base, **counts}
 
 
@@ -29,11 +44,26 @@ def _store(tmp_path: Path) -> SnapshotStore:
     store = SnapshotStore(str(tmp_path / "data"))
     records = []
     for day in range(1, 5):  # four runs; the report of day 2 must not show days 3 and 4
-        records.append(_row(day, "Host", extracted=10 * day, rejected=day, deduplicated=9 * day, sent=day,
-                            loaded=day, verified=day, planned_create=day, planned_skip=2,
-                            rejected_by_reason=json.dumps({"invalid host": day})))
-        records.append(_row(day, "URL", extracted=7, loaded=3, sent=4, failed=1, status="failed",
-                            rejected_by_reason=json.dumps({})))
+        records.append(
+            _row(
+                day,
+                "Host",
+                extracted=10 * day,
+                rejected=day,
+                deduplicated=9 * day,
+                sent=day,
+                loaded=day,
+                verified=day,
+                planned_create=day,
+                planned_skip=2,
+                rejected_by_reason=json.dumps({"invalid host": day}),
+            )
+        )
+        records.append(
+            _row(
+                day, "URL", extracted=7, loaded=3, sent=4, failed=1, status="failed", rejected_by_reason=json.dumps({})
+            )
+        )
     runs.write(store, records)
     return store
 

@@ -12,14 +12,22 @@ import pytest
 from include.pipeline.snapshots import SnapshotStore
 from include.report import runs
 
-RUN = runs.RunInfo("manual__2026-06-02T00:00:00+00:00", "manual", dt.datetime(2026, 6, 1, tzinfo=dt.UTC),
-                   dt.datetime(2026, 6, 2, tzinfo=dt.UTC))
+RUN = runs.RunInfo(
+    "manual__2026-06-02T00:00:00+00:00",
+    "manual",
+    dt.datetime(2026, 6, 1, tzinfo=dt.UTC),
+    dt.datetime(2026, 6, 2, tzinfo=dt.UTC),
+)
 
 
 def _planned(targets: list[str]) -> dict:
-    return {"indicator_type": "Host", "run_id": RUN.run_id, "config": {"targets": targets, "dry_run": False},
-            "window": {"start": "2026-05-31T22:00:00Z", "end": "2026-06-02T00:00:00Z", "reason": "watermark"},
-            "target_marks": {t: f"2026-05-31T22:00:00Z#{t}" for t in targets}}
+    return {
+        "indicator_type": "Host",
+        "run_id": RUN.run_id,
+        "config": {"targets": targets, "dry_run": False},
+        "window": {"start": "2026-05-31T22:00:00Z", "end": "2026-06-02T00:00:00Z", "reason": "watermark"},
+        "target_marks": {t: f"2026-05-31T22:00:00Z#{t}" for t in targets},
+    }
 
 
 def _store(tmp_path: Path) -> SnapshotStore:
@@ -27,21 +35,64 @@ def _store(tmp_path: Path) -> SnapshotStore:
     loads and verifies differ."""
     store = SnapshotStore(str(tmp_path / "data"))
     store.write_table("raw", "Host", RUN.run_id, pa.table({"deleted": [False] * 5 + [True]}))
-    store.write_table("rejected", "Host", RUN.run_id, pa.table({"reason": [
-        "invalid host: 300 characters (at most 253)", "invalid host: empty label", "missing Host value"]}))
+    store.write_table(
+        "rejected",
+        "Host",
+        RUN.run_id,
+        pa.table(
+            {
+                "reason": [
+                    "invalid host: 300 characters (at most 253)",
+                    "invalid host: empty label",
+                    "missing Host value",
+                ]
+            }
+        ),
+    )
     store.write_table("deduped", "Host", RUN.run_id, pa.table({"external_id": ["a", "b", "c", "d"]}))
-    store.write_table("plan", "Host", RUN.run_id, pa.table({
-        "action": ["create", "create", "update", "skip"], "sink": ["graph"] * 4,
-        "reason": ["new", "new", "changed", "quarantined: refused earlier"]}), part="graph")
-    store.write_table("plan", "Host", RUN.run_id, pa.table({
-        "action": ["create", "retract"], "sink": ["defender"] * 2, "reason": ["new", "inactive"]}), part="defender")
-    store.write_table("loaded", "Host", RUN.run_id, pa.table({
-        "action": ["create", "create", "update"], "status": ["ok", "failed", "rejected"],
-        "sink": ["graph"] * 3}), part="graph")
-    store.write_table("loaded", "Host", RUN.run_id, pa.table({
-        "action": ["create", "retract"], "status": ["ok", "ok"], "sink": ["defender"] * 2}), part="defender")
-    store.write_table("verified", "Host", RUN.run_id, pa.table({
-        "status": ["read back", "missing"], "sink": ["defender"] * 2}), part="defender")
+    store.write_table(
+        "plan",
+        "Host",
+        RUN.run_id,
+        pa.table(
+            {
+                "action": ["create", "create", "update", "skip"],
+                "sink": ["graph"] * 4,
+                "reason": ["new", "new", "changed", "quarantined: refused earlier"],
+            }
+        ),
+        part="graph",
+    )
+    store.write_table(
+        "plan",
+        "Host",
+        RUN.run_id,
+        pa.table({"action": ["create", "retract"], "sink": ["defender"] * 2, "reason": ["new", "inactive"]}),
+        part="defender",
+    )
+    store.write_table(
+        "loaded",
+        "Host",
+        RUN.run_id,
+        pa.table(
+            {"action": ["create", "create", "update"], "status": ["ok", "failed", "rejected"], "sink": ["graph"] * 3}
+        ),
+        part="graph",
+    )
+    store.write_table(
+        "loaded",
+        "Host",
+        RUN.run_id,
+        pa.table({"action": ["create", "retract"], "status": ["ok", "ok"], "sink": ["defender"] * 2}),
+        part="defender",
+    )
+    store.write_table(
+        "verified",
+        "Host",
+        RUN.run_id,
+        pa.table({"status": ["read back", "missing"], "sink": ["defender"] * 2}),
+        part="defender",
+    )
     return store
 
 
@@ -54,10 +105,18 @@ def test_reason_classes_drop_values_and_details() -> None:
 
 def test_one_row_per_target_counted_from_that_targets_snapshots(tmp_path: Path) -> None:
     store = _store(tmp_path)
-    verified = {"indicator_type": "Host", "target": "defender", "load": {"capacity": {"capacity": 15000, "used": 7}},
-                "verify": {"verified": 1, "watermark": "2026-06-01T20:00:00Z"}}
-    rows = {r["target"]: r for r in runs.rows(store, RUN, [_planned(["graph", "defender"])], [verified, None],
-                                              failed_labels=["Host → graph"])}
+    verified = {
+        "indicator_type": "Host",
+        "target": "defender",
+        "load": {"capacity": {"capacity": 15000, "used": 7}},
+        "verify": {"verified": 1, "watermark": "2026-06-01T20:00:00Z"},
+    }
+    rows = {
+        r["target"]: r
+        for r in runs.rows(
+            store, RUN, [_planned(["graph", "defender"])], [verified, None], failed_labels=["Host → graph"]
+        )
+    }
     graph, defender = rows["graph"], rows["defender"]
     shared = {"extracted": 5, "deleted": 1, "rejected": 3, "deduplicated": 4}
     assert {k: graph[k] for k in shared} == shared == {k: defender[k] for k in shared}
@@ -101,10 +160,13 @@ def test_written_rows_read_back_as_a_hive_dataset_and_a_rewrite_replaces_them(tm
 
 def test_stage_figures_the_tasks_report_are_merged_as_json(tmp_path: Path) -> None:
     store = _store(tmp_path)
-    done = {"indicator_type": "Host", "target": "graph",
-            "extract": {"requests": {"threatconnect": 3}, "seconds": 1.5},
-            "load": {"requests": {"graph": 40}, "throttled": {"graph": 2}, "seconds": 30.0},
-            "verify": {"requests": {"graph": 5}, "verified": 1, "watermark": "x", "seconds": 4.0}}
+    done = {
+        "indicator_type": "Host",
+        "target": "graph",
+        "extract": {"requests": {"threatconnect": 3}, "seconds": 1.5},
+        "load": {"requests": {"graph": 40}, "throttled": {"graph": 2}, "seconds": 30.0},
+        "verify": {"requests": {"graph": 5}, "verified": 1, "watermark": "x", "seconds": 4.0},
+    }
     (row,) = runs.rows(store, RUN, [_planned(["graph"])], [done])
     assert json.loads(row["requests"]) == {"graph": 45, "threatconnect": 3}
     assert json.loads(row["throttled"]) == {"graph": 2}

@@ -85,8 +85,11 @@ def test_the_clean_values_are_clean(dataset) -> None:
 
 
 def test_idn_hosts_mean_their_punycode_a_labels(dataset) -> None:
-    idn = {r["hostName"]: dataset.intents[r["id"]].observables[0].value for r in dataset.records
-           if r["type"] == "Host" and not r["hostName"].isascii() and r["_duplicate_of"] is None}
+    idn = {
+        r["hostName"]: dataset.intents[r["id"]].observables[0].value
+        for r in dataset.records
+        if r["type"] == "Host" and not r["hostName"].isascii() and r["_duplicate_of"] is None
+    }
     assert idn
     for raw, clean in idn.items():
         for label, ace in zip(raw.split("."), clean.split("."), strict=True):
@@ -97,8 +100,14 @@ def test_idn_hosts_mean_their_punycode_a_labels(dataset) -> None:
 @pytest.mark.parametrize(
     ("label", "ace"),
     # A-labels published with the IDNA examples (the corpus, RFC 3492 samples): not computed here.
-    [("bücher", "xn--bcher-kva"), ("пример", "xn--e1afmkfd"), ("рф", "xn--p1ai"), ("例え", "xn--r8jz45g"),
-     ("faß", "xn--fa-hia"), ("example", "example")],
+    [
+        ("bücher", "xn--bcher-kva"),
+        ("пример", "xn--e1afmkfd"),
+        ("рф", "xn--p1ai"),
+        ("例え", "xn--r8jz45g"),
+        ("faß", "xn--fa-hia"),
+        ("example", "example"),
+    ],
 )
 def test_the_generators_a_label_rule_gives_the_published_a_labels(label, ace) -> None:
     assert dataset_module._ace(label) == ace

@@ -38,8 +38,14 @@ def defender(clock: FakeClock) -> DefenderService:
     return DefenderService(login, clock=clock)
 
 
-def _call(defender: DefenderService, method: str, path: str = "", body: Any = None, client_id: str = CLIENT,
-          query: dict[str, str] | None = None) -> Response:
+def _call(
+    defender: DefenderService,
+    method: str,
+    path: str = "",
+    body: Any = None,
+    client_id: str = CLIENT,
+    query: dict[str, str] | None = None,
+) -> Response:
     headers = {"Authorization": f"Bearer {client_id}", "Host": "defender.test"}
     target = PREFIX + path + (f"?{urlencode(query)}" if query else "")
     raw = b"" if body is None else json.dumps(body).encode()
@@ -49,8 +55,15 @@ def _call(defender: DefenderService, method: str, path: str = "", body: Any = No
 
 
 def _indicator(value: str = "198.51.100.7", kind: str = "IpAddress", **overrides: Any) -> dict[str, Any]:
-    item = {"indicatorValue": value, "indicatorType": kind, "action": "Alert", "title": f"t {value}",
-            "description": f"d {value}", "expirationTime": LATER, "severity": "High"}
+    item = {
+        "indicatorValue": value,
+        "indicatorType": kind,
+        "action": "Alert",
+        "title": f"t {value}",
+        "description": f"d {value}",
+        "expirationTime": LATER,
+        "severity": "High",
+    }
     item.update(overrides)
     return item
 
@@ -95,11 +108,16 @@ def test_the_same_value_under_another_type_is_another_indicator(defender: Defend
     assert len(defender.created_by(CLIENT)) == 2
 
 
-@pytest.mark.parametrize(("field", "value"), [
-    ("action", "alert"), ("indicatorType", "ipaddress"), ("severity", "high"), ("action", "Allow"),
-])
-def test_an_enum_in_the_wrong_case_refuses_the_whole_import(defender: DefenderService, field: str,
-                                                            value: str) -> None:
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("action", "alert"),
+        ("indicatorType", "ipaddress"),
+        ("severity", "high"),
+        ("action", "Allow"),
+    ],
+)
+def test_an_enum_in_the_wrong_case_refuses_the_whole_import(defender: DefenderService, field: str, value: str) -> None:
     response = _import(defender, [_indicator("198.51.100.8"), _indicator(**{field: value})])
     assert response.status == 400
     assert response.body["error"]["code"] == "InvalidInput"
@@ -136,22 +154,26 @@ def test_more_than_500_indicators_in_one_import_are_refused(defender: DefenderSe
     assert "Received: 501, allowed: 500" in response.body["error"]["message"]
 
 
-@pytest.mark.parametrize(("value", "kind", "reason"), [
-    ("10.0.0.1", "IpAddress", "internal"),
-    ("192.168.10.1", "IpAddress", "internal"),
-    ("127.0.0.1", "IpAddress", "internal"),
-    ("169.254.1.1", "IpAddress", "internal"),
-    ("fe80:0:0:0:0:0:0:1", "IpAddress", "internal"),
-    ("198.51.100.0/24", "IpAddress", "CIDR"),
-    ("2a02:c7f::1", "IpAddress", "8 segments"),
-    ("not-an-ip", "IpAddress", "InvalidIpAddress"),
-    ("abc", "FileSha256", "InvalidHashValue"),
-    ("d41d8cd98f00b204e9800998ecf8427e", "FileSha1", "InvalidHashValue"),
-    ("bad domain.example", "DomainName", "InvalidDomainName"),
-    ("https://bad.example/" + "a" * 2100, "Url", "InvalidUrl"),
-])
-def test_a_value_defender_cannot_hold_fails_only_its_item(defender: DefenderService, value: str, kind: str,
-                                                          reason: str) -> None:
+@pytest.mark.parametrize(
+    ("value", "kind", "reason"),
+    [
+        ("10.0.0.1", "IpAddress", "internal"),
+        ("192.168.10.1", "IpAddress", "internal"),
+        ("127.0.0.1", "IpAddress", "internal"),
+        ("169.254.1.1", "IpAddress", "internal"),
+        ("fe80:0:0:0:0:0:0:1", "IpAddress", "internal"),
+        ("198.51.100.0/24", "IpAddress", "CIDR"),
+        ("2a02:c7f::1", "IpAddress", "8 segments"),
+        ("not-an-ip", "IpAddress", "InvalidIpAddress"),
+        ("abc", "FileSha256", "InvalidHashValue"),
+        ("d41d8cd98f00b204e9800998ecf8427e", "FileSha1", "InvalidHashValue"),
+        ("bad domain.example", "DomainName", "InvalidDomainName"),
+        ("https://bad.example/" + "a" * 2100, "Url", "InvalidUrl"),
+    ],
+)
+def test_a_value_defender_cannot_hold_fails_only_its_item(
+    defender: DefenderService, value: str, kind: str, reason: str
+) -> None:
     results = _results(_import(defender, [_indicator("198.51.100.9"), _indicator(value, kind)]))
     assert results[0]["isFailed"] is False
     assert results[1]["isFailed"] is True
@@ -164,16 +186,18 @@ def test_ipv6_with_all_eight_segments_is_accepted(defender: DefenderService) -> 
 
 
 @pytest.mark.parametrize(("field", "length"), [("title", 101), ("description", 101)])
-def test_a_title_or_description_over_the_limit_fails_its_item(defender: DefenderService, field: str,
-                                                               length: int) -> None:
+def test_a_title_or_description_over_the_limit_fails_its_item(
+    defender: DefenderService, field: str, length: int
+) -> None:
     results = _results(_import(defender, [_indicator(**{field: "x" * length})]))
     assert results[0]["isFailed"] is True
     assert field in results[0]["failureReason"]
 
 
 def test_audit_without_generate_alert_fails_its_item(defender: DefenderService) -> None:
-    results = _results(_import(defender, [_indicator(action="Audit"),
-                                          _indicator("198.51.100.10", action="Audit", generateAlert=True)]))
+    results = _results(
+        _import(defender, [_indicator(action="Audit"), _indicator("198.51.100.10", action="Audit", generateAlert=True)])
+    )
     assert [r["isFailed"] for r in results] == [True, False]
 
 
@@ -220,8 +244,14 @@ def test_a_missing_token_or_a_token_for_another_api_is_unauthorized(defender: De
 
 
 def test_the_login_simulator_issues_defender_tokens_for_the_defender_scope(defender: DefenderService) -> None:
-    form = urlencode({"grant_type": "client_credentials", "client_id": CLIENT, "client_secret": "secret",
-                      "scope": "https://api.securitycenter.microsoft.com/.default"})
+    form = urlencode(
+        {
+            "grant_type": "client_credentials",
+            "client_id": CLIENT,
+            "client_secret": "secret",
+            "scope": "https://api.securitycenter.microsoft.com/.default",
+        }
+    )
     answer = defender.login(Request("POST", f"/{TENANT}/oauth2/v2.0/token", {}, form.encode()))
     assert answer is not None
     assert answer.status == 200
@@ -230,8 +260,7 @@ def test_the_login_simulator_issues_defender_tokens_for_the_defender_scope(defen
 
 
 # ----------------------------------------------------------------- expiry and capacity
-def test_an_indicator_disappears_when_its_expiration_time_passes(defender: DefenderService,
-                                                                 clock: FakeClock) -> None:
+def test_an_indicator_disappears_when_its_expiration_time_passes(defender: DefenderService, clock: FakeClock) -> None:
     _import(defender, [_indicator(expirationTime="2026-03-01T01:00:00Z")])
     assert len(_listed(defender)) == 1
     clock.sleep(3600)
@@ -258,7 +287,8 @@ def test_new_indicators_over_the_tenant_cap_fail_per_item_but_updates_pass(defen
 def test_the_listing_filters_on_documented_fields_and_escapes_quotes(defender: DefenderService) -> None:
     _import(defender, [_indicator("198.51.100.7"), _indicator("bad.example", "DomainName", title="O'Brien's")])
     assert [i["indicatorType"] for i in _listed(defender, **{"$filter": "indicatorType eq 'DomainName'"})] == [
-        "DomainName"]
+        "DomainName"
+    ]
     assert len(_listed(defender, **{"$filter": "title eq 'O''Brien''s'"})) == 1
     assert len(_listed(defender, **{"$filter": f"createdBy eq '{CLIENT}' and severity eq 'High'"})) == 2
     response = _call(defender, "GET", query={"$filter": "color eq 'red'"})
@@ -286,8 +316,7 @@ def test_batch_delete_removes_every_listed_id(defender: DefenderService) -> None
     assert defender.created_by(CLIENT) == []
 
 
-def test_batch_delete_with_an_unknown_id_answers_404_and_deletes_nothing_by_default(
-        defender: DefenderService) -> None:
+def test_batch_delete_with_an_unknown_id_answers_404_and_deletes_nothing_by_default(defender: DefenderService) -> None:
     ids = [r["id"] for r in _results(_import(defender, [_indicator()]))]
     assert _call(defender, "POST", "/BatchDelete", {"IndicatorIds": [*ids, "999"]}).status == 404
     assert len(defender.created_by(CLIENT)) == 1
@@ -315,7 +344,8 @@ def test_rate_limits_are_off_by_default(defender: DefenderService) -> None:
 
 
 def test_the_documented_import_limit_answers_429_with_retry_after_until_the_window_moves(
-        defender: DefenderService, clock: FakeClock) -> None:
+    defender: DefenderService, clock: FakeClock
+) -> None:
     defender.rate_limits = DOCUMENTED_LIMITS
     defender.minute_seconds = 6.0
     assert all(_import(defender, [_indicator()]).status == 200 for _ in range(30))
@@ -331,8 +361,9 @@ def test_the_documented_import_limit_answers_429_with_retry_after_until_the_wind
 
 def test_an_injected_fault_answers_the_next_requests_then_clears(defender: DefenderService) -> None:
     defender.inject(429, count=2, retry_after=7, path_contains="/import")
-    assert [(r.status, r.headers.get("Retry-After")) for r in (_import(defender, [_indicator()]) for _ in range(2))] \
-        == [(429, "7"), (429, "7")]
+    assert [
+        (r.status, r.headers.get("Retry-After")) for r in (_import(defender, [_indicator()]) for _ in range(2))
+    ] == [(429, "7"), (429, "7")]
     assert _call(defender, "GET").status == 200
     assert _import(defender, [_indicator()]).status == 200
 
@@ -370,5 +401,8 @@ def test_the_request_log_counts_the_items_of_each_write(defender: DefenderServic
     _call(defender, "POST", "/BatchDelete", {"IndicatorIds": ids[:2]})
     _call(defender, "GET")
     assert [(r.method, r.items, r.status) for r in defender.requests] == [
-        ("POST", 3, 200), ("POST", 2, 204), ("GET", 0, 200)]
+        ("POST", 3, 200),
+        ("POST", 2, 204),
+        ("GET", 0, 200),
+    ]
     assert [r.items for r in defender.writes("/import")] == [3]

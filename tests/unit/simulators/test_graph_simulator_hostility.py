@@ -33,8 +33,7 @@ def graph() -> GraphService:
     return GraphService(login, clock=FakeClock())
 
 
-def _call(graph: GraphService, method: str, path: str = "", body: Any = None,
-          client_id: str = CLIENT) -> Response:
+def _call(graph: GraphService, method: str, path: str = "", body: Any = None, client_id: str = CLIENT) -> Response:
     headers = {"Authorization": f"Bearer {client_id}", "Host": "graph.test"}
     raw = b"" if body is None else json.dumps(body).encode()
     response = graph(Request(method, PREFIX + path, headers, raw))
@@ -51,9 +50,17 @@ def _update(graph: GraphService, items: list[dict[str, Any]]) -> Response:
 
 
 def _indicator(external_id: str, **overrides: Any) -> dict[str, Any]:
-    body = {"externalId": external_id, "action": "alert", "description": "hostile corners", "tlpLevel": "green",
-            "expirationDateTime": "2026-04-10T08:30:00Z", "targetProduct": "Azure Sentinel",
-            "threatType": "MaliciousUrl", "url": "https://bad.example/x", "confidence": 60}
+    body = {
+        "externalId": external_id,
+        "action": "alert",
+        "description": "hostile corners",
+        "tlpLevel": "green",
+        "expirationDateTime": "2026-04-10T08:30:00Z",
+        "targetProduct": "Azure Sentinel",
+        "threatType": "MaliciousUrl",
+        "url": "https://bad.example/x",
+        "confidence": 60,
+    }
     body.update(overrides)
     return body
 
@@ -72,8 +79,11 @@ def test_a_url_of_2083_characters_is_stored_and_one_character_more_is_refused_pe
     assert response.status == 206
     fits, too_long = response.body["value"]
     assert fits["url"] == LONGEST_URL
-    assert too_long == {"id": FAILED_CREATE_ID, "externalId": "too-long",
-                        "Error": {"code": "BadRequest", "message": RFC_1738}}
+    assert too_long == {
+        "id": FAILED_CREATE_ID,
+        "externalId": "too-long",
+        "Error": {"code": "BadRequest", "message": RFC_1738},
+    }
     assert [i["externalId"] for i in graph.owned_by(CLIENT)] == ["fits"]
 
 
@@ -81,8 +91,9 @@ def test_an_update_carrying_an_overlong_url_is_refused_per_item(graph: GraphServ
     indicator_id = _created_id(graph, "u")
     response = _update(graph, [{"id": indicator_id, "externalId": "u", "url": LONGEST_URL + "b", "confidence": 5}])
     assert response.status == 206
-    assert response.body["value"] == [{"id": FAILED_UPDATE_ID, "externalId": "u",
-                                       "Error": {"code": "BadRequest", "message": RFC_1738}}]
+    assert response.body["value"] == [
+        {"id": FAILED_UPDATE_ID, "externalId": "u", "Error": {"code": "BadRequest", "message": RFC_1738}}
+    ]
     assert graph.indicators[indicator_id]["confidence"] == 60
 
 
@@ -100,8 +111,10 @@ def test_an_injected_item_failure_reads_as_a_transient_internal_server_error_by_
     graph.fail_items(lambda item: item["externalId"] == "flaky")
     response = _submit(graph, [_indicator("flaky")])
     assert response.status == 206
-    assert response.body["value"][0]["Error"] == {"code": "InternalServerError",
-                                                  "message": "Simulated provider failure for this indicator."}
+    assert response.body["value"][0]["Error"] == {
+        "code": "InternalServerError",
+        "message": "Simulated provider failure for this indicator.",
+    }
 
 
 def test_an_injected_item_failure_can_be_a_permanent_bad_request_on_submit_and_update(graph: GraphService) -> None:
@@ -129,8 +142,9 @@ def test_a_dropped_submit_item_is_answered_exactly_like_a_stored_one_but_nothing
     assert lost["@odata.type"] == "#microsoft.graph.tiIndicator"
     assert lost["id"] != kept["id"]
     uuid.UUID(lost["id"])  # a Graph-looking id, not a failure marker
-    assert {k: v for k, v in lost.items() if k not in ("id", "externalId", "ingestedDateTime")} == \
-        {k: v for k, v in kept.items() if k not in ("id", "externalId", "ingestedDateTime")}
+    assert {k: v for k, v in lost.items() if k not in ("id", "externalId", "ingestedDateTime")} == {
+        k: v for k, v in kept.items() if k not in ("id", "externalId", "ingestedDateTime")
+    }
     assert list(graph.indicators) == [kept["id"]]
     assert _call(graph, "GET", f"/{lost['id']}").status == 404
     assert [i["externalId"] for i in _call(graph, "GET").body["value"]] == ["kept"]
@@ -160,8 +174,10 @@ def test_a_drop_count_is_spent_over_items_across_batches_then_items_are_stored_a
 def test_only_items_that_pass_validation_and_injected_failures_are_dropped(graph: GraphService) -> None:
     graph.fail_items(lambda item: item["externalId"] == "failed", count=1)
     graph.drop_acknowledged(lambda item: True, count=1)
-    response = _submit(graph, [_indicator("invalid", tlpLevel="purple"), _indicator("failed"),
-                               _indicator("dropped"), _indicator("stored")])
+    response = _submit(
+        graph,
+        [_indicator("invalid", tlpLevel="purple"), _indicator("failed"), _indicator("dropped"), _indicator("stored")],
+    )
     assert response.status == 206
     assert [item["id"] == FAILED_CREATE_ID for item in response.body["value"]] == [True, True, False, False]
     assert [i["externalId"] for i in graph.owned_by(CLIENT)] == ["stored"]

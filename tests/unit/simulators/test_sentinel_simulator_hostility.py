@@ -20,8 +20,10 @@ WORKSPACE = "0a1b2c3d-4e5f-6071-8293-a4b5c6d7e8f9"
 SUBSCRIPTION = "99999999-8888-7777-6666-555555555555"
 SOURCE = "ThreatConnect-Example Org"
 UPLOAD = f"/workspaces/{WORKSPACE}/threat-intelligence-stix-objects:upload?api-version=2024-02-01-preview"
-QUERY = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg/providers/Microsoft.OperationalInsights/workspaces/law"
-         "/providers/Microsoft.SecurityInsights/threatIntelligence/main/query?api-version=2025-07-01-preview")
+QUERY = (
+    f"/subscriptions/{SUBSCRIPTION}/resourceGroups/rg/providers/Microsoft.OperationalInsights/workspaces/law"
+    "/providers/Microsoft.SecurityInsights/threatIntelligence/main/query?api-version=2025-07-01-preview"
+)
 # KB 208427: 2,083 characters is the longest URL Microsoft supports.
 LONGEST_URL = "https://bad.example/" + "a" * (2083 - len("https://bad.example/"))
 
@@ -54,11 +56,20 @@ def _queried(sentinel: SentinelService) -> list[str]:
     return sorted(item["properties"]["data"]["id"] for item in response.body["value"])
 
 
-def _indicator(n: int, url: str = "https://bad.example/x", modified: str = "2026-03-02T09:15:00.000Z",
-               **changes: Any) -> dict[str, Any]:
-    obj = {"type": "indicator", "spec_version": "2.1", "id": f"indicator--00000000-0000-4000-8000-{n:012d}",
-           "created": "2026-03-01T00:00:00.000Z", "modified": modified, "name": f"url {n}",
-           "pattern": f"[url:value = '{url}']", "pattern_type": "stix", "valid_from": "2026-03-01T00:00:00.000Z"}
+def _indicator(
+    n: int, url: str = "https://bad.example/x", modified: str = "2026-03-02T09:15:00.000Z", **changes: Any
+) -> dict[str, Any]:
+    obj = {
+        "type": "indicator",
+        "spec_version": "2.1",
+        "id": f"indicator--00000000-0000-4000-8000-{n:012d}",
+        "created": "2026-03-01T00:00:00.000Z",
+        "modified": modified,
+        "name": f"url {n}",
+        "pattern": f"[url:value = '{url}']",
+        "pattern_type": "stix",
+        "valid_from": "2026-03-01T00:00:00.000Z",
+    }
     obj.update(changes)
     return obj
 
@@ -142,8 +153,14 @@ def test_a_predicate_that_cannot_read_an_object_does_not_drop_it(sentinel: Senti
 
 
 def test_remove_deletes_matching_objects_says_how_many_and_the_query_agrees(sentinel: SentinelService) -> None:
-    _upload(sentinel, [_indicator(1), _indicator(2, url="https://bad.example/retire-me"),
-                       _indicator(3, url="https://bad.example/retire-me")])
+    _upload(
+        sentinel,
+        [
+            _indicator(1),
+            _indicator(2, url="https://bad.example/retire-me"),
+            _indicator(3, url="https://bad.example/retire-me"),
+        ],
+    )
     assert sentinel.remove(lambda obj: "retire-me" in obj["pattern"]) == 2
     assert sentinel.remove(lambda obj: "retire-me" in obj["pattern"]) == 0
     assert _queried(sentinel) == _ids(1)

@@ -25,13 +25,18 @@ LISTINGS = {
 
 
 def _host(indicator_id: int) -> dict[str, Any]:
-    return {"id": indicator_id, "type": "Host", "owner": OWNER, "hostName": f"gone{indicator_id}.example",
-            "dateAdded": ADDED, "lastModified": CHANGED}
+    return {
+        "id": indicator_id,
+        "type": "Host",
+        "owner": OWNER,
+        "hostName": f"gone{indicator_id}.example",
+        "dateAdded": ADDED,
+        "lastModified": CHANGED,
+    }
 
 
 def _service(**options: Any) -> ThreatConnectService:
-    service = ThreatConnectService([_host(1), _host(2)], "ID", "SECRET", owners=(OWNER,), clock=lambda: NOW,
-                                   **options)
+    service = ThreatConnectService([_host(1), _host(2)], "ID", "SECRET", owners=(OWNER,), clock=lambda: NOW, **options)
     service.delete(1, DELETED)
     return service
 
@@ -40,8 +45,11 @@ def _deleted(service: ThreatConnectService, listing: str, since: dt.datetime | N
     target = LISTINGS[listing]
     if since is not None:
         target += ("&" if "?" in target else "?") + "deletedSince=" + since.strftime("%Y-%m-%dT%H:%M:%SZ")
-    headers = {"Host": "localhost", "Timestamp": str(int(NOW)),
-               "Authorization": f"TC ID:{signature('SECRET', target, 'GET', int(NOW))}"}
+    headers = {
+        "Host": "localhost",
+        "Timestamp": str(int(NOW)),
+        "Authorization": f"TC ID:{signature('SECRET', target, 'GET', int(NOW))}",
+    }
     response = service(Request("GET", target, headers, b""))
     assert response is not None
     assert response.status == 200

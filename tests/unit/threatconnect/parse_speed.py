@@ -14,18 +14,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 from include.threatconnect.parse import parse_page
 
 V3 = [
-    {"id": i, "ownerName": "Example Organization", "type": "Host", "dateAdded": "2019-03-28T10:32:05Z",
-     "lastModified": "2019-03-28T11:02:46Z", "rating": 3.0, "confidence": 50, "threatAssessScore": 300,
-     "webLink": "https://app/#/details/indicators/1/overview", "summary": f"a{i}.example.com",
-     "hostName": f"a{i}.example.com", "active": True, "falsePositives": 0,
-     "tags": {"data": [{"id": 1, "name": "APT"}, {"id": 2, "name": "Phish"}]},
-     "securityLabels": {"data": [{"name": "TLP:AMBER"}]}}
+    {
+        "id": i,
+        "ownerName": "Example Organization",
+        "type": "Host",
+        "dateAdded": "2019-03-28T10:32:05Z",
+        "lastModified": "2019-03-28T11:02:46Z",
+        "rating": 3.0,
+        "confidence": 50,
+        "threatAssessScore": 300,
+        "webLink": "https://app/#/details/indicators/1/overview",
+        "summary": f"a{i}.example.com",
+        "hostName": f"a{i}.example.com",
+        "active": True,
+        "falsePositives": 0,
+        "tags": {"data": [{"id": 1, "name": "APT"}, {"id": 2, "name": "Phish"}]},
+        "securityLabels": {"data": [{"name": "TLP:AMBER"}]},
+    }
     for i in range(10_000)
 ]
 V2_FILES = [
-    {"id": i, "ownerName": "O", "dateAdded": "2019-03-28T10:32:05-04:00", "lastModified": "2019-03-28T11:02:46Z",
-     "md5": "a" * 32, "sha256": "b" * 64, "tag": [{"name": "x"}], "securityLabel": [{"name": "TLP:RED"}],
-     "falsePositiveCount": 2, "active": True}
+    {
+        "id": i,
+        "ownerName": "O",
+        "dateAdded": "2019-03-28T10:32:05-04:00",
+        "lastModified": "2019-03-28T11:02:46Z",
+        "md5": "a" * 32,
+        "sha256": "b" * 64,
+        "tag": [{"name": "x"}],
+        "securityLabel": [{"name": "TLP:RED"}],
+        "falsePositiveCount": 2,
+        "active": True,
+    }
     for i in range(10_000)
 ]
 

@@ -46,8 +46,8 @@ def tcex_auth() -> Iterator[dict[str, types.ModuleType]]:
     """tcex's ``hmac_auth``, ``token_auth`` and ``tc_auth`` modules, executed from the wheel's own source."""
     whl: Path = wheel(*TCEX)
     stubs: dict[str, types.ModuleType] = {
-        name: _package(name) for name in ("tcex", "tcex.requests_tc", _AUTH_PACKAGE, "tcex.input",
-                                          "tcex.input.field_type")
+        name: _package(name)
+        for name in ("tcex", "tcex.requests_tc", _AUTH_PACKAGE, "tcex.input", "tcex.input.field_type")
     }
     sensitive = types.ModuleType("tcex.input.field_type.sensitive")
     sensitive.Sensitive = _Sensitive  # type: ignore[attr-defined]
@@ -82,16 +82,21 @@ def _prepared(method: str, url: str, params: Any = None, body: Any = None) -> re
     return requests.Request(method, url, params=params, json=body).prepare()
 
 
-def _vendor_headers(tcex_auth: dict[str, types.ModuleType], module: str, access_id: str, secret: str,
-                    timestamp: float, request: requests.PreparedRequest) -> dict[str, str]:
+def _vendor_headers(
+    tcex_auth: dict[str, types.ModuleType],
+    module: str,
+    access_id: str,
+    secret: str,
+    timestamp: float,
+    request: requests.PreparedRequest,
+) -> dict[str, str]:
     _pin_clock(tcex_auth[module], timestamp)
     cls = tcex_auth[module].HmacAuth if module == "hmac_auth" else tcex_auth[module].TcAuth
     signed = cls(access_id, _Sensitive(secret))(request.copy())
     return {"Authorization": signed.headers["Authorization"], "Timestamp": signed.headers["Timestamp"]}
 
 
-def _our_headers(access_id: str, secret: str, timestamp: float,
-                 request: requests.PreparedRequest) -> dict[str, str]:
+def _our_headers(access_id: str, secret: str, timestamp: float, request: requests.PreparedRequest) -> dict[str, str]:
     signed = HmacAuth(access_id, secret, clock=lambda: timestamp)(request.copy())
     return {"Authorization": signed.headers["Authorization"], "Timestamp": signed.headers["Timestamp"]}
 
@@ -103,36 +108,111 @@ TQL = 'typeName in ("Address","Host") and lastModified >= "2026-01-01T00:00:00Z"
 #: (id, method, url, params, json body): v2 and v3 paths, raw and requests-encoded queries, unicode, no query.
 REQUESTS: list[tuple[str, str, str, Any, Any]] = [
     ("v2 path without a query", "GET", f"{BASE_V2}/v2/owners", None, None),
-    ("v2 docs example with a percent-encoded space", "GET",
-     f"{BASE_V2}/v2/indicators/hosts/example.com?owner=Common%20Community", None, None),
-    ("v2 owner given as params (requests encodes the space as +)", "GET", f"{BASE_V2}/v2/indicators/addresses",
-     {"owner": "Common Community", "resultStart": 0, "resultLimit": 10000}, None),
-    ("v2 under the /api prefix with modifiedSince", "GET", f"{BASE_V3}/v2/indicators",
-     {"owner": "Example Org", "modifiedSince": "2026-01-01T00:00:00Z"}, None),
-    ("v2 url indicator with an encoded value in the path", "GET",
-     f"{BASE_V2}/v2/indicators/urls/http%3A%2F%2Fbad.example.com%2Flogin%3Fx%3D1", {"owner": "Org"}, None),
-    ("v2 filters with encoded operators", "GET", f"{BASE_V2}/v2/indicators?filters=active%3Dtrue,active%3Dfalse"
-     "&orParams=true", None, None),
-    ("v2 deleted listing", "GET", f"{BASE_V2}/v2/indicators/hosts/deleted",
-     {"owner": "Org", "deletedSince": "2026-02-01T00:00:00Z"}, None),
-    ("v3 TQL query encoded by requests", "GET", f"{BASE_V3}/v3/indicators",
-     {"tql": TQL, "fields": ["tags", "securityLabels", "threatAssess", "falsePositives"],
-      "sorting": "lastModified ASC", "resultLimit": 10000, "owner": "Example Org"}, None),
-    ("v3 next link with an already encoded query", "GET",
-     f"{BASE_V3}/v3/indicators?tql=typeName%20in%20(%22Address%22)&resultStart=10000&resultLimit=10000", None, None),
+    (
+        "v2 docs example with a percent-encoded space",
+        "GET",
+        f"{BASE_V2}/v2/indicators/hosts/example.com?owner=Common%20Community",
+        None,
+        None,
+    ),
+    (
+        "v2 owner given as params (requests encodes the space as +)",
+        "GET",
+        f"{BASE_V2}/v2/indicators/addresses",
+        {"owner": "Common Community", "resultStart": 0, "resultLimit": 10000},
+        None,
+    ),
+    (
+        "v2 under the /api prefix with modifiedSince",
+        "GET",
+        f"{BASE_V3}/v2/indicators",
+        {"owner": "Example Org", "modifiedSince": "2026-01-01T00:00:00Z"},
+        None,
+    ),
+    (
+        "v2 url indicator with an encoded value in the path",
+        "GET",
+        f"{BASE_V2}/v2/indicators/urls/http%3A%2F%2Fbad.example.com%2Flogin%3Fx%3D1",
+        {"owner": "Org"},
+        None,
+    ),
+    (
+        "v2 filters with encoded operators",
+        "GET",
+        f"{BASE_V2}/v2/indicators?filters=active%3Dtrue,active%3Dfalse&orParams=true",
+        None,
+        None,
+    ),
+    (
+        "v2 deleted listing",
+        "GET",
+        f"{BASE_V2}/v2/indicators/hosts/deleted",
+        {"owner": "Org", "deletedSince": "2026-02-01T00:00:00Z"},
+        None,
+    ),
+    (
+        "v3 TQL query encoded by requests",
+        "GET",
+        f"{BASE_V3}/v3/indicators",
+        {
+            "tql": TQL,
+            "fields": ["tags", "securityLabels", "threatAssess", "falsePositives"],
+            "sorting": "lastModified ASC",
+            "resultLimit": 10000,
+            "owner": "Example Org",
+        },
+        None,
+    ),
+    (
+        "v3 next link with an already encoded query",
+        "GET",
+        f"{BASE_V3}/v3/indicators?tql=typeName%20in%20(%22Address%22)&resultStart=10000&resultLimit=10000",
+        None,
+        None,
+    ),
     ("v3 single indicator without a query", "GET", f"{BASE_V3}/v3/indicators/12345", None, None),
-    ("v3 unicode owner in the query", "GET", f"{BASE_V3}/v3/indicators",
-     {"owner": "Müller & Söhne Лаб 例え", "tql": 'summary == "bücher.de"'}, None),
-    ("v3 unicode in the path (percent-encoded by requests)", "GET",
-     f"{BASE_V3}/v3/indicators/bücher.example", {"owner": "Org"}, None),
-    ("v3 IDN host indicator summary", "GET", f"{BASE_V3}/v3/indicators",
-     {"tql": 'summary in ("xn--bcher-kva.example","пример.рф")'}, None),
-    ("query with an empty value and a repeated key", "GET", f"{BASE_V3}/v3/indicators",
-     [("owner", ""), ("fields", "tags"), ("fields", "attributes")], None),
-    ("query with reserved characters", "GET", f"{BASE_V3}/v3/indicators",
-     {"tql": "summary like '%a+b/c?d=e&f#g%'"}, None),
-    ("a POST with a JSON body signs only the target", "POST", f"{BASE_V3}/v3/indicators",
-     {"owner": "Org"}, {"type": "Host", "hostName": "bad.example.com"}),
+    (
+        "v3 unicode owner in the query",
+        "GET",
+        f"{BASE_V3}/v3/indicators",
+        {"owner": "Müller & Söhne Лаб 例え", "tql": 'summary == "bücher.de"'},
+        None,
+    ),
+    (
+        "v3 unicode in the path (percent-encoded by requests)",
+        "GET",
+        f"{BASE_V3}/v3/indicators/bücher.example",
+        {"owner": "Org"},
+        None,
+    ),
+    (
+        "v3 IDN host indicator summary",
+        "GET",
+        f"{BASE_V3}/v3/indicators",
+        {"tql": 'summary in ("xn--bcher-kva.example","пример.рф")'},
+        None,
+    ),
+    (
+        "query with an empty value and a repeated key",
+        "GET",
+        f"{BASE_V3}/v3/indicators",
+        [("owner", ""), ("fields", "tags"), ("fields", "attributes")],
+        None,
+    ),
+    (
+        "query with reserved characters",
+        "GET",
+        f"{BASE_V3}/v3/indicators",
+        {"tql": "summary like '%a+b/c?d=e&f#g%'"},
+        None,
+    ),
+    (
+        "a POST with a JSON body signs only the target",
+        "POST",
+        f"{BASE_V3}/v3/indicators",
+        {"owner": "Org"},
+        {"type": "Host", "hostName": "bad.example.com"},
+    ),
     ("a PUT on a v3 id", "PUT", f"{BASE_V3}/v3/indicators/98765", None, {"active": False}),
     ("a DELETE with a query", "DELETE", f"{BASE_V3}/v3/indicators/98765", {"owner": "Org"}, None),
     ("a lower-case method", "get", f"{BASE_V3}/v3/indicators", {"owner": "Org"}, None),
@@ -150,14 +230,22 @@ CREDENTIALS: list[tuple[str, str, float]] = [
 
 @pytest.mark.parametrize("module", ["hmac_auth", "tc_auth"])
 @pytest.mark.parametrize(("access_id", "secret", "timestamp"), CREDENTIALS, ids=lambda v: str(v)[:24])
-@pytest.mark.parametrize(("method", "url", "params", "body"), [r[1:] for r in REQUESTS],
-                         ids=[r[0] for r in REQUESTS])
+@pytest.mark.parametrize(("method", "url", "params", "body"), [r[1:] for r in REQUESTS], ids=[r[0] for r in REQUESTS])
 def test_our_authorization_and_timestamp_headers_equal_what_tcex_puts_on_the_same_request(
-        tcex_auth: dict[str, types.ModuleType], module: str, access_id: str, secret: str, timestamp: float,
-        method: str, url: str, params: Any, body: Any) -> None:
+    tcex_auth: dict[str, types.ModuleType],
+    module: str,
+    access_id: str,
+    secret: str,
+    timestamp: float,
+    method: str,
+    url: str,
+    params: Any,
+    body: Any,
+) -> None:
     request = _prepared(method, url, params, body)
     assert _our_headers(access_id, secret, timestamp, request) == _vendor_headers(
-        tcex_auth, module, access_id, secret, timestamp, request)
+        tcex_auth, module, access_id, secret, timestamp, request
+    )
 
 
 class _Target:
@@ -168,25 +256,30 @@ class _Target:
         self.method = method
 
 
-@pytest.mark.parametrize("path_and_query", [
-    "/v2/indicators?owner=Common%20Community",
-    "/api/v2/indicators?owner=Common%20Community",
-    "/api/v2/indicators?owner=Common+Community",
-    "/api/v3/indicators?tql=typeName%20in%20(%22Host%22)&fields=tags&fields=securityLabels",
-    "/api/v3/indicators",
-    "/api/v3/indicators?",
-    "/api/v3/indicators/bücher.example?owner=Müller",
-])
+@pytest.mark.parametrize(
+    "path_and_query",
+    [
+        "/v2/indicators?owner=Common%20Community",
+        "/api/v2/indicators?owner=Common%20Community",
+        "/api/v2/indicators?owner=Common+Community",
+        "/api/v3/indicators?tql=typeName%20in%20(%22Host%22)&fields=tags&fields=securityLabels",
+        "/api/v3/indicators",
+        "/api/v3/indicators?",
+        "/api/v3/indicators/bücher.example?owner=Müller",
+    ],
+)
 @pytest.mark.parametrize("method", ["GET", "POST", "DELETE"])
 def test_the_signature_covers_the_path_with_its_raw_query_exactly_as_tcex_signs_it(
-        tcex_auth: dict[str, types.ModuleType], path_and_query: str, method: str) -> None:
+    tcex_auth: dict[str, types.ModuleType], path_and_query: str, method: str
+) -> None:
     vendor = tcex_auth["hmac_auth"].HmacAuth("1234", _Sensitive("k3y"))
     expected = vendor._hmac_header(_Target(path_and_query, method), 1513703787)
     assert f"TC 1234:{signature('k3y', path_and_query, method, 1513703787)}" == expected
 
 
 def test_a_different_query_gives_a_different_vendor_signature_so_the_comparison_can_fail(
-        tcex_auth: dict[str, types.ModuleType]) -> None:
+    tcex_auth: dict[str, types.ModuleType],
+) -> None:
     vendor = tcex_auth["hmac_auth"].HmacAuth("1234", _Sensitive("k3y"))
     with_query = vendor._hmac_header(_Target("/api/v3/indicators?owner=Org", "GET"), 1513703787)
     without_query = vendor._hmac_header(_Target("/api/v3/indicators", "GET"), 1513703787)

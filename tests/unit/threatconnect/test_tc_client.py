@@ -54,15 +54,27 @@ def _client(session: FakeSession, **options: Any) -> tuple[ThreatConnectClient, 
     sleeps: list[float] = []
     options.setdefault("page_size", 2)
     client = ThreatConnectClient(
-        BASE, "ACCESS", SECRET, "Example Organization", session=session,  # type: ignore[arg-type]
-        sleep=sleeps.append, clock=lambda: 1_704_067_200, **options,
+        BASE,
+        "ACCESS",
+        SECRET,
+        "Example Organization",
+        session=session,  # type: ignore[arg-type]
+        sleep=sleeps.append,
+        clock=lambda: 1_704_067_200,
+        **options,
     )
     return client, sleeps
 
 
 def _host(i: int, modified: str = "2024-01-01T06:00:00Z", **extra: Any) -> dict[str, Any]:
-    return {"id": i, "ownerName": "Example Organization", "dateAdded": "2023-12-01T00:00:00Z",
-            "lastModified": modified, "hostName": f"h{i}.example", **extra}
+    return {
+        "id": i,
+        "ownerName": "Example Organization",
+        "dateAdded": "2023-12-01T00:00:00Z",
+        "lastModified": modified,
+        "hostName": f"h{i}.example",
+        **extra,
+    }
 
 
 def _v2_page(items: list[dict[str, Any]], count: int | None = None) -> requests.Response:
@@ -260,8 +272,12 @@ def test_nothing_logged_carries_the_signature(caplog: pytest.LogCaptureFixture) 
 
 def _deleted_step(kind: str) -> Callable[[str], requests.Response]:
     def answer(url: str) -> requests.Response:
-        item = {"ownerName": "Example Organization", "type": kind, "dateAdded": "2024-01-01T05:00:00Z",
-                "summary": "gone.example"}
+        item = {
+            "ownerName": "Example Organization",
+            "type": kind,
+            "dateAdded": "2024-01-01T05:00:00Z",
+            "summary": "gone.example",
+        }
         if "/v2/" in url:
             return _response(200, {"status": "Success", "data": {"resultCount": 1, "indicator": [item]}})
         return _response(200, {"data": [item], "count": 1, "status": "Success"})
@@ -273,10 +289,14 @@ def _deleted_step(kind: str) -> Callable[[str], requests.Response]:
 def test_deleted_listings_yield_type_summary_owner_and_time(version: str) -> None:
     session = FakeSession([_deleted_step("Host")])
     client, _ = _client(session, api_version=version)
-    assert list(client.iter_deleted("Host", FROM)) == [{
-        "indicator_type": "Host", "summary": "gone.example", "owner": "Example Organization",
-        "date_added": dt.datetime(2024, 1, 1, 5, tzinfo=dt.UTC),
-    }]
+    assert list(client.iter_deleted("Host", FROM)) == [
+        {
+            "indicator_type": "Host",
+            "summary": "gone.example",
+            "owner": "Example Organization",
+            "date_added": dt.datetime(2024, 1, 1, 5, tzinfo=dt.UTC),
+        }
+    ]
     path = urlsplit(session.urls[0]).path
     assert path == ("/api/v2/indicators/hosts/deleted" if version == "v2" else "/api/v3/indicators/deleted")
     assert _params(session.urls[0])["deletedSince"] == ["2024-01-01T00:00:00Z"]

@@ -17,14 +17,30 @@ T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 
 
 def _record(i: int, kind: str = "Host", minutes: int = 0, **extra: Any) -> dict[str, Any]:
-    values = {"Host": {"hostName": f"h{i}.example"}, "Address": {"ip": f"10.0.0.{i}"},
-              "URL": {"text": f"http://u{i}.example/"}, "EmailAddress": {"address": f"e{i}@x.example"},
-              "File": {"md5": f"{i:032x}"}}[kind]
-    return {"id": i, "type": kind, "owner": "Example Organization", **values,
-            "dateAdded": T0, "lastModified": T0 + dt.timedelta(minutes=minutes), "rating": 3.0,
-            "confidence": 50, "threatAssessScore": 400, "active": True, "falsePositives": 0,
-            "tags": ["APT"], "securityLabels": ["TLP:GREEN"], "description": None,
-            "externalDateExpires": None} | extra
+    values = {
+        "Host": {"hostName": f"h{i}.example"},
+        "Address": {"ip": f"10.0.0.{i}"},
+        "URL": {"text": f"http://u{i}.example/"},
+        "EmailAddress": {"address": f"e{i}@x.example"},
+        "File": {"md5": f"{i:032x}"},
+    }[kind]
+    return {
+        "id": i,
+        "type": kind,
+        "owner": "Example Organization",
+        **values,
+        "dateAdded": T0,
+        "lastModified": T0 + dt.timedelta(minutes=minutes),
+        "rating": 3.0,
+        "confidence": 50,
+        "threatAssessScore": 400,
+        "active": True,
+        "falsePositives": 0,
+        "tags": ["APT"],
+        "securityLabels": ["TLP:GREEN"],
+        "description": None,
+        "externalDateExpires": None,
+    } | extra
 
 
 @pytest.fixture
@@ -33,15 +49,25 @@ def service() -> ThreatConnectService:
     records.append(_record(8, minutes=8, active=False))
     records.append(_record(9, "Address", minutes=9))
     records.append(_record(10, minutes=10, owner="Other Org"))
-    return ThreatConnectService(records, "ID", "SECRET", owners=("Example Organization", "Other Org"),
-                                clock=lambda: NOW)
+    return ThreatConnectService(
+        records, "ID", "SECRET", owners=("Example Organization", "Other Org"), clock=lambda: NOW
+    )
 
 
-def _call(service: ThreatConnectService, target: str, *, secret: str = "SECRET", ts: float = NOW,  # noqa: S107
-          host: str = "localhost:8443") -> tuple[int, Any, dict[str, str]]:
+def _call(
+    service: ThreatConnectService,
+    target: str,
+    *,
+    secret: str = "SECRET",  # noqa: S107
+    ts: float = NOW,
+    host: str = "localhost:8443",
+) -> tuple[int, Any, dict[str, str]]:
     stamp = int(ts)
-    headers = {"Host": host, "Timestamp": str(stamp),
-               "Authorization": f"TC ID:{signature(secret, target, 'GET', stamp)}"}
+    headers = {
+        "Host": host,
+        "Timestamp": str(stamp),
+        "Authorization": f"TC ID:{signature(secret, target, 'GET', stamp)}",
+    }
     response = service(Request("GET", target, headers, b""))
     assert response is not None
     return response.status, response.body, response.headers
@@ -93,8 +119,10 @@ def test_v2_typed_branch_is_active_only_by_default_and_has_no_type_or_summary(se
 
 
 def test_v2_filters_with_or_params_return_inactive_too_with_includes(service: ThreatConnectService) -> None:
-    target = ("/api/v2/indicators/hosts?filters=active%3Dtrue,active%3Dfalse&orParams=true"
-              "&includeAdditional=true&includeTags=true&includes=labels")
+    target = (
+        "/api/v2/indicators/hosts?filters=active%3Dtrue,active%3Dfalse&orParams=true"
+        "&includeAdditional=true&includeTags=true&includes=labels"
+    )
     items = _call(service, target)[1]["data"]["host"]
     assert [item["id"] for item in items] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert items[-1]["active"] is False
@@ -135,8 +163,10 @@ def test_an_unknown_owner_is_a_403(service: ThreatConnectService) -> None:
 
 
 def test_v3_tql_with_parentheses_or_and_dates(service: ThreatConnectService) -> None:
-    tql = ('typeName IN ("Host", "Address") AND lastModified GEQ "2024-01-01T00:03:00Z" AND '
-           'lastModified LT "2024-01-01 00:09:00" AND (indicatorActive EQ true OR indicatorActive EQ false)')
+    tql = (
+        'typeName IN ("Host", "Address") AND lastModified GEQ "2024-01-01T00:03:00Z" AND '
+        'lastModified LT "2024-01-01 00:09:00" AND (indicatorActive EQ true OR indicatorActive EQ false)'
+    )
     body = _call(service, f"/api/v3/indicators?tql={_tql(tql)}&sorting=lastModified%20ASC")[1]
     assert [item["id"] for item in body["data"]] == [3, 4, 5, 6, 7, 8]
     assert body["status"] == "Success"
@@ -157,8 +187,10 @@ def test_v3_owner_name_in_tql_and_the_owner_parameter_both_filter(service: Threa
 
 
 def test_v3_next_and_prev_are_absolute_and_keep_every_parameter(service: ThreatConnectService) -> None:
-    target = ("/api/v3/indicators?tql=typeName%20EQ%20%22Host%22&fields=tags&count=true&resultLimit=3"
-              "&owner=Example+Organization")
+    target = (
+        "/api/v3/indicators?tql=typeName%20EQ%20%22Host%22&fields=tags&count=true&resultLimit=3"
+        "&owner=Example+Organization"
+    )
     first = _call(service, target)[1]
     assert first["count"] == 7
     assert first["next"] == f"https://localhost:8443{target}&resultStart=3"
@@ -173,8 +205,7 @@ def test_v3_next_and_prev_are_absolute_and_keep_every_parameter(service: ThreatC
 
 
 def test_v3_fields_add_their_blocks(service: ThreatConnectService) -> None:
-    target = ("/api/v3/indicators?tql=id%20EQ%201&fields=securityLabels&fields=threatAssess"
-              "&fields=falsePositives")
+    target = "/api/v3/indicators?tql=id%20EQ%201&fields=securityLabels&fields=threatAssess&fields=falsePositives"
     item = _call(service, target)[1]["data"][0]
     assert item["securityLabels"]["data"][0]["name"] == "TLP:GREEN"
     assert item["threatAssessScore"] == 400
@@ -188,7 +219,8 @@ def test_v3_spans_every_readable_owner_without_an_owner_parameter(service: Threa
 
 
 @pytest.mark.parametrize(
-    "tql", ['typeName EQ', 'bogusField EQ 1', 'lastModified GT "not a date"', '(typeName EQ "Host"', 'id EQ 1 AND'],
+    "tql",
+    ["typeName EQ", "bogusField EQ 1", 'lastModified GT "not a date"', '(typeName EQ "Host"', "id EQ 1 AND"],
 )
 def test_bad_tql_is_a_v3_error(service: ThreatConnectService, tql: str) -> None:
     status, body, _ = _call(service, f"/api/v3/indicators?tql={_tql(tql)}")
@@ -226,8 +258,14 @@ def test_deleted_indicators_leave_the_listing_and_appear_under_deleted(service: 
     assert 2 not in [item["id"] for item in _call(service, "/api/v2/indicators/hosts")[1]["data"]["host"]]
     v2 = _call(service, "/api/v2/indicators/hosts/deleted?deletedSince=2024-01-03T00:00:00Z")[1]["data"]
     # deletedSince filters on the deletion time; dateAdded is when the indicator was first added (T0).
-    assert v2["indicator"] == [{"ownerName": "Example Organization", "dateAdded": "2024-01-01T00:00:00Z",
-                                "type": "Host", "summary": "h3.example"}]
+    assert v2["indicator"] == [
+        {
+            "ownerName": "Example Organization",
+            "dateAdded": "2024-01-01T00:00:00Z",
+            "type": "Host",
+            "summary": "h3.example",
+        }
+    ]
     v3 = _call(service, "/api/v3/indicators/deleted?type=Host&deletedSince=2024-01-01T00:00:00Z")[1]
     assert v3["count"] == 2
     assert [entry["summary"] for entry in v3["data"]] == ["h2.example", "h3.example"]

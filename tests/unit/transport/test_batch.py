@@ -17,7 +17,8 @@ def test_items_are_sent_in_batches_of_the_given_size_and_each_gets_its_target_id
     outcomes = send_in_batches(list(range(7)), send, batch_size=3, max_item_attempts=2)
     assert sent == [[0, 1, 2], [3, 4, 5], [6]]
     assert {k: (o.status, o.target_id, o.attempts) for k, o in outcomes.items()} == {
-        k: (OK, f"id-{k}", 1) for k in range(7)}
+        k: (OK, f"id-{k}", 1) for k in range(7)
+    }
 
 
 def test_a_transient_failure_is_resent_alone_until_the_attempts_run_out() -> None:
@@ -42,8 +43,9 @@ def test_a_content_refusal_is_rejected_at_once() -> None:
 
 
 def test_an_item_still_failing_can_end_rejected_where_repeats_mean_content() -> None:
-    outcomes = send_in_batches(["x"], lambda b: [ItemAnswer(error="record error")], batch_size=1,
-                               max_item_attempts=2, exhausted=REJECTED)
+    outcomes = send_in_batches(
+        ["x"], lambda b: [ItemAnswer(error="record error")], batch_size=1, max_item_attempts=2, exhausted=REJECTED
+    )
     assert (outcomes["x"].status, outcomes["x"].attempts) == (REJECTED, 2)
 
 

@@ -166,8 +166,7 @@ def test_an_auth_without_a_refresh_gets_its_401_back_at_once() -> None:
 
 def test_every_physical_request_is_admitted_by_the_budget_and_a_429_pauses_it_for_everyone() -> None:
     budget = Budget()
-    transport, sleeps = _transport(Scripted(_response(429, None, {"Retry-After": "9"}), _response(200)),
-                                   limiter=budget)
+    transport, sleeps = _transport(Scripted(_response(429, None, {"Retry-After": "9"}), _response(200)), limiter=budget)
     transport.send("GET", URL)
     assert budget.acquired == 2
     assert budget.pauses == [9.0]
@@ -175,8 +174,7 @@ def test_every_physical_request_is_admitted_by_the_budget_and_a_429_pauses_it_fo
 
 
 def test_a_non_idempotent_call_refused_with_429_or_503_is_resent() -> None:
-    transport, sleeps = _transport(Scripted(_response(429, None, {"Retry-After": "1"}), _response(503),
-                                            _response(200)))
+    transport, sleeps = _transport(Scripted(_response(429, None, {"Retry-After": "1"}), _response(503), _response(200)))
     assert transport.send("POST", URL, json={}, idempotent=False).status_code == 200
     assert sleeps == [1.0, 2.0]
 
@@ -213,6 +211,7 @@ def hangs_up() -> Iterator[str]:
                 return
             with connection:
                 connection.recv(65536)
+
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.getsockname()[1]}/things"

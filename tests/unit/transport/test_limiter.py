@@ -27,8 +27,7 @@ def test_requests_within_the_budget_do_not_wait(tmp_path: Path, clock: FakeClock
     assert clock.sleeps == []
 
 
-def test_the_request_over_the_budget_waits_until_the_oldest_leaves_the_window(tmp_path: Path,
-                                                                               clock: FakeClock) -> None:
+def test_the_request_over_the_budget_waits_until_the_oldest_leaves_the_window(tmp_path: Path, clock: FakeClock) -> None:
     limiter = _limiter(tmp_path / "rl.json", clock)
     limiter.acquire()
     clock.now += 4

@@ -75,10 +75,15 @@ def _writes(function: ast.FunctionDef) -> list[tuple[str, str, str]]:
     """``(wire name, attribute, writer kind)`` of each ``writer.write_*_value("wire", self.attr)`` call."""
     found = []
     for node in ast.walk(function):
-        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
-                and isinstance(node.func.value, ast.Name) and node.func.value.id == "writer"
-                and len(node.args) == 2 and isinstance(node.args[0], ast.Constant)
-                and isinstance(node.args[1], ast.Attribute)):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name)
+            and node.func.value.id == "writer"
+            and len(node.args) == 2
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[1], ast.Attribute)
+        ):
             match = _WRITE.match(node.func.attr)
             assert match, f"unexpected writer call {node.func.attr}"
             found.append((node.args[0].value, node.args[1].attr, match.group(1)))
@@ -117,8 +122,12 @@ def sdk() -> SdkModel:
     tree = ast.parse(source)
     cls = _class(tree, "TiIndicator")
     lines = source.splitlines()
-    enum_modules = {alias.name: node.module for node in ast.walk(tree)
-                    if isinstance(node, ast.ImportFrom) and node.level == 1 for alias in node.names}
+    enum_modules = {
+        alias.name: node.module
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.level == 1
+        for alias in node.names
+    }
     annotations: dict[str, tuple[str, str]] = {}
     for node in cls.body:
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
@@ -136,8 +145,10 @@ def sdk() -> SdkModel:
     entity_source = read_member(whl, f"{_MODELS}/entity.py")
     start = entity_source.index("def serialize", entity_source.index("\nclass Entity("))
     end = entity_source.find("\n    def ", start + 1)
-    entity = {wire: kind for kind, wire in
-              re.findall(r'writer\.write_(\w+?)_value\("([^"]+)", self\.\w+\)', entity_source[start:end])}
+    entity = {
+        wire: kind
+        for kind, wire in re.findall(r'writer\.write_(\w+?)_value\("([^"]+)", self\.\w+\)', entity_source[start:end])
+    }
     envelopes = {
         action: _envelope(read_member(whl, f"{_TI}/{snake}/{snake}_post_request_body.py"), f"{camel}PostRequestBody")
         for action, snake, camel in (
@@ -170,8 +181,12 @@ def _value_problem(sdk: SdkModel, wire: str, value: Any) -> str | None:
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)  # annotated list[str]
     else:
         return f"{wire}: the SDK writes it as {prop.kind!r}, which this oracle does not know"
-    return None if ok else f"{wire}={value!r} is not a valid {prop.kind} value" + (
-        f" (one of {sorted(prop.enum_values - {_KIOTA_SENTINEL})})" if prop.kind == "enum" else "")
+    return (
+        None
+        if ok
+        else f"{wire}={value!r} is not a valid {prop.kind} value"
+        + (f" (one of {sorted(prop.enum_values - {_KIOTA_SENTINEL})})" if prop.kind == "enum" else "")
+    )
 
 
 def tiindicator_problems(sdk: SdkModel, body: Mapping[str, Any], allow: frozenset[str] = frozenset()) -> list[str]:
@@ -212,8 +227,7 @@ def test_the_sdk_model_was_read_completely(sdk: SdkModel) -> None:
     assert sdk.properties["fileHashType"].enum_values >= {"md5", "sha1", "sha256"}
     assert sdk.properties["action"].enum_values >= {"alert", "block", "allow"}
     assert sdk.properties["expirationDateTime"].kind == "datetime"
-    assert sdk.required() >= {"action", "description", "expirationDateTime", "targetProduct", "threatType",
-                              "tlpLevel"}
+    assert sdk.required() >= {"action", "description", "expirationDateTime", "targetProduct", "threatType", "tlpLevel"}
     assert {"Azure Sentinel", "Microsoft Defender ATP"} <= sdk.vocabulary("targetProduct")
     assert {"C2", "Malware", "Phishing", "MaliciousUrl"} <= sdk.vocabulary("threatType")
     assert sdk.int_range("confidence") == (0, 100)
@@ -226,29 +240,33 @@ def test_the_sdk_model_was_read_completely(sdk: SdkModel) -> None:
     assert sdk.envelopes["deleteTiIndicatorsByExternalId"] == {"value": "collection_of_primitive"}
 
 
-@pytest.mark.parametrize(("body", "expected"), [
-    ({"tlp": "amber"}, "'tlp' is not a tiIndicator property"),
-    ({"tlpLevel": "Amber"}, "tlpLevel='Amber' is not a valid enum value"),
-    ({"fileHashType": "sha512"}, "fileHashType='sha512' is not a valid enum value"),
-    ({"confidence": "80"}, "confidence='80' is not a valid int value"),
-    ({"severity": 6}, "severity=6 is outside (0, 5)"),
-    ({"isActive": "true"}, "isActive='true' is not a valid bool value"),
-    ({"expirationDateTime": "2026-04-10 08:30:00"}, "expirationDateTime='2026-04-10 08:30:00' is not a valid"),
-    ({"expirationDateTime": "2026-04-10T08:30:00+02:00"}, "expirationDateTime='2026-04-10T08:30:00+02:00' is not"),
-    ({"targetProduct": "Microsoft Sentinel"}, "targetProduct='Microsoft Sentinel' is not one of"),
-    ({"threatType": "Spam"}, "threatType='Spam' is not one of"),
-    ({"description": "x" * 101}, "description has 101 characters, more than 100"),
-    ({"tags": "apt"}, "tags='apt' is not a valid collection_of_primitive value"),
-    ({"azureTenantId": "t"}, "'azureTenantId' is stamped by the system"),
-])
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ({"tlp": "amber"}, "'tlp' is not a tiIndicator property"),
+        ({"tlpLevel": "Amber"}, "tlpLevel='Amber' is not a valid enum value"),
+        ({"fileHashType": "sha512"}, "fileHashType='sha512' is not a valid enum value"),
+        ({"confidence": "80"}, "confidence='80' is not a valid int value"),
+        ({"severity": 6}, "severity=6 is outside (0, 5)"),
+        ({"isActive": "true"}, "isActive='true' is not a valid bool value"),
+        ({"expirationDateTime": "2026-04-10 08:30:00"}, "expirationDateTime='2026-04-10 08:30:00' is not a valid"),
+        ({"expirationDateTime": "2026-04-10T08:30:00+02:00"}, "expirationDateTime='2026-04-10T08:30:00+02:00' is not"),
+        ({"targetProduct": "Microsoft Sentinel"}, "targetProduct='Microsoft Sentinel' is not one of"),
+        ({"threatType": "Spam"}, "threatType='Spam' is not one of"),
+        ({"description": "x" * 101}, "description has 101 characters, more than 100"),
+        ({"tags": "apt"}, "tags='apt' is not a valid collection_of_primitive value"),
+        ({"azureTenantId": "t"}, "'azureTenantId' is stamped by the system"),
+    ],
+)
 def test_the_oracle_refuses_what_the_sdk_would_not_write(sdk: SdkModel, body: dict[str, Any], expected: str) -> None:
     assert any(p.startswith(expected) for p in tiindicator_problems(sdk, body)), tiindicator_problems(sdk, body)
 
 
 # ------------------------------------------------------------------------------------------- create bodies
 @pytest.mark.parametrize("row", [r for _, r in ROWS], ids=[name for name, _ in ROWS])
-def test_every_create_body_uses_only_sdk_properties_with_the_sdk_value_kinds(sdk: SdkModel,
-                                                                             row: dict[str, Any]) -> None:
+def test_every_create_body_uses_only_sdk_properties_with_the_sdk_value_kinds(
+    sdk: SdkModel, row: dict[str, Any]
+) -> None:
     body = build_payload(row)
     assert tiindicator_problems(sdk, body) == []
     assert sdk.required() <= body.keys(), f"missing required {sorted(sdk.required() - body.keys())}"
@@ -288,12 +306,21 @@ class RecordingGraph:
 @pytest.fixture
 def wire_bodies() -> list[tuple[str, Any]]:
     """What the Graph sink posts for a create, an update of a held indicator and a retract, by action."""
-    rows = [normalized_row(sample, index) for index, sample in enumerate(
-        ["ipv4", "ipv6", "host", "url", "email", "md5", "sha1", "sha256"])]
+    rows = [
+        normalized_row(sample, index)
+        for index, sample in enumerate(["ipv4", "ipv6", "host", "url", "email", "md5", "sha1", "sha256"])
+    ]
     held = {rows[i]["external_id"]: str(uuid.uuid4()) for i in (1, 3, 5, 7)}
     session = RecordingGraph(held)
-    sink = GraphSink(GraphClient("https://graph.example", FakeTokenProvider(), session=session,  # type: ignore[arg-type]
-                                 max_retries=0, sleep=lambda _: None))
+    sink = GraphSink(
+        GraphClient(
+            "https://graph.example",
+            FakeTokenProvider(),
+            session=session,  # type: ignore[arg-type]
+            max_retries=0,
+            sleep=lambda _: None,
+        )
+    )
     results = sink.upsert(rows_frame(rows))
     assert {r.status for r in results} == {"ok"}
     assert sink.retract(rows_frame([rows[1], rows[3]]))[0].status == "ok"
@@ -301,12 +328,16 @@ def wire_bodies() -> list[tuple[str, Any]]:
 
 
 def test_the_sink_posts_creates_updates_and_deletes(wire_bodies: list[tuple[str, Any]]) -> None:
-    assert {action for action, _ in wire_bodies} == {"submitTiIndicators", "updateTiIndicators",
-                                                     "deleteTiIndicatorsByExternalId"}
+    assert {action for action, _ in wire_bodies} == {
+        "submitTiIndicators",
+        "updateTiIndicators",
+        "deleteTiIndicatorsByExternalId",
+    }
 
 
 def test_every_batch_envelope_has_only_the_keys_the_sdk_request_body_serializes(
-        sdk: SdkModel, wire_bodies: list[tuple[str, Any]]) -> None:
+    sdk: SdkModel, wire_bodies: list[tuple[str, Any]]
+) -> None:
     for action, body in wire_bodies:
         assert set(body) == set(sdk.envelopes[action]), action
         assert isinstance(body["value"], list)
@@ -314,7 +345,8 @@ def test_every_batch_envelope_has_only_the_keys_the_sdk_request_body_serializes(
 
 
 def test_every_submitted_indicator_is_a_valid_sdk_tiindicator_with_its_required_properties(
-        sdk: SdkModel, wire_bodies: list[tuple[str, Any]]) -> None:
+    sdk: SdkModel, wire_bodies: list[tuple[str, Any]]
+) -> None:
     items = [item for action, body in wire_bodies if action == "submitTiIndicators" for item in body["value"]]
     assert len(items) == 4
     for item in items:
@@ -323,7 +355,8 @@ def test_every_submitted_indicator_is_a_valid_sdk_tiindicator_with_its_required_
 
 
 def test_every_updated_indicator_is_an_sdk_tiindicator_carrying_its_entity_id(
-        sdk: SdkModel, wire_bodies: list[tuple[str, Any]]) -> None:
+    sdk: SdkModel, wire_bodies: list[tuple[str, Any]]
+) -> None:
     items = [item for action, body in wire_bodies if action == "updateTiIndicators" for item in body["value"]]
     assert len(items) == 4
     for item in items:

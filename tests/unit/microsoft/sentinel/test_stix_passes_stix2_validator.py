@@ -29,8 +29,9 @@ from tests.unit.microsoft.conftest import FakeTokenProvider
 from tests.unit.microsoft.graph_rows import normalized_row, rows_frame
 from tests.unit.microsoft.oracle_rows import all_rows
 
-OPTIONS = ValidationOptions(version="2.1", strict=True, strict_types=True, strict_properties=True,
-                            disabled=["uuid-check", "extref-hashes"])
+OPTIONS = ValidationOptions(
+    version="2.1", strict=True, strict_types=True, strict_properties=True, disabled=["uuid-check", "extref-hashes"]
+)
 _dumps = json.dumps  # RecordingSentinel.request takes a `json` argument, as requests does
 
 
@@ -48,15 +49,18 @@ ROWS = all_rows()  # rows as normalize leaves them: always with a description
 
 
 # ------------------------------------------------------------------------------------------- the judge can fail
-@pytest.mark.parametrize(("change", "expected"), [
-    ({"pattern": "[ipv4-addr:value = '198.51.100.7'"}, "expecting ']'"),
-    ({"valid_until": "2000-01-01T00:00:00.000Z"}, "valid_until"),
-    ({"confidence": 101}, "confidence"),
-    ({"x_threatconnect_rating": 3}, "x_threatconnect_rating"),
-    ({"object_marking_refs": ["tlp-amber"]}, "object_marking_refs"),
-    ({"id": "indicator--not-a-uuid"}, "id"),
-    ({"revoked": "yes"}, "revoked"),
-])
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"pattern": "[ipv4-addr:value = '198.51.100.7'"}, "expecting ']'"),
+        ({"valid_until": "2000-01-01T00:00:00.000Z"}, "valid_until"),
+        ({"confidence": 101}, "confidence"),
+        ({"x_threatconnect_rating": 3}, "x_threatconnect_rating"),
+        ({"object_marking_refs": ["tlp-amber"]}, "object_marking_refs"),
+        ({"id": "indicator--not-a-uuid"}, "id"),
+        ({"revoked": "yes"}, "revoked"),
+    ],
+)
 def test_the_validator_refuses_a_broken_indicator_so_it_can_judge(change: dict[str, Any], expected: str) -> None:
     broken = {**build_indicator(rows_frame([normalized_row("ipv4")]).to_dict("records")[0]), **change}
     reported = findings(broken)
@@ -88,8 +92,10 @@ def test_every_indicator_we_build_passes_the_strict_validator(row: dict[str, Any
 
 @pytest.mark.parametrize("row", [r for _, r in ROWS[:80]], ids=[name for name, _ in ROWS[:80]])
 def test_every_revocation_we_send_passes_the_strict_validator(row: dict[str, Any]) -> None:
-    sink = SentinelSink(SentinelClient("https://sentinel.invalid", "ws", FakeTokenProvider()),  # type: ignore[arg-type]
-                        sourcesystem="ThreatConnect-Example Org")
+    sink = SentinelSink(
+        SentinelClient("https://sentinel.invalid", "ws", FakeTokenProvider()),  # type: ignore[arg-type]
+        sourcesystem="ThreatConnect-Example Org",
+    )
     revoked = sink.retract_payload(row)
     assert revoked["revoked"] is True
     assert findings(revoked) == []
@@ -112,12 +118,22 @@ class RecordingSentinel:
 
 
 def test_every_object_the_sink_uploads_and_revokes_passes_the_validator_in_a_bundle() -> None:
-    rows = [normalized_row(sample, index) for index, sample in enumerate(
-        ["ipv4", "ipv6", "host", "url", "email", "md5", "sha1", "sha256"])]
+    rows = [
+        normalized_row(sample, index)
+        for index, sample in enumerate(["ipv4", "ipv6", "host", "url", "email", "md5", "sha1", "sha256"])
+    ]
     session = RecordingSentinel()
-    sink = SentinelSink(SentinelClient("https://sentinel.example", "ws", FakeTokenProvider(),  # type: ignore[arg-type]
-                                       session=session, max_retries=0, sleep=lambda _: None),
-                        sourcesystem="ThreatConnect-Example Org")
+    sink = SentinelSink(
+        SentinelClient(
+            "https://sentinel.example",
+            "ws",
+            FakeTokenProvider(),  # type: ignore[arg-type]
+            session=session,
+            max_retries=0,
+            sleep=lambda _: None,
+        ),
+        sourcesystem="ThreatConnect-Example Org",
+    )
     assert {r.status for r in sink.upsert(rows_frame(rows))} == {"ok"}
     assert {r.status for r in sink.retract(rows_frame(rows[:3]))} == {"ok"}
     objects = [obj for body in session.uploads for obj in body["stixobjects"]]
