@@ -18,6 +18,7 @@ from include.threatconnect.client import V3_FIELDS
 from include.threatconnect.parse import parse_page
 from simulators.dataset import DEFAULT_OWNER, generate
 from simulators.threatconnect import ThreatConnectService
+from simulators.threatconnect.v3 import v3_item
 
 START = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 END = START + dt.timedelta(days=30)
@@ -72,10 +73,10 @@ class SyntheticPages:
 
     def pages(self, indicator_type: str) -> Iterator[list[dict[str, Any]]]:
         """One type's pages as v3 JSON items (what ``GET /v3/indicators`` carries in ``data``)."""
-        render, fields = self._renderer._v3_item, self._fields
+        store, fields = self._renderer, self._fields
         pages = -(-self.counts.get(indicator_type, 0) // self.page_size)
         for page in range(pages):
-            yield [render(record, fields) for record in self.records(indicator_type, page)]
+            yield [v3_item(store, record, fields) for record in self.records(indicator_type, page)]
 
     def iter_pages(
         self,
