@@ -347,6 +347,7 @@ def threatconnect_to_sentinel() -> None:
                 dry_run=cfg.dry_run,
                 rejection_threshold=cfg.rejection_threshold,
                 target=job.target,
+                time_limit=LOAD_TIMEOUT.total_seconds(),
             )
         return job.loaded(report).to_xcom()
 

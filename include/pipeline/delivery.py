@@ -6,13 +6,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from include.pipeline import lifecycle, watermarks
+from include.pipeline import lifecycle, progress, watermarks
 from include.pipeline.errors import PermanentError
 from include.pipeline.jobs import LoadReport, VerifyReport
 from include.pipeline.mappings import SUPPORTED_TYPES
@@ -112,6 +114,8 @@ def load(
     chunk_rows: int = 10_000,
     rejection_threshold: float = 0.01,
     target: str | None = None,
+    time_limit: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> LoadReport:
     """Plan against the delivered state, then send only what the plan says, and record every write in ``loaded``.
 
@@ -124,6 +128,10 @@ def load(
     ``failure_threshold`` (an Airflow retry may pass), or when the rejected share exceeds ``rejection_threshold``
     and :data:`MIN_REJECTIONS_TO_FAIL` (a mapping bug: fails at once, and the rejections are recorded as failed so
     that they are sent again once the mapping is fixed, instead of being quarantined).
+
+    Before the first write it logs what the plan costs against the target's budget (and warns when that cannot end
+    inside ``time_limit``, the task's timeout in seconds); while sending, a progress line at most every 10 seconds
+    (``clock`` only times these messages).
     """
     name = target or sink.name  # a target is a sink through one Connection: "sentinel@sentinel_emea"
     deduped = store.read("deduped", indicator_type, run_id).to_pandas()
@@ -175,16 +183,24 @@ def load(
     lifecycle.check_retraction_guard(planned, state, policy, indicator_type)
 
     writes = planned[planned["action"].isin(lifecycle.WRITE_ACTIONS)].reset_index(drop=True)
+    rate = sink.write_rate()
+    cost, fits = progress.plan_line(name, len(writes), rate.batch_size, rate.requests_per_minute, time_limit)
+    (log.info if fits else log.warning)("%s plan cost: %s", indicator_type, cost)
+    step = progress.chunk_for(rate.batch_size, rate.requests_per_minute, chunk_rows)
+    meter = progress.Progress(len(writes), clock())
     outcomes = []
     columns = ["external_id", "action", "status", "expiration", "last_modified", "reason", "value", "error"]
     with store.writer("loaded", indicator_type, run_id, LOADED_SCHEMA, part=name) as writer:
-        for offset in range(0, len(writes), chunk_rows):
-            chunk = writes.iloc[offset : offset + chunk_rows]
+        for offset in range(0, len(writes), step):
+            chunk = writes.iloc[offset : offset + step]
             upserts, retracts = chunk[chunk["action"] != "retract"], chunk[chunk["action"] == "retract"]
             results = (sink.upsert(upserts) if len(upserts) else []) + (sink.retract(retracts) if len(retracts) else [])
             frame = _outcomes(chunk, results, sink)
             writer.write(pa.Table.from_pandas(frame, schema=LOADED_SCHEMA, preserve_index=False))
             outcomes.append(frame[columns])
+            line = meter.update(offset + len(chunk), clock())
+            if line is not None:
+                log.info("%s %s: %s", indicator_type, name, line)
     done = pd.concat(outcomes, ignore_index=True) if outcomes else pd.DataFrame(columns=columns)
     rejected = int((done["status"] == REJECTED).sum())
     tolerated = max(math.floor(rejection_threshold * len(done)), MIN_REJECTIONS_TO_FAIL)

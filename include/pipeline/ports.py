@@ -35,6 +35,14 @@ DeletedListing = Callable[[str, dt.datetime, dt.datetime], Iterable[pa.RecordBat
 
 
 @dataclass(frozen=True)
+class WriteRate:
+    """What a write costs a target: rows per write request, and its request budget (None when unlimited)."""
+
+    batch_size: int
+    requests_per_minute: float | None
+
+
+@dataclass(frozen=True)
 class SinkResult:
     """What happened to one indicator in the target.
 
@@ -79,6 +87,10 @@ class Sink(Protocol):
 
     def payload(self, row: Mapping[str, Any]) -> dict[str, Any]:
         """The exact object this sink sends for one normalized row (deterministic: no clock reads)."""
+        ...
+
+    def write_rate(self) -> WriteRate:
+        """Rows per write request and the budget they are sent under: what the load's plan-cost line reports."""
         ...
 
     def upsert(self, rows: pd.DataFrame) -> list[SinkResult]:

@@ -42,6 +42,9 @@ USER_AGENT = "tc-sentinel/0.1 (+https://github.com/tc-sentinel)"
 class RequestBudget(Protocol):
     """A request budget shared by every process of one identity (see ``include.transport.limiter``)."""
 
+    max_requests: int  # admitted per window
+    per_seconds: float  # the window
+
     def acquire(self) -> float:
         """Block until one more request fits; return the seconds waited."""
         ...
@@ -348,3 +351,9 @@ class TransportClient:
     def limiter(self) -> RequestBudget | None:
         """The shared request budget, if any."""
         return self.transport.limiter
+
+    @property
+    def requests_per_minute(self) -> float | None:
+        """The budget's rate in requests a minute (None when the client has no budget)."""
+        budget = self.transport.limiter
+        return None if budget is None else budget.max_requests * 60.0 / budget.per_seconds

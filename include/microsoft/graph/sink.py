@@ -20,7 +20,7 @@ from include.microsoft.graph.client import (
 )
 from include.microsoft.graph.payload import OBSERVABLE_FIELDS, build_payload, same_value, update_body
 from include.pipeline.errors import PermanentError
-from include.pipeline.ports import OK, REJECTED, SinkResult
+from include.pipeline.ports import OK, REJECTED, SinkResult, WriteRate
 from include.transport.batch import BatchRefused, ItemAnswer, send_in_batches
 
 log = logging.getLogger(__name__)
@@ -105,6 +105,9 @@ class GraphSink:
         return payloads, bad
 
     # ----------------------------------------------------------------- upsert
+    def write_rate(self) -> WriteRate:
+        return WriteRate(self.batch_size, self.client.requests_per_minute)
+
     def upsert(self, rows: pd.DataFrame) -> list[SinkResult]:
         """Create missing indicators and update existing ones; one result per row, in row order.
 

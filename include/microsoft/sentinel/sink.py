@@ -27,7 +27,7 @@ from include.microsoft.sentinel.stix import (
     stix_id,
 )
 from include.pipeline.errors import PermanentError
-from include.pipeline.ports import OK, REJECTED, SinkResult
+from include.pipeline.ports import OK, REJECTED, SinkResult, WriteRate
 from include.transport.batch import BatchRefused, ItemAnswer, ItemOutcome, send_in_batches
 from include.transport.http import RequestBudget
 from include.transport.limiter import SharedRateLimiter, limiter_path
@@ -99,6 +99,9 @@ class SentinelSink:
     def sourcesystem_for(self, row: Mapping[str, Any]) -> str:
         """The ``sourcesystem`` a row is uploaded with."""
         return self.sourcesystem or source_system(str(row["owner"]))
+
+    def write_rate(self) -> WriteRate:
+        return WriteRate(self.batch_size, self.client.requests_per_minute)
 
     def upsert(self, rows: pd.DataFrame) -> list[SinkResult]:
         """Upload every row; per-record rejections are retried, then reported ``failed`` with Sentinel's message.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from include.report.progress import Progress, duration, plan_cost, plan_message, progress_message
+from include.pipeline.progress import Progress, duration, plan_cost, plan_message, progress_message
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(0, "0 s"), (42.4, "42 s"), (79, "1 min 19 s"), (3725, "1 h 2 min")])
@@ -54,3 +54,34 @@ def test_progress_speaks_at_most_every_ten_seconds_and_always_at_the_end() -> No
 
 def test_progress_with_no_elapsed_time_does_not_divide_by_zero() -> None:
     assert progress_message(0, 10, 0) == "0 / 10 (0%), 0.0/s, time left unknown"
+
+
+def test_the_plan_line_without_a_budget_counts_requests_and_always_fits() -> None:
+    from include.pipeline.progress import plan_line
+
+    text, fits = plan_line("graph", 250, 100, None, 60)
+    assert text == "graph: 250 writes = 3 requests (no request budget configured)"
+    assert fits
+
+
+def test_the_plan_line_with_a_budget_warns_when_the_timeout_is_too_short() -> None:
+    from include.pipeline.progress import plan_line
+
+    text, fits = plan_line("defender", 30_000, 500, 28.0, 60)
+    assert (text.startswith("defender: 30,000 writes = 60 requests at 28/min"), fits) == (True, False)
+
+
+@pytest.mark.parametrize(
+    ("batch", "per_minute", "most", "rows"),
+    [
+        (100, 95.0, 10_000, 1_500),  # Sentinel: 15 requests = about 10 s of its budget
+        (500, 28.0, 10_000, 2_000),  # Defender: 4 imports
+        (100, 950.0, 10_000, 10_000),  # Graph: 158 requests would be more than the cap
+        (100, None, 10_000, 10_000),  # no budget: the cap
+        (100, 3.0, 10_000, 100),  # a tiny budget still sends a whole request per step
+    ],
+)
+def test_a_load_step_is_about_ten_seconds_of_the_budget_in_whole_requests(batch, per_minute, most, rows) -> None:
+    from include.pipeline.progress import chunk_for
+
+    assert chunk_for(batch, per_minute, most) == rows

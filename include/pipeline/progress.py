@@ -1,6 +1,6 @@
 """Messages about the cost and progress of long work: a plan against the target's budget, and throttled progress.
 
-Pure functions (the clock is passed in), called by the load stage: see the README section "Progress and capacity".
+Pure functions (the clock is passed in), called by the load stage (:func:`include.pipeline.delivery.load`).
 """
 
 from __future__ import annotations
@@ -62,6 +62,27 @@ def plan_message(target: str, cost: PlanCost) -> str:
             "stopped before it ends (raise the timeout, or split the work)"
         )
     return text
+
+
+def plan_line(
+    target: str, writes: int, batch_size: int, per_minute: float | None, limit: float | None
+) -> tuple[str, bool]:
+    """:func:`plan_message` for a target's budget, and whether the plan fits ``limit``; without a budget, the
+    writes and requests alone (and it fits: nothing but the target slows it)."""
+    if per_minute is None or per_minute <= 0:
+        requests = math.ceil(max(0, writes) / max(1, batch_size))
+        return f"{target}: {writes:,} writes = {requests:,} requests (no request budget configured)", True
+    cost = plan_cost(writes, batch_size, max(1, math.floor(per_minute)), limit)
+    return plan_message(target, cost), cost.fits
+
+
+def chunk_for(batch_size: int, per_minute: float | None, most: int, every: float = PROGRESS_EVERY_SECONDS) -> int:
+    """Rows to send between two progress checks: about ``every`` seconds of the budget, whole requests, at most
+    ``most`` (all of ``most`` when there is no budget)."""
+    if per_minute is None or per_minute <= 0:
+        return most
+    requests = max(1, math.floor(per_minute * every / 60.0))
+    return max(1, min(most, batch_size * requests))
 
 
 @dataclass
