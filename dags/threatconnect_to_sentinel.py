@@ -45,6 +45,7 @@ import datetime as dt
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -73,6 +74,7 @@ from include.pipeline.jobs import (
     VerifiedJob,
 )
 from include.pipeline.mappings import SUPPORTED_TYPES
+from include.pipeline.ports import Traffic, usage
 from include.pipeline.snapshots import SnapshotStore
 
 log = logging.getLogger(__name__)
@@ -266,6 +268,7 @@ def threatconnect_to_sentinel() -> None:
 
         job = TypeJob.from_xcom(document)
         _label(job)
+        started = time.monotonic()
         with _fail_fast():
             client = ThreatConnectHook().get_conn()
             mapping = load_mapping(job.indicator_type)
@@ -279,7 +282,8 @@ def threatconnect_to_sentinel() -> None:
                 reconcile=job.reconcile,
                 deletions=client.iter_deleted_batches,
             )
-        return job.extracted(client.owner, report).to_xcom()
+        cost = usage("threatconnect", Traffic(client.requests_sent, client.throttled), time.monotonic() - started)
+        return job.extracted(client.owner, {**report, **cost}).to_xcom()
 
     @task(map_index_template=LABEL, multiple_outputs=False)
     def normalize(document: JobDocument) -> JobDocument:
@@ -288,12 +292,13 @@ def threatconnect_to_sentinel() -> None:
 
         job = ExtractedJob.from_xcom(document)
         _label(job)
+        started = time.monotonic()
         with _fail_fast():
             mapping = load_mapping(job.indicator_type)
             report = stages.normalize(
                 _store(job), job.run_id, job.indicator_type, lambda batch: normalize_batch(batch, mapping)
             )
-        return job.normalized(report).to_xcom()
+        return job.normalized({**report, **usage("", None, time.monotonic() - started)}).to_xcom()
 
     @task(map_index_template=LABEL, multiple_outputs=False)
     def dedupe(document: JobDocument) -> JobDocument:
@@ -301,7 +306,9 @@ def threatconnect_to_sentinel() -> None:
 
         job = NormalizedJob.from_xcom(document)
         _label(job)
-        return job.deduped(stages.dedupe(_store(job), job.run_id, job.indicator_type, winners)).to_xcom()
+        started = time.monotonic()
+        report = stages.dedupe(_store(job), job.run_id, job.indicator_type, winners)
+        return job.deduped({**report, **usage("", None, time.monotonic() - started)}).to_xcom()
 
     # A mapped task group: each type's instances wait only for that type's upstream instance, so a type that fails
     # (its later tasks upstream_failed) never holds the others back. Task ids stay unprefixed (extract, load...).
@@ -336,9 +343,11 @@ def threatconnect_to_sentinel() -> None:
             retraction_guard=cfg.retraction_guard,
             allow_mass_retraction=cfg.allow_mass_retraction,
         )
+        started = time.monotonic()
         with _fail_fast():
+            target = sink(job.target, job.owner)
             report = delivery.load(
-                sink(job.target, job.owner),
+                target,
                 _store(job),
                 job.run_id,
                 job.indicator_type,
@@ -349,7 +358,7 @@ def threatconnect_to_sentinel() -> None:
                 target=job.target,
                 time_limit=LOAD_TIMEOUT.total_seconds(),
             )
-        return job.loaded(report).to_xcom()
+        return job.loaded({**report, **usage(job.target, target.traffic(), time.monotonic() - started)}).to_xcom()
 
     @task(map_index_template=LABEL, multiple_outputs=False, execution_timeout=VERIFY_TIMEOUT)
     def verify(document: JobDocument) -> JobDocument:
@@ -357,9 +366,11 @@ def threatconnect_to_sentinel() -> None:
 
         job = LoadedJob.from_xcom(document)
         _label(job)
+        started = time.monotonic()
         with _fail_fast():
+            target = sink(job.target, job.owner)
             report = delivery.verify(
-                sink(job.target, job.owner),
+                target,
                 _store(job),
                 job.run_id,
                 job.indicator_type,
@@ -367,7 +378,7 @@ def threatconnect_to_sentinel() -> None:
                 dry_run=job.config.dry_run,
                 target=job.target,
             )
-        return job.verified(report).to_xcom()
+        return job.verified({**report, **usage(job.target, target.traffic(), time.monotonic() - started)}).to_xcom()
 
     @task_group(prefix_group_id=False)
     def deliver(document: JobDocument) -> Any:

@@ -43,6 +43,22 @@ class WriteRate:
 
 
 @dataclass(frozen=True)
+class Traffic:
+    """What a client has sent so far: HTTP requests (retries included) and the 429 answers among them."""
+
+    requests: int
+    throttled: int
+
+
+def usage(service: str, traffic: Traffic | None, seconds: float) -> dict[str, Any]:
+    """A stage report's cost: ``requests`` / ``throttled`` per service and ``seconds`` (read by the runs dataset)."""
+    cost: dict[str, Any] = {"seconds": round(seconds, 3)}
+    if traffic is not None:
+        cost.update(requests={service: traffic.requests}, throttled={service: traffic.throttled})
+    return cost
+
+
+@dataclass(frozen=True)
 class SinkResult:
     """What happened to one indicator in the target.
 
@@ -91,6 +107,10 @@ class Sink(Protocol):
 
     def write_rate(self) -> WriteRate:
         """Rows per write request and the budget they are sent under: what the load's plan-cost line reports."""
+        ...
+
+    def traffic(self) -> Traffic:
+        """Requests sent to the target so far by this sink, and the 429 answers among them."""
         ...
 
     def upsert(self, rows: pd.DataFrame) -> list[SinkResult]:

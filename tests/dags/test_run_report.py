@@ -47,6 +47,7 @@ class Story:
     failed: Run
     third: Run
     victim: str  # the Host whose write Graph refuses on the second day
+    graph_requests_first: int  # what the Graph simulator logged during the first run
 
 
 def _host(tc_id: int, host: str, modified: dt.datetime) -> dict[str, Any]:
@@ -79,6 +80,7 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
     pipeline = Pipeline.start(tmp_path_factory.mktemp("report"), "graph", records, database)
     try:
         first = pipeline.run(FIRST_DATE)
+        graph_requests_first = len(pipeline.stack.graph.requests)
         victim = "failing-host.example.net"
         armed = [True]
         pipeline.stack.graph.fail_items(
@@ -91,7 +93,7 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
         failed = pipeline.run(NEXT_DATE)
         armed[0] = False
         third = pipeline.run(THIRD_DATE)
-        yield Story(pipeline, records, first, failed, third, victim)
+        yield Story(pipeline, records, first, failed, third, victim, graph_requests_first)
     finally:
         pipeline.stop()
 
@@ -311,3 +313,16 @@ def test_the_report_renders_in_chromium_without_errors(story: Story) -> None:
     assert check.screenshot.startswith(b"\x89PNG")
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     SCREENSHOT.write_bytes(check.screenshot)  # docs/report.png (the README's screenshot) is a copy of this file
+
+
+def test_the_requests_each_run_records_are_what_the_graph_simulator_logged(story: Story) -> None:
+    runs = _runs(story)
+    first = runs[runs["run_id"] == story.first.run_id]
+    requests = [json.loads(cell) for cell in first["requests"]]
+    recorded = sum(r.get("graph", 0) for r in requests)
+    # Load and verify count their own requests; the preflight's probe of the Graph connection is not a stage's.
+    assert story.graph_requests_first - 2 <= recorded <= story.graph_requests_first
+    assert all(r.get("threatconnect", 0) > 0 for r in requests)
+    assert [json.loads(cell) for cell in first["throttled"]] == [{"threatconnect": 0, "graph": 0}] * len(first)
+    for cell in first["durations"]:
+        assert set(json.loads(cell)) == {"extract", "normalize", "dedupe", "load", "verify"}

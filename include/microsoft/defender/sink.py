@@ -11,7 +11,7 @@ import pandas as pd
 from include.microsoft.defender import payload as mapping
 from include.microsoft.defender.client import MAX_BATCH_DELETE, MAX_IMPORT, DefenderClient, DefenderError
 from include.pipeline.errors import PermanentError
-from include.pipeline.ports import FAILED, OK, REJECTED, SinkResult, WriteRate
+from include.pipeline.ports import FAILED, OK, REJECTED, SinkResult, Traffic, WriteRate
 from include.transport.batch import BatchRefused, ItemAnswer, send_in_batches
 
 log = logging.getLogger(__name__)
@@ -139,6 +139,9 @@ class DefenderSink:
     # ----------------------------------------------------------------- upsert
     def write_rate(self) -> WriteRate:
         return WriteRate(self.batch_size, self.client.requests_per_minute)
+
+    def traffic(self) -> Traffic:
+        return Traffic(self.client.requests_sent, self.client.throttled)
 
     def upsert(self, rows: pd.DataFrame) -> list[SinkResult]:
         """Import every row (create or update: Defender upserts on type and value); one result per row, in order.

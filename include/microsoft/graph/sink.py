@@ -20,7 +20,7 @@ from include.microsoft.graph.client import (
 )
 from include.microsoft.graph.payload import OBSERVABLE_FIELDS, build_payload, same_value, update_body
 from include.pipeline.errors import PermanentError
-from include.pipeline.ports import OK, REJECTED, SinkResult, WriteRate
+from include.pipeline.ports import OK, REJECTED, SinkResult, Traffic, WriteRate
 from include.transport.batch import BatchRefused, ItemAnswer, send_in_batches
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,9 @@ class GraphSink:
     # ----------------------------------------------------------------- upsert
     def write_rate(self) -> WriteRate:
         return WriteRate(self.batch_size, self.client.requests_per_minute)
+
+    def traffic(self) -> Traffic:
+        return Traffic(self.client.requests_sent, self.client.throttled)
 
     def upsert(self, rows: pd.DataFrame) -> list[SinkResult]:
         """Create missing indicators and update existing ones; one result per row, in row order.

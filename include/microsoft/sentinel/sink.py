@@ -27,7 +27,7 @@ from include.microsoft.sentinel.stix import (
     stix_id,
 )
 from include.pipeline.errors import PermanentError
-from include.pipeline.ports import OK, REJECTED, SinkResult, WriteRate
+from include.pipeline.ports import OK, REJECTED, SinkResult, Traffic, WriteRate
 from include.transport.batch import BatchRefused, ItemAnswer, ItemOutcome, send_in_batches
 from include.transport.http import RequestBudget
 from include.transport.limiter import SharedRateLimiter, limiter_path
@@ -102,6 +102,9 @@ class SentinelSink:
 
     def write_rate(self) -> WriteRate:
         return WriteRate(self.batch_size, self.client.requests_per_minute)
+
+    def traffic(self) -> Traffic:
+        return Traffic(self.client.requests_sent, self.client.throttled)
 
     def upsert(self, rows: pd.DataFrame) -> list[SinkResult]:
         """Upload every row; per-record rejections are retried, then reported ``failed`` with Sentinel's message.
