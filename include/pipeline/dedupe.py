@@ -66,11 +66,6 @@ def external_ids(owners: Sequence[str], indicator_type: str, values: Sequence[st
     return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(text)])
 
 
-def stix_id(owner: str, indicator_type: str, value: str) -> str:
-    """The STIX id of one indicator: ``indicator--`` + its ``external_id``."""
-    return "indicator--" + external_id(owner, indicator_type, value)
-
-
 def winners(keys: pa.Table) -> pa.BooleanArray:
     """Which rows survive de-duplication: one per ``external_id``: a live row over a deletion, then the newest.
 
