@@ -8,10 +8,34 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
+
+from include.transport.http import RequestBudget
 
 log = logging.getLogger(__name__)
+
+
+#: ``budget(identity, max_requests, per_seconds)``: how a hook builds the shared budget (file lock or Redis).
+BudgetFactory = Callable[[str, int, float], RequestBudget]
+
+
+def configured_rate(extra: Mapping[str, Any], default: int) -> int:
+    """A Connection's ``requests_per_minute`` extra, or the target's default when it is absent, empty or null."""
+    return int(extra.get("requests_per_minute") or default)
+
+
+def budget_for(
+    identity: str, max_requests: int, budget: BudgetFactory | None, limiter_root: Path | None
+) -> RequestBudget | None:
+    """The identity's request budget a minute: ``budget``'s when given (the hook's choice), else a file lock under
+    ``limiter_root``, else none."""
+    if budget is not None:
+        return budget(identity, max_requests, 60.0)
+    if limiter_root is not None:
+        return SharedRateLimiter(limiter_path(limiter_root, identity), max_requests=max_requests, per_seconds=60.0)
+    return None
 
 
 def limiter_path(root: Path, identity: str) -> Path:

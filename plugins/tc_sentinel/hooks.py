@@ -14,7 +14,7 @@ from include.microsoft.auth import ARM_SCOPE, GRAPH_SCOPE, MICROSOFT_AUTHORITY_H
 from include.pipeline.ports import Sink
 from include.threatconnect.client import ThreatConnectClient
 from include.transport.http import RequestBudget
-from include.transport.limiter import SharedRateLimiter, limiter_path
+from include.transport.limiter import SharedRateLimiter, configured_rate, limiter_path
 from tc_sentinel import redaction
 
 
@@ -161,7 +161,7 @@ class MsGraphHook(BaseHook):
         )
         limiter = request_budget(
             f"{connection.login}|{extra['tenant_id']}|graph",
-            int(extra.get("requests_per_minute") or DEFAULT_REQUESTS_PER_MINUTE),
+            configured_rate(extra, DEFAULT_REQUESTS_PER_MINUTE),
             # The window requests_per_minute counts over; only a scaled-down test budget changes it.
             float(extra.get("budget_window_seconds") or 60),
         )

@@ -26,7 +26,7 @@ from include.microsoft.defender.client import (
 from include.microsoft.defender.payload import build_payload, indicator_key, severity_name
 from include.microsoft.defender.sink import DefenderSink
 from include.transport.http import RequestBudget
-from include.transport.limiter import SharedRateLimiter, limiter_path
+from include.transport.limiter import budget_for, configured_rate
 
 #: One budget for every call keeps the tightest one (import: 30 a minute per app).
 REQUESTS_PER_MINUTE = DEFAULT_REQUESTS_PER_MINUTE
@@ -76,16 +76,8 @@ def client_from_settings(
         authority_host=str(extra.get("authority_host") or MICROSOFT_AUTHORITY_HOST),
         on_new_token=on_new_token,
     )
-    limiter: RequestBudget | None = None
-    max_requests = int(extra.get("requests_per_minute") or requests_per_minute)
-    if budget is not None:
-        limiter = budget(f"{client_id}|{tenant_id}|defender", max_requests, 60.0)
-    elif limiter_root is not None:
-        limiter = SharedRateLimiter(
-            limiter_path(limiter_root, f"{client_id}|{tenant_id}|defender"),
-            max_requests=max_requests,
-            per_seconds=60.0,
-        )
+    identity = f"{client_id}|{tenant_id}|defender"
+    limiter = budget_for(identity, configured_rate(extra, requests_per_minute), budget, limiter_root)
     return DefenderClient(endpoint or DEFAULT_HOST, tokens, client_id=client_id, limiter=limiter)
 
 

@@ -30,7 +30,7 @@ from include.pipeline.errors import PermanentError
 from include.pipeline.ports import OK, REJECTED, SinkResult, Traffic, WriteRate
 from include.transport.batch import BatchRefused, ItemAnswer, ItemOutcome, send_in_batches
 from include.transport.http import RequestBudget
-from include.transport.limiter import SharedRateLimiter, limiter_path
+from include.transport.limiter import budget_for, configured_rate
 
 log = logging.getLogger(__name__)
 
@@ -306,13 +306,8 @@ def sink_from_settings(
             host=str(extra.get("management_host") or DEFAULT_MANAGEMENT_HOST),
         )
     workspace_id = str(extra["workspace_id"])
-    max_requests = int(extra.get("requests_per_minute") or requests_per_minute)
-    limiter: RequestBudget = (
-        budget(f"{client_id}|{workspace_id}", max_requests, 60.0)
-        if budget is not None
-        else SharedRateLimiter(
-            limiter_path(limiter_root, f"{client_id}|{workspace_id}"), max_requests=max_requests, per_seconds=60.0
-        )
+    limiter = budget_for(
+        f"{client_id}|{workspace_id}", configured_rate(extra, requests_per_minute), budget, limiter_root
     )
     client = SentinelClient(endpoint, workspace_id, tokens, limiter=limiter, management=management)
     return SentinelSink(client, sourcesystem=source_system(owner))

@@ -391,8 +391,7 @@ def test_a_microsoft_connection_without_a_tenant_names_the_missing_extra(
 
 @pytest.mark.parametrize("kind", list(CONN_IDS))
 def test_the_limiter_identity_never_contains_the_secret(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
-    import include.microsoft.defender as defender_module
-    import include.microsoft.sentinel.sink as sentinel_sink_module
+    import include.transport.limiter as limiter_module
 
     identities: list[str] = []
     real = hooks.limiter_path
@@ -401,7 +400,7 @@ def test_the_limiter_identity_never_contains_the_secret(monkeypatch: pytest.Monk
         identities.append(identity)
         return real(root, identity)
 
-    for module in (hooks, sentinel_sink_module, defender_module):
+    for module in (hooks, limiter_module):
         monkeypatch.setattr(module, "limiter_path", spy)
     _microsoft(monkeypatch, CONN_IDS[kind], "https://api.example", **EXTRA[kind])
     _client_of(kind)
