@@ -60,7 +60,7 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.pipeline import config, delivery, stages, summary, watermarks
+from include.pipeline import asset_events, config, delivery, stages, summary, watermarks
 from include.pipeline.errors import PermanentError
 from include.pipeline.jobs import (
     DeliveryJob,
@@ -74,6 +74,7 @@ from include.pipeline.jobs import (
 )
 from include.pipeline.mappings import SUPPORTED_TYPES
 from include.pipeline.snapshots import SnapshotStore
+from tc_sentinel import assets
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +259,9 @@ def threatconnect_to_sentinel() -> None:
         return [j.to_xcom() for j in jobs]
 
     # ------------------------------------------------------------------ per type: extract -> normalize -> dedupe
-    @task(map_index_template=LABEL, multiple_outputs=False, execution_timeout=EXTRACT_TIMEOUT)
+    # Each stage's task declares its snapshot's asset; each mapped instance adds one event with its own partition and
+    # counts in ``extra`` (include/pipeline/asset_events.py): a data team's DAG is scheduled on those, not on a poll.
+    @task(map_index_template=LABEL, multiple_outputs=False, execution_timeout=EXTRACT_TIMEOUT, outlets=[assets.RAW])
     def extract(document: JobDocument) -> JobDocument:
         from include.pipeline.mappings import load_mapping
         from include.pipeline.normalize import normalize as normalize_batch
@@ -279,9 +282,11 @@ def threatconnect_to_sentinel() -> None:
                 reconcile=job.reconcile,
                 deletions=client.iter_deleted_batches,
             )
-        return job.extracted(client.owner, report).to_xcom()
+        done = job.extracted(client.owner, report)
+        assets.announce(get_current_context(), asset_events.extracted(done))
+        return done.to_xcom()
 
-    @task(map_index_template=LABEL, multiple_outputs=False)
+    @task(map_index_template=LABEL, multiple_outputs=False, outlets=[assets.NORMALIZED, assets.REJECTED])
     def normalize(document: JobDocument) -> JobDocument:
         from include.pipeline.mappings import load_mapping
         from include.pipeline.normalize import normalize as normalize_batch
@@ -293,15 +298,19 @@ def threatconnect_to_sentinel() -> None:
             report = stages.normalize(
                 _store(job), job.run_id, job.indicator_type, lambda batch: normalize_batch(batch, mapping)
             )
-        return job.normalized(report).to_xcom()
+        done = job.normalized(report)
+        assets.announce(get_current_context(), asset_events.normalized(done))
+        return done.to_xcom()
 
-    @task(map_index_template=LABEL, multiple_outputs=False)
+    @task(map_index_template=LABEL, multiple_outputs=False, outlets=[assets.DEDUPED])
     def dedupe(document: JobDocument) -> JobDocument:
         from include.pipeline.dedupe import winners
 
         job = NormalizedJob.from_xcom(document)
         _label(job)
-        return job.deduped(stages.dedupe(_store(job), job.run_id, job.indicator_type, winners)).to_xcom()
+        done = job.deduped(stages.dedupe(_store(job), job.run_id, job.indicator_type, winners))
+        assets.announce(get_current_context(), asset_events.deduped(done))
+        return done.to_xcom()
 
     # A mapped task group: each type's instances wait only for that type's upstream instance, so a type that fails
     # (its later tasks upstream_failed) never holds the others back. Task ids stay unprefixed (extract, load...).
@@ -317,7 +326,13 @@ def threatconnect_to_sentinel() -> None:
         return [d.to_xcom() for document in _gathered(prepared) for d in PreparedJob.from_xcom(document).deliveries()]
 
     # ------------------------------------------------------------------ per (type, target): load -> verify
-    @task(map_index_template=LABEL, pool=POOL, multiple_outputs=False, execution_timeout=LOAD_TIMEOUT)
+    @task(
+        map_index_template=LABEL,
+        pool=POOL,
+        multiple_outputs=False,
+        execution_timeout=LOAD_TIMEOUT,
+        outlets=[assets.PLAN, assets.LOADED],
+    )
     def load(document: JobDocument) -> JobDocument:
         from include.pipeline.lifecycle import Policy
         from include.pipeline.mappings import load_mapping
@@ -348,9 +363,11 @@ def threatconnect_to_sentinel() -> None:
                 rejection_threshold=cfg.rejection_threshold,
                 target=job.target,
             )
-        return job.loaded(report).to_xcom()
+        done = job.loaded(report)
+        assets.announce(get_current_context(), asset_events.loaded(done))
+        return done.to_xcom()
 
-    @task(map_index_template=LABEL, multiple_outputs=False, execution_timeout=VERIFY_TIMEOUT)
+    @task(map_index_template=LABEL, multiple_outputs=False, execution_timeout=VERIFY_TIMEOUT, outlets=[assets.VERIFIED])
     def verify(document: JobDocument) -> JobDocument:
         from tc_sentinel.hooks import sink
 
@@ -366,7 +383,9 @@ def threatconnect_to_sentinel() -> None:
                 dry_run=job.config.dry_run,
                 target=job.target,
             )
-        return job.verified(report).to_xcom()
+        done = job.verified(report)
+        assets.announce(get_current_context(), asset_events.verified(done))
+        return done.to_xcom()
 
     @task_group(prefix_group_id=False)
     def deliver(document: JobDocument) -> Any:
@@ -398,7 +417,7 @@ def threatconnect_to_sentinel() -> None:
         log.info("watermarks (%s): %s", "live" if live else "backfill", marks)
         return marks
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
+    @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False, outlets=[assets.REPORT])
     def report(verified: list[JobDocument] | JobDocument | None, planned: list[JobDocument]) -> dict[str, Any]:
         """Print the per-type summary, record the run (runs dataset and HTML report); fail the run when any
         (type, target) did not make it through verify."""
@@ -408,7 +427,10 @@ def threatconnect_to_sentinel() -> None:
         finished = [VerifiedJob.from_xcom(v).to_xcom() for v in _gathered(verified)]
         result = summary.summarize(finished, labels)
         log.info("\n%s", summary.render(result))
-        report_error = publish_from_context(get_current_context(), planned, finished, result["failed_types"])
+        context = get_current_context()
+        report_error = publish_from_context(context, planned, finished, result["failed_types"])
+        # Sent only when this task succeeds: a report event means every (type, target) made it through verify.
+        assets.announce(context, asset_events.reported(context["run_id"], planned, result["types"]))
         if result["failed_types"]:
             raise AirflowFailException(f"indicator types that did not complete: {result['failed_types']}")
         if report_error is not None:
