@@ -30,6 +30,11 @@ waits only for its own upstream instance, and the tasks that gather every instan
 `commit_watermarks`, `report`) run once all are done (trigger rule `all_done`): one failing type or target fails
 the run and holds its own watermark, but never stops the others from loading, verifying and advancing theirs.
 
+Every stage announces its snapshot as an Airflow asset (`tc_sentinel.raw`, `normalized`, `rejected`, `deduped`,
+`plan`, `loaded`, `verified`, and `tc_sentinel.report`): each mapped instance adds one event whose `extra` names its
+run, type (and target), the partition it wrote and its counts, so other DAGs can be scheduled on new snapshots
+(`dags/examples/`).
+
 Each run covers its data interval; a live run also resumes from the last committed watermark of each type so a
 failed or skipped run leaves no gap, while a backfill reads exactly its interval and never moves the live watermark.
 Configuration: Connections `threatconnect_default`, `msgraph_default`, `sentinel_default`, `defender_default`; the
