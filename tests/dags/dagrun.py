@@ -374,7 +374,7 @@ class Pipeline:
     def run(self, date: str, conf: dict[str, Any] | None = None) -> Run:
         """``airflow dags test`` for ``date`` (data interval ``[date - 1 day, date)``), recorded in ``runs``."""
         with self._db() as db:
-            # A rerun of a date reuses its run id: only the events recorded after this point are this run's.
+            # Only the events recorded after this point can be this run's (whatever run id a rerun is given).
             (last_event,) = db.execute("SELECT coalesce(max(id), 0) FROM asset_event").fetchone()
         process = self.airflow.dags_test(DAG_ID, date, conf=conf)
         with self._db() as db:

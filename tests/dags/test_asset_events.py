@@ -152,3 +152,25 @@ def test_the_report_event_names_the_report_written_and_the_runs_counts(first, gr
     for indicator_type, counts in extra["counts"].items():
         assert counts["deduplicated"] == mine.loc[indicator_type, "deduplicated"]
         assert counts["verified"] == mine.loc[indicator_type, "verified"]
+
+
+def test_with_several_targets_each_target_gets_its_own_event_counting_its_own_file(fanout) -> None:
+    from tests.dags.fanout import TYPES as FANOUT_TYPES
+
+    run = fanout.first
+    assert run.succeeded, run.explain()
+    pairs = sorted((t, s) for t in FANOUT_TYPES for s in ("sentinel", "defender"))
+    for asset in PER_TARGET:
+        assert sorted((e.extra["indicator_type"], e.extra["target"]) for e in run.events(asset)) == pairs, asset
+    for event in run.events("tc_sentinel.loaded"):
+        rows = _partition(event.extra, target=event.extra["target"])
+        assert event.extra["rows"] == len(rows) > 0
+        assert event.extra["ok"] == int((rows["status"] == "ok").sum())
+
+
+def test_a_rerun_of_the_same_date_announces_its_own_events_once(fanout) -> None:
+    from tests.dags.fanout import TYPES as FANOUT_TYPES
+
+    assert sorted(e.extra["indicator_type"] for e in fanout.rerun.events("tc_sentinel.normalized")) == sorted(
+        FANOUT_TYPES
+    )
