@@ -30,6 +30,11 @@ waits only for its own upstream instance, and the tasks that gather every instan
 `commit_watermarks`, `report`) run once all are done (trigger rule `all_done`): one failing type or target fails
 the run and holds its own watermark, but never stops the others from loading, verifying and advancing theirs.
 
+Every stage announces its snapshot as an Airflow asset (`tc_sentinel.raw`, `normalized`, `rejected`, `deduped`,
+`plan`, `loaded`, `verified`, and `tc_sentinel.report`): each mapped instance adds one event whose `extra` names its
+run, type (and target), the partition it wrote and its counts, so other DAGs can be scheduled on new snapshots
+(`dags/examples/`).
+
 Each run covers its data interval; a live run also resumes from the last committed watermark of each type so a
 failed or skipped run leaves no gap, while a backfill reads exactly its interval and never moves the live watermark.
 Configuration: Connections `threatconnect_default`, `msgraph_default`, `sentinel_default`, `defender_default`; the
@@ -61,7 +66,7 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.pipeline import config, delivery, stages, summary, watermarks
+from include.pipeline import asset_events, config, delivery, stages, summary, watermarks
 from include.pipeline.errors import PermanentError
 from include.pipeline.jobs import (
     DeliveryJob,
@@ -76,6 +81,7 @@ from include.pipeline.jobs import (
 from include.pipeline.mappings import SUPPORTED_TYPES
 from include.pipeline.ports import Traffic, usage
 from include.pipeline.snapshots import SnapshotStore
+from tc_sentinel import assets
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +266,9 @@ def threatconnect_to_sentinel() -> None:
         return [j.to_xcom() for j in jobs]
 
     # ------------------------------------------------------------------ per type: extract -> normalize -> dedupe
-    @task(map_index_template=LABEL, multiple_outputs=False, execution_timeout=EXTRACT_TIMEOUT)
+    # Each stage's task declares its snapshot's asset; each mapped instance adds one event with its own partition and
+    # counts in ``extra`` (include/pipeline/asset_events.py): a data team's DAG is scheduled on those, not on a poll.
+    @task(map_index_template=LABEL, multiple_outputs=False, execution_timeout=EXTRACT_TIMEOUT, outlets=[assets.RAW])
     def extract(document: JobDocument) -> JobDocument:
         from include.pipeline.mappings import load_mapping
         from include.pipeline.normalize import normalize as normalize_batch
@@ -283,9 +291,11 @@ def threatconnect_to_sentinel() -> None:
                 deletions=client.iter_deleted_batches,
             )
         cost = usage("threatconnect", Traffic(client.requests_sent, client.throttled), time.monotonic() - started)
-        return job.extracted(client.owner, {**report, **cost}).to_xcom()
+        done = job.extracted(client.owner, {**report, **cost})
+        assets.announce(get_current_context(), asset_events.extracted(done))
+        return done.to_xcom()
 
-    @task(map_index_template=LABEL, multiple_outputs=False)
+    @task(map_index_template=LABEL, multiple_outputs=False, outlets=[assets.NORMALIZED, assets.REJECTED])
     def normalize(document: JobDocument) -> JobDocument:
         from include.pipeline.mappings import load_mapping
         from include.pipeline.normalize import normalize as normalize_batch
@@ -298,9 +308,11 @@ def threatconnect_to_sentinel() -> None:
             report = stages.normalize(
                 _store(job), job.run_id, job.indicator_type, lambda batch: normalize_batch(batch, mapping)
             )
-        return job.normalized({**report, **usage("", None, time.monotonic() - started)}).to_xcom()
+        done = job.normalized({**report, **usage("", None, time.monotonic() - started)})
+        assets.announce(get_current_context(), asset_events.normalized(done))
+        return done.to_xcom()
 
-    @task(map_index_template=LABEL, multiple_outputs=False)
+    @task(map_index_template=LABEL, multiple_outputs=False, outlets=[assets.DEDUPED])
     def dedupe(document: JobDocument) -> JobDocument:
         from include.pipeline.dedupe import winners
 
@@ -308,7 +320,9 @@ def threatconnect_to_sentinel() -> None:
         _label(job)
         started = time.monotonic()
         report = stages.dedupe(_store(job), job.run_id, job.indicator_type, winners)
-        return job.deduped({**report, **usage("", None, time.monotonic() - started)}).to_xcom()
+        done = job.deduped({**report, **usage("", None, time.monotonic() - started)})
+        assets.announce(get_current_context(), asset_events.deduped(done))
+        return done.to_xcom()
 
     # A mapped task group: each type's instances wait only for that type's upstream instance, so a type that fails
     # (its later tasks upstream_failed) never holds the others back. Task ids stay unprefixed (extract, load...).
@@ -324,7 +338,13 @@ def threatconnect_to_sentinel() -> None:
         return [d.to_xcom() for document in _gathered(prepared) for d in PreparedJob.from_xcom(document).deliveries()]
 
     # ------------------------------------------------------------------ per (type, target): load -> verify
-    @task(map_index_template=LABEL, pool=POOL, multiple_outputs=False, execution_timeout=LOAD_TIMEOUT)
+    @task(
+        map_index_template=LABEL,
+        pool=POOL,
+        multiple_outputs=False,
+        execution_timeout=LOAD_TIMEOUT,
+        outlets=[assets.PLAN, assets.LOADED],
+    )
     def load(document: JobDocument) -> JobDocument:
         from include.pipeline.lifecycle import Policy
         from include.pipeline.mappings import load_mapping
@@ -358,9 +378,11 @@ def threatconnect_to_sentinel() -> None:
                 target=job.target,
                 time_limit=LOAD_TIMEOUT.total_seconds(),
             )
-        return job.loaded({**report, **usage(job.target, target.traffic(), time.monotonic() - started)}).to_xcom()
+        done = job.loaded({**report, **usage(job.target, target.traffic(), time.monotonic() - started)})
+        assets.announce(get_current_context(), asset_events.loaded(done))
+        return done.to_xcom()
 
-    @task(map_index_template=LABEL, multiple_outputs=False, execution_timeout=VERIFY_TIMEOUT)
+    @task(map_index_template=LABEL, multiple_outputs=False, execution_timeout=VERIFY_TIMEOUT, outlets=[assets.VERIFIED])
     def verify(document: JobDocument) -> JobDocument:
         from tc_sentinel.hooks import sink
 
@@ -378,7 +400,9 @@ def threatconnect_to_sentinel() -> None:
                 dry_run=job.config.dry_run,
                 target=job.target,
             )
-        return job.verified({**report, **usage(job.target, target.traffic(), time.monotonic() - started)}).to_xcom()
+        done = job.verified({**report, **usage(job.target, target.traffic(), time.monotonic() - started)})
+        assets.announce(get_current_context(), asset_events.verified(done))
+        return done.to_xcom()
 
     @task_group(prefix_group_id=False)
     def deliver(document: JobDocument) -> Any:
@@ -410,7 +434,7 @@ def threatconnect_to_sentinel() -> None:
         log.info("watermarks (%s): %s", "live" if live else "backfill", marks)
         return marks
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
+    @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False, outlets=[assets.REPORT])
     def report(verified: list[JobDocument] | JobDocument | None, planned: list[JobDocument]) -> dict[str, Any]:
         """Print the per-type summary, record the run (runs dataset and HTML report); fail the run when any
         (type, target) did not make it through verify."""
@@ -420,7 +444,10 @@ def threatconnect_to_sentinel() -> None:
         finished = [VerifiedJob.from_xcom(v).to_xcom() for v in _gathered(verified)]
         result = summary.summarize(finished, labels)
         log.info("\n%s", summary.render(result))
-        report_error = publish_from_context(get_current_context(), planned, finished, result["failed_types"])
+        context = get_current_context()
+        report_error = publish_from_context(context, planned, finished, result["failed_types"])
+        # Sent only when this task succeeds: a report event means every (type, target) made it through verify.
+        assets.announce(context, asset_events.reported(context["run_id"], planned, result["types"]))
         if result["failed_types"]:
             raise AirflowFailException(f"indicator types that did not complete: {result['failed_types']}")
         if report_error is not None:

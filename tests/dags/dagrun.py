@@ -280,6 +280,17 @@ def sentinel_keys(stack: Stack) -> list[tuple[str, str, str]]:
 
 
 # --------------------------------------------------------------------------------------------- Airflow runs
+@dataclass(frozen=True)
+class AssetEvent:
+    """One asset event a run's task recorded in the metadata database (``asset_event`` joined to ``asset``)."""
+
+    asset: str  # the asset's name
+    uri: str
+    task_id: str
+    map_index: int
+    extra: dict[str, Any]
+
+
 @dataclass
 class Run:
     """One finished ``airflow dags test`` and what it left in the metadata database (read before any rerun of the
@@ -293,6 +304,11 @@ class Run:
     interval_start: dt.datetime
     interval_end: dt.datetime
     xcoms: dict[tuple[str, int, str], Any] = field(default_factory=dict)
+    asset_events: list[AssetEvent] = field(default_factory=list)
+
+    def events(self, asset: str) -> list[AssetEvent]:
+        """The run's events on one asset (``tc_sentinel.normalized``...), by map index."""
+        return sorted((e for e in self.asset_events if e.asset == asset), key=lambda e: e.map_index)
 
     @property
     def succeeded(self) -> bool:
@@ -357,6 +373,9 @@ class Pipeline:
 
     def run(self, date: str, conf: dict[str, Any] | None = None) -> Run:
         """``airflow dags test`` for ``date`` (data interval ``[date - 1 day, date)``), recorded in ``runs``."""
+        with self._db() as db:
+            # Only the events recorded after this point can be this run's (whatever run id a rerun is given).
+            (last_event,) = db.execute("SELECT coalesce(max(id), 0) FROM asset_event").fetchone()
         process = self.airflow.dags_test(DAG_ID, date, conf=conf)
         with self._db() as db:
             run_id, state, start, end = db.execute(
@@ -370,7 +389,15 @@ class Pipeline:
                     "SELECT task_id, map_index, key, value FROM xcom WHERE dag_id = ? AND run_id = ?", (DAG_ID, run_id)
                 )
             }
-        run = Run(date, conf, process, run_id, state, _utc(start), _utc(end), xcoms)
+            events = [
+                AssetEvent(name, uri, task_id, map_index, json.loads(extra))
+                for name, uri, task_id, map_index, extra in db.execute(
+                    "SELECT a.name, a.uri, e.source_task_id, e.source_map_index, e.extra FROM asset_event e "
+                    "JOIN asset a ON a.id = e.asset_id WHERE e.source_dag_id = ? AND e.source_run_id = ? AND e.id > ?",
+                    (DAG_ID, run_id, last_event),
+                )
+            ]
+        run = Run(date, conf, process, run_id, state, _utc(start), _utc(end), xcoms, events)
         self.runs.append(run)
         return run
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 DAGS = Path(__file__).resolve().parents[2] / "dags"
-DAG_FILES = sorted(DAGS.glob("*.py"))
+DAG_FILES = sorted(DAGS.rglob("*.py"))  # dags/examples/ too: the DAG processor parses subfolders
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +24,7 @@ def dagbag():
 def test_the_dag_file_imports_without_errors(dagbag, dag_file: Path) -> None:
     errors = {k: v for k, v in dagbag.import_errors.items() if Path(k).name == dag_file.name}
     assert not errors
+    assert any(Path(d.fileloc).name == dag_file.name for d in dagbag.dags.values()), "no DAG in the file"
 
 
 def test_the_pipeline_maps_each_stage_over_indicator_types_in_order(dagbag) -> None:
@@ -135,3 +136,26 @@ def test_every_param_is_typed_and_only_variable_overrides_default_to_empty(dagba
         else:
             assert param.value is RUN_ONLY_DEFAULTS[name], name
             assert param.schema["type"] == "boolean", name
+
+
+STAGE_OUTLETS = {
+    "extract": ["tc_sentinel.raw"],
+    "normalize": ["tc_sentinel.normalized", "tc_sentinel.rejected"],
+    "dedupe": ["tc_sentinel.deduped"],
+    "load": ["tc_sentinel.plan", "tc_sentinel.loaded"],
+    "verify": ["tc_sentinel.verified"],
+    "report": ["tc_sentinel.report"],
+}
+
+
+@pytest.mark.parametrize(("task_id", "names"), STAGE_OUTLETS.items())
+def test_each_stage_declares_the_assets_of_the_snapshots_it_writes(dagbag, task_id, names) -> None:
+    task = dagbag.dags["threatconnect_to_sentinel"].get_task(task_id)
+    assert [a.name for a in task.outlets] == names
+    assert all(a.uri.startswith("x-tc-sentinel://") for a in task.outlets)
+
+
+def test_the_example_consumer_is_scheduled_on_the_normalized_snapshot_asset(dagbag) -> None:
+    consumer = dagbag.dags["tc_sentinel_normalized_summary"]
+    produced = dagbag.dags["threatconnect_to_sentinel"].get_task("normalize").outlets[0]
+    assert list(consumer.timetable.asset_condition.objects) == [produced]

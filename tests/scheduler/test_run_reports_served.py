@@ -1,11 +1,14 @@
 """Run reports through the real API server: a scheduled run and a backfill fill the ``runs`` dataset, and the
-plugin's app serves their reports only to a logged-in user."""
+plugin's app serves their reports only to a logged-in user. The same runs' ``tc_sentinel.normalized`` asset events
+trigger the example consumer DAG (``dags/examples/``), which reads the partitions the events name."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,7 @@ pytestmark = [pytest.mark.scheduler, pytest.mark.integration, pytest.mark.timeou
 log = logging.getLogger(__name__)
 
 DAG_ID = "threatconnect_to_sentinel"
+CONSUMER = "tc_sentinel_normalized_summary"  # dags/examples/normalized_snapshot_summary.py
 POLICY = Path(__file__).with_name("catchup_policy.py")
 TYPES = ["Address", "Host"]
 DAY = dt.timedelta(days=1)
@@ -42,6 +46,8 @@ class Served:
     runs: list[dict[str, Any]] = field(default_factory=list)
     answers: dict[str, requests.Response] = field(default_factory=dict)
     plugins: dict[str, Any] = field(default_factory=dict)
+    consumer_runs: list[dict[str, Any]] = field(default_factory=list)
+    summaries: list[dict[str, Any]] = field(default_factory=list)  # what the consumer's runs returned, together
 
 
 @pytest.fixture(scope="module")
@@ -68,11 +74,18 @@ def served(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -
         services = start_services(airflow, parallelism=4)
         try:
             services.wait_for_dag(DAG_ID)
+            services.wait_for_dag(CONSUMER)
+            # A paused DAG is not queued by asset events: the consumer listens before the first run starts.
+            services.unpause(CONSUMER)
             services.unpause(DAG_ID)
             services.wait_for_runs(DAG_ID, 1, run_type="scheduled", timeout=300)
             services.backfill(DAG_ID, BACKFILL[0], BACKFILL[0], max_active_runs=1)
             services.wait_for_runs(DAG_ID, 1, run_type="backfill", timeout=300)
             result.runs = services.dag_runs(DAG_ID)
+            waited = time.monotonic()
+            upstream = {r["dag_run_id"] for r in result.runs}
+            result.consumer_runs, result.summaries = _consumed(services, upstream, timeout=300)
+            log.info("the consumer caught up %.0f s after the last run of %s", time.monotonic() - waited, DAG_ID)
             _ask(services, result)
         except BaseException:
             log.error("Airflow component logs:\n%s", services.logs_tail())
@@ -82,6 +95,33 @@ def served(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -
         if services is not None:
             services.stop()
         stack.stop()
+
+
+def _consumed(
+    services: AirflowServices, upstream: set[str], timeout: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Wait until the consumer's runs are all finished and have summarized a partition of every upstream run.
+
+    Not necessarily every type's: Airflow 3.3 queues one consumer run per (asset, consumer), dated by the first
+    event, so an event on the same asset landing before the scheduler's next pass is left for the consumer's next
+    run (README "Assets"). The first normalized event of each upstream run always triggers a consumer run.
+    """
+    deadline = time.monotonic() + timeout
+    runs: list[dict[str, Any]] = []
+    summaries: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        runs = services.dag_runs(CONSUMER)
+        if runs and all(r["state"] in ("success", "failed") for r in runs):
+            summaries = [
+                s
+                for r in runs
+                if r["state"] == "success"
+                for s in services.xcom(CONSUMER, r["dag_run_id"], "summarize", "return_value") or []
+            ]
+            if {s["run_id"] for s in summaries} >= upstream or any(r["state"] == "failed" for r in runs):
+                return runs, summaries
+        time.sleep(2)
+    raise AssertionError(f"{CONSUMER} did not summarize {sorted(upstream)} within {timeout}s: {runs}, {summaries}")
 
 
 def _ask(services: AirflowServices, result: Served) -> None:
@@ -161,3 +201,28 @@ def test_the_plugin_registers_the_app_and_a_navigation_entry(served: Served) -> 
     (plugin,) = [p for p in served.plugins["plugins"] if p["name"] == "tc_sentinel"]
     assert [a["url_prefix"] for a in plugin["fastapi_apps"]] == ["/tc-sentinel"]
     assert [v["href"] for v in plugin["external_views"]] == ["/tc-sentinel/"]
+
+
+def test_each_new_normalized_snapshot_triggers_the_example_consumer(served: Served) -> None:
+    assert served.consumer_runs, "the consumer never ran"
+    assert {(r["run_type"], r["state"]) for r in served.consumer_runs} == {("asset_triggered", "success")}
+    consumed = [(s["run_id"], s["indicator_type"]) for s in served.summaries]
+    assert len(consumed) == len(set(consumed)), "an event was consumed twice"
+    assert set(consumed) <= {(r["dag_run_id"], t) for r in served.runs for t in TYPES}
+    assert {run_id for run_id, _ in consumed} == {r["dag_run_id"] for r in served.runs}
+
+
+def test_the_consumer_reads_the_partition_its_triggering_event_names(served: Served) -> None:
+    for summary in served.summaries:
+        run_id, indicator_type = summary["run_id"], summary["indicator_type"]
+        partition = (
+            served.data_root / "normalized" / f"indicator_type={indicator_type}" / f"run_id={quote(run_id, safe='')}"
+        )
+        assert Path(summary["partition"]) == partition
+        frame = pd.read_parquet(partition)
+        assert summary["rows"] == summary["announced_rows"] == len(frame) > 0
+        assert summary["by_kind"] == {k: int(n) for k, n in frame["kind"].value_counts().items()}
+        written = (
+            served.data_root / "examples" / "normalized_summary" / quote(run_id, safe="") / f"{indicator_type}.json"
+        )
+        assert json.loads(written.read_text()) == summary
