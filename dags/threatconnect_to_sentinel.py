@@ -58,7 +58,7 @@ from airflow.sdk import (
     task,
     task_group,
 )
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from include.pipeline import config, delivery, stages, summary, watermarks
 from include.pipeline.errors import PermanentError
@@ -74,6 +74,7 @@ from include.pipeline.jobs import (
 )
 from include.pipeline.mappings import SUPPORTED_TYPES
 from include.pipeline.snapshots import SnapshotStore
+from tc_sentinel.approval import RetractionApproval, approved
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,12 @@ PARAMS = {
     ),
     "refresh_within_days": _overrides(
         "refresh_within_days", "integer", "re-send live indicators expiring within N days", minimum=0
+    ),
+    "approval_timeout_hours": _overrides(
+        "approval_timeout_hours",
+        "number",
+        "how long the approval gate waits for a person before it rejects the held retractions",
+        exclusiveMinimum=0,
     ),
     "dry_run": _run_only("dry_run", "plan only: write the plan, send nothing"),
     "allow_mass_retraction": _run_only("allow_mass_retraction", "let this run retract more than the guard allows"),
@@ -374,11 +381,52 @@ def threatconnect_to_sentinel() -> None:
         return verify(load(document))
 
     # ------------------------------------------------------------------ the whole run
+    # ------------------------------------------------------------------ the approval gate for mass retraction
+    @task.short_circuit(
+        trigger_rule=TriggerRule.ALL_DONE, ignore_downstream_trigger_rules=False, execution_timeout=CHECK_TIMEOUT
+    )
+    def held_retractions(verified: list[JobDocument] | JobDocument | None) -> dict[str, Any] | None:
+        """The request for the gate when some (type, target) held retractions past the guard; else nothing, and
+        the gate is skipped (a normal run never pauses)."""
+        from include.pipeline import approval
+
+        held = approval.held_deliveries(_gathered(verified))
+        if not held:
+            return None
+        cfg = _resolve(get_current_context())
+        request = approval.request(SnapshotStore(held[0]["data_root"]), held)
+        log.warning("%s\n%s", request["subject"], request["body"])
+        return {**request, "timeout_hours": cfg.approval_timeout_hours, "held": held}
+
+    gate = RetractionApproval(task_id="approve_retractions", execution_timeout=CHECK_TIMEOUT)
+
+    @task(trigger_rule=TriggerRule.ALL_DONE, pool=POOL, multiple_outputs=False, execution_timeout=LOAD_TIMEOUT)
+    def retract() -> list[dict[str, Any]]:
+        """Perform the held retractions, only when a person approved them (Reject or the timeout skips this)."""
+        from include.pipeline import approval
+        from tc_sentinel.hooks import sink
+
+        ti = get_current_context()["ti"]
+        request = ti.xcom_pull(task_ids="held_retractions")
+        if not request or not approved(ti.xcom_pull(task_ids="approve_retractions")):
+            raise AirflowSkipException("no approved retractions in this run")
+        done = []
+        for held in request["held"]:
+            with _fail_fast():
+                done.append(
+                    approval.retract_held(sink(held["target"], held["owner"]), SnapshotStore(held["data_root"]), held)
+                )
+        return done
+
+    # ------------------------------------------------------------------ the whole run
     @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
     def commit_watermarks(
-        verified: list[JobDocument] | JobDocument | None, planned: list[JobDocument]
+        verified: list[JobDocument] | JobDocument | None,
+        planned: list[JobDocument],
+        retracted: list[dict[str, Any]] | None,
     ) -> dict[str, str]:
-        """Advance each verified (type, target)'s watermark; hold the others where this run started reading."""
+        """Advance each verified (type, target)'s watermark; hold the others where this run started reading. A
+        (type, target) with retractions held for approval advances only up to them unless they were done."""
         context = get_current_context()
         live = context["dag_run"].run_type != "backfill"
         previous = _previous_watermarks(context) if live else {}
@@ -390,23 +438,31 @@ def threatconnect_to_sentinel() -> None:
                     target
                 ) or watermarks.iso(job.window.start)
         marks = watermarks.hold(previous, held)
+        approved_keys = {r["watermark_key"] for r in retracted or [] if r["complete"]}
         for done in (VerifiedJob.from_xcom(v) for v in _gathered(verified)):
-            if done.verify.get("watermark"):
-                marks[done.watermark_key] = done.verify["watermark"]
+            mark = done.verify.get("watermark")
+            if done.watermark_key in approved_keys and done.verify.get("watermark_after_retractions"):
+                mark = done.verify["watermark_after_retractions"]
+            if mark:
+                marks[done.watermark_key] = mark
         # Backfills keep their marks under another key: the live chain is never moved by replaying the past.
         context["ti"].xcom_push(key=WATERMARK_KEY if live else "backfill_watermarks", value=marks)
         log.info("watermarks (%s): %s", "live" if live else "backfill", marks)
         return marks
 
     @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
-    def report(verified: list[JobDocument] | JobDocument | None, planned: list[JobDocument]) -> dict[str, Any]:
+    def report(
+        verified: list[JobDocument] | JobDocument | None,
+        planned: list[JobDocument],
+        retracted: list[dict[str, Any]] | None,
+    ) -> dict[str, Any]:
         """Print the per-type summary, record the run (runs dataset and HTML report); fail the run when any
         (type, target) did not make it through verify."""
         from include.report.publish import publish_from_context
 
         labels = [name for p in planned for name in TypeJob.from_xcom(p).delivery_labels()]
         finished = [VerifiedJob.from_xcom(v).to_xcom() for v in _gathered(verified)]
-        result = summary.summarize(finished, labels)
+        result = summary.summarize(finished, labels, retracted or [])
         log.info("\n%s", summary.render(result))
         report_error = publish_from_context(get_current_context(), planned, finished, result["failed_types"])
         if result["failed_types"]:
@@ -419,8 +475,10 @@ def threatconnect_to_sentinel() -> None:
     jobs = plan_run()
     checked >> jobs
     verified = deliver.expand(document=fan_out(prepare.expand(document=jobs)))
-    marks = commit_watermarks(verified, jobs)
-    outcome = report(verified, jobs)
+    retracted = retract()
+    held_retractions(verified) >> gate >> retracted
+    marks = commit_watermarks(verified, jobs, retracted)
+    outcome = report(verified, jobs, retracted)
     marks >> outcome
 
 
