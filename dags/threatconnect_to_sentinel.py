@@ -3,7 +3,9 @@
 
 Moves ThreatConnect indicators into Microsoft Sentinel: **preflight → plan_run**, then one mapped task group
 **prepare** per indicator type (**extract → normalize → dedupe**), then one mapped task group **deliver** per
-(type, target) (**load → verify**); then the watermarks are committed and a summary is printed.
+(type, target) (**load → verify**); then, only when some load held retractions past the retraction guard, a person
+is asked (**held_retractions → approve_retractions → retract**); then the watermarks are committed and a summary
+is printed.
 
 * **preflight** checks every Connection the run needs (fields, hosts, a signed ThreatConnect request, a token for
   the target) and fails with one message naming the Connection before anything is extracted or sent.
@@ -13,8 +15,9 @@ Moves ThreatConnect indicators into Microsoft Sentinel: **preflight → plan_run
   `normalized`; invalid values go to `rejected` with the reason.
 * **dedupe** keeps one row per (type, canonical value), the most recent.
 * **load** plans against what earlier runs delivered (create, update, refresh before expiry, retract what
-  ThreatConnect retired, skip what is unchanged; the plan goes to the `plan` snapshot), refuses a mass retraction,
-  then writes only the plan's changes to the target chosen by `tc_sentinel_sink` (Graph `tiIndicators`,
+  ThreatConnect retired, skip what is unchanged; the plan goes to the `plan` snapshot), holds back a mass
+  retraction (more than `retraction_guard` of the delivered live set) for a person's approval, then writes only the
+  plan's other changes to the target chosen by `tc_sentinel_sink` (Graph `tiIndicators`,
   Sentinel's STIX objects upload API, or Defender for Endpoint's indicators API), keyed on a deterministic
   external id, recording every write in `loaded`.
   With the param `dry_run` it stops after the plan. Items the target refuses for their content are quarantined
@@ -22,11 +25,16 @@ Moves ThreatConnect indicators into Microsoft Sentinel: **preflight → plan_run
   of a type's writes fails the run.
 * **verify** reads every write back (or, for Sentinel without management-plane coordinates, relies on the upload's
   acknowledgements) and fails the run when anything is missing or different; what it finds missing is recorded as
-  not delivered, so the next run sends it again.
+  not delivered, so the next run sends it again. A (type, target) whose retractions are held keeps its watermark
+  before the first of them, unless they are approved and done.
+* **approve_retractions** (Airflow's human-in-the-loop `ApprovalOperator`; skipped when nothing was held) shows the
+  numbers and a sample of what would be retracted; **Approve** lets **retract** perform and read back the held
+  retractions; **Reject**, or no answer within `approval_timeout_hours` (default 24), skips them and the run
+  finishes; a later run plans them again and asks again.
 
-Errors no retry can fix (credentials, permissions, configuration, the mass-retraction guard, a mapping the target
-refuses wholesale) fail the task at once; transient ones are retried. Inside a mapped task group each instance
-waits only for its own upstream instance, and the tasks that gather every instance (`fan_out`,
+Errors no retry can fix (credentials, permissions, configuration, a mapping the target refuses wholesale) fail
+the task at once; transient ones are retried. Inside a mapped task group each instance waits only for its own
+upstream instance, and the tasks that gather every instance (`fan_out`,
 `commit_watermarks`, `report`) run once all are done (trigger rule `all_done`): one failing type or target fails
 the run and holds its own watermark, but never stops the others from loading, verifying and advancing theirs.
 
@@ -96,7 +104,8 @@ TRANSFORM_TIMEOUT = _hours("TC_SENTINEL_TRANSFORM_TIMEOUT_HOURS", 1)
 LOAD_TIMEOUT = _hours("TC_SENTINEL_LOAD_TIMEOUT_HOURS", 4)
 VERIFY_TIMEOUT = _hours("TC_SENTINEL_VERIFY_TIMEOUT_HOURS", 2)
 CHECK_TIMEOUT = dt.timedelta(minutes=15)
-DAGRUN_TIMEOUT = _hours("TC_SENTINEL_DAGRUN_TIMEOUT_HOURS", 20)
+# 20 h of work plus the approval gate's default wait (24 h): a run that waits for a person must not time out first.
+DAGRUN_TIMEOUT = _hours("TC_SENTINEL_DAGRUN_TIMEOUT_HOURS", 44)
 # Each mapped instance is named after its type, or "type → target" when the run has several targets.
 LABEL = "{{ type_label }}"
 
@@ -400,9 +409,10 @@ def threatconnect_to_sentinel() -> None:
 
     gate = RetractionApproval(task_id="approve_retractions", execution_timeout=CHECK_TIMEOUT)
 
-    @task(trigger_rule=TriggerRule.ALL_DONE, pool=POOL, multiple_outputs=False, execution_timeout=LOAD_TIMEOUT)
+    @task(pool=POOL, multiple_outputs=False, execution_timeout=LOAD_TIMEOUT)
     def retract() -> list[dict[str, Any]]:
-        """Perform the held retractions, only when a person approved them (Reject or the timeout skips this)."""
+        """Perform the held retractions, only when a person approved them: Reject or the timeout skips this task,
+        and so does a skipped gate (nothing held); the answer is checked here again all the same."""
         from include.pipeline import approval
         from tc_sentinel.hooks import sink
 

@@ -100,19 +100,20 @@ class AirflowEnv:
         return self.run(*args, check=check, timeout=timeout)
 
     def dags_test_in_background(
-        self, dag_id: str, logical_date: str, conf: dict | None = None
-    ) -> subprocess.Popen[str]:
-        """``airflow dags test`` that the caller waits for (a run that pauses for a person's answer)."""
+        self, dag_id: str, logical_date: str, output: Path, conf: dict | None = None
+    ) -> subprocess.Popen[bytes]:
+        """``airflow dags test`` that the caller waits for (a run that pauses for a person's answer); its output
+        goes to the file ``output`` (a pipe nobody reads while the run waits would fill up and stall the run)."""
         self.home.mkdir(parents=True, exist_ok=True)
         args = ["dags", "test", dag_id, logical_date, *(["-c", json.dumps(conf)] if conf else [])]
-        return subprocess.Popen(
-            [str(Path(sys.executable).parent / "airflow"), *args],
-            env=self.env(),
-            cwd=REPO_ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        with output.open("wb") as sink:
+            return subprocess.Popen(
+                [str(Path(sys.executable).parent / "airflow"), *args],
+                env=self.env(),
+                cwd=REPO_ROOT,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
 
     def answer_hitl(self, dag_id: str, run_id: str, task_id: str, option: str, map_index: int = -1) -> None:
         """Record a person's answer to a waiting human-in-the-loop task in this home's metadata database, as the

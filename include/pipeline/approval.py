@@ -62,8 +62,9 @@ def held_deliveries(verified: Sequence[Mapping[str, Any]]) -> list[Held]:
     """The (type, target)s of a run whose load held retractions, from the verified job documents."""
     found: list[Held] = []
     for job in verified:
-        trip = (job.get("load") or {}).get("held_retractions")
-        if not trip:
+        load = job.get("load") or {}
+        trip = load.get("held_retractions")
+        if not trip or load.get("dry_run"):  # a dry run only shows, in its plan, what it would hold
             continue
         targets = job["config"]["targets"]
         target = job["target"]

@@ -93,30 +93,31 @@ def run(
 def run_paused(airflow: AirflowEnv, observed: Observed, name: str, stack: Stack, date: str, answer: str) -> None:
     """A run that pauses at the approval gate: record what the target holds while it waits, then answer."""
     before = len(stack.graph.writes())
-    process = airflow.dags_test_in_background(DAG_ID, date)
+    output = airflow.home / f"{name}.out"
+    process = airflow.dags_test_in_background(DAG_ID, date, output)
     try:
-        run_id = wait_for_gate(observed.home, process)
+        run_id = wait_for_gate(observed.home, process, output)
         observed.writes[f"{name} (waiting)"] = stack.graph.writes()[before:]
         observed.targets[f"{name} (waiting)"] = graph_state(stack)
         observed.chosen[f"{name} run"] = {"run_id": run_id}
         airflow.answer_hitl(DAG_ID, run_id, "approve_retractions", answer)
-        output, _ = process.communicate(timeout=900)
+        process.wait(timeout=900)
     finally:
         if process.poll() is None:
             process.kill()
-            process.communicate()
+            process.wait()
     observed.returncodes[name] = process.returncode
-    observed.outputs[name] = output
+    observed.outputs[name] = output.read_text(errors="replace")
     observed.writes[name] = stack.graph.writes()[before:]
     observed.targets[name] = graph_state(stack)
 
 
-def wait_for_gate(home: Path | None, process: Any, timeout: float = 900) -> str:
+def wait_for_gate(home: Path | None, process: Any, output: Path, timeout: float = 900) -> str:
     """Poll the metadata database until the run's approval gate waits for a person; return the run id."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"the run ended before its gate asked:\n{process.stdout.read()[-5000:]}")
+            raise AssertionError(f"the run ended before its gate asked:\n{output.read_text()[-5000:]}")
         with sqlite3.connect(home / "airflow.db") as db:
             row = db.execute(
                 "SELECT run_id FROM task_instance WHERE dag_id = ? AND task_id = 'approve_retractions' "

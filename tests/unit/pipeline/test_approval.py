@@ -124,7 +124,11 @@ def test_without_approval_the_retractions_stay_live_so_the_next_run_plans_them_a
 
 def test_the_request_shows_the_numbers_and_a_sample(held_run) -> None:
     _, store, loaded, _ = held_run
-    held = approval.held_deliveries([_job(store, loaded), {**_job(store, loaded), "load": {"held_retractions": None}}])
+    others = [
+        {**_job(store, loaded), "load": {"held_retractions": None}},
+        {**_job(store, loaded), "load": {**loaded, "dry_run": True}},
+    ]
+    held = approval.held_deliveries([_job(store, loaded), *others])
     assert [(h["label"], h["retractions"], h["live"], h["allowed"]) for h in held] == [("Address", 40, 50, 10)]
     asked = approval.request(store, held, sample=3)
     assert asked["subject"].startswith("Approve 40 retractions past the retraction guard (Address)")
