@@ -16,6 +16,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 _ANSWER_HITL = """
 import sys
 from sqlalchemy import select
+from sqlalchemy.orm import joinedload
 from airflow.models.taskinstance import TaskInstance as TI
 from airflow.models.trigger import handle_event_submit
 from airflow.triggers.base import TriggerEvent
@@ -25,7 +26,7 @@ from airflow.utils.session import create_session
 dag_id, run_id, task_id, map_index, option = sys.argv[1:]
 with create_session() as session:
     ti = session.scalar(select(TI).where(TI.dag_id == dag_id, TI.run_id == run_id, TI.task_id == task_id,
-                                         TI.map_index == int(map_index)))
+                                         TI.map_index == int(map_index)).options(joinedload(TI.hitl_detail)))
     detail = ti.hitl_detail
     detail.responded_by = {"id": "tests", "name": "tests"}
     detail.responded_at = timezone.utcnow()

@@ -148,11 +148,18 @@ def _retire_most_hosts(stack: Stack, result: Served) -> None:
         result.retired.append((record["hostName"].lower().rstrip("."), changed))
 
 
-def _gate_run(services: AirflowServices, stack: Stack, conf: dict[str, Any], answer: str | None) -> GateRun:
-    """Trigger a manual run (no logical date: it covers [TODAY - 1 day, TODAY)), wait until its gate asks, answer
-    through the REST API (or not: the timeout answers), and wait for the run to finish."""
+def _gate_run(services: AirflowServices, stack: Stack, order: int, conf: dict[str, Any], answer: str | None) -> GateRun:
+    """Trigger the ``order``-th manual run over [TODAY - 1 day, TODAY) (logical dates after the scheduled run's, in
+    order, so each live run resumes from the marks of the one before), wait until its gate asks, answer through the
+    REST API (or not: the timeout answers), and wait for the run to finish."""
     started = time.monotonic()
-    run_id = services.api("POST", f"/dags/{DAG_ID}/dagRuns", json={"logical_date": None, "conf": conf})["dag_run_id"]
+    body = {
+        "logical_date": (LIVE[1] + dt.timedelta(minutes=order)).isoformat(),
+        "data_interval_start": LIVE[1].isoformat(),
+        "data_interval_end": TODAY.isoformat(),
+        "conf": conf,
+    }
+    run_id = services.api("POST", f"/dags/{DAG_ID}/dagRuns", json=body)["dag_run_id"]
     deadline = time.monotonic() + 600
     asked: dict[str, Any] = {}
     while not asked:
@@ -183,9 +190,9 @@ def _gate_run(services: AirflowServices, stack: Stack, conf: dict[str, Any], ans
 
 def _answer_the_gate(services: AirflowServices, stack: Stack, result: Served) -> None:
     _retire_most_hosts(stack, result)
-    result.gate["reject"] = _gate_run(services, stack, {}, "Reject")
-    result.gate["timeout"] = _gate_run(services, stack, {"approval_timeout_hours": SHORT_TIMEOUT_HOURS}, None)
-    result.gate["approve"] = _gate_run(services, stack, {}, "Approve")
+    result.gate["reject"] = _gate_run(services, stack, 1, {}, "Reject")
+    result.gate["timeout"] = _gate_run(services, stack, 2, {"approval_timeout_hours": SHORT_TIMEOUT_HOURS}, None)
+    result.gate["approve"] = _gate_run(services, stack, 3, {}, "Approve")
     log.info("approval gate runs took %s s", {k: round(v.seconds) for k, v in result.gate.items()})
 
 
