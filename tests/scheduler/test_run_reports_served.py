@@ -80,6 +80,7 @@ def served(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -
                 **stack.env(str(result.data_root), "graph", TYPES),
                 "TC_SENTINEL_TEST_START_DATE": LIVE[0].isoformat(),
                 "TC_SENTINEL_TEST_END_DATE": LIVE[0].isoformat(),
+                "TC_SENTINEL_TEST_END_DATE_FILE": str(workdir / "end-date"),
             },
         )
         (airflow.home / "config").mkdir(parents=True)
@@ -95,7 +96,7 @@ def served(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -
             services.wait_for_runs(DAG_ID, 1, run_type="backfill", timeout=300)
             result.runs = services.dag_runs(DAG_ID)
             _ask(services, result)
-            _answer_the_gate(services, stack, result)
+            _answer_the_gate(services, stack, result, workdir / "end-date")
         except BaseException:
             log.error("Airflow component logs:\n%s", services.logs_tail())
             raise
@@ -148,19 +149,28 @@ def _retire_most_hosts(stack: Stack, result: Served) -> None:
         result.retired.append((record["hostName"].lower().rstrip("."), changed))
 
 
-def _gate_run(services: AirflowServices, stack: Stack, order: int, conf: dict[str, Any], answer: str | None) -> GateRun:
-    """Trigger the ``order``-th manual run over [TODAY - 1 day, TODAY) (logical dates after the scheduled run's, in
-    order, so each live run resumes from the marks of the one before), wait until its gate asks, answer through the
-    REST API (or not: the timeout answers), and wait for the run to finish."""
+def _gate_run(services: AirflowServices, stack: Stack, order: int, answer: str | None) -> GateRun:
+    """The ``order``-th run over [TODAY - 1 day, TODAY) (the scheduler's own for 0, manual ones after it, in order
+    of logical date, so each live run resumes from the marks of the one before): wait until its gate asks, answer
+    through the REST API (or not: the timeout answers), and wait for the run to finish."""
     started = time.monotonic()
-    body = {
-        "logical_date": (LIVE[1] + dt.timedelta(minutes=order)).isoformat(),
-        "data_interval_start": LIVE[1].isoformat(),
-        "data_interval_end": TODAY.isoformat(),
-        "conf": conf,
-    }
-    run_id = services.api("POST", f"/dags/{DAG_ID}/dagRuns", json=body)["dag_run_id"]
-    deadline = time.monotonic() + 600
+    deadline = started + 600
+    if order == 0:
+        run_id = ""
+        while not run_id:
+            scheduled = [r for r in services.dag_runs(DAG_ID, "scheduled") if _mark(r["logical_date"]) == LIVE[1]]
+            run_id = scheduled[0]["dag_run_id"] if scheduled else ""
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no scheduled run for {LIVE[1]} within 600 s\n{services.logs_tail()}")
+            time.sleep(0 if run_id else 2)
+    else:
+        body = {
+            "logical_date": (LIVE[1] + dt.timedelta(minutes=order)).isoformat(),
+            "data_interval_start": LIVE[1].isoformat(),
+            "data_interval_end": TODAY.isoformat(),
+            "conf": {"approval_timeout_hours": SHORT_TIMEOUT_HOURS} if answer is None else {},
+        }
+        run_id = services.api("POST", f"/dags/{DAG_ID}/dagRuns", json=body)["dag_run_id"]
     asked: dict[str, Any] = {}
     while not asked:
         details = services.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/hitlDetails")["hitl_details"]
@@ -188,11 +198,14 @@ def _gate_run(services: AirflowServices, stack: Stack, order: int, conf: dict[st
     return GateRun(run, asked, answered, hosts_waiting, _live_hosts(stack), marks, time.monotonic() - started)
 
 
-def _answer_the_gate(services: AirflowServices, stack: Stack, result: Served) -> None:
+def _answer_the_gate(services: AirflowServices, stack: Stack, result: Served, end_date_file: Path) -> None:
+    """Retire most Host indicators, then let the schedule reach [TODAY - 1 day, TODAY) (the DAG's end moves there:
+    the scheduler runs that interval, and manual runs over it keep their tasks) and answer three runs' gates."""
     _retire_most_hosts(stack, result)
-    result.gate["reject"] = _gate_run(services, stack, 1, {}, "Reject")
-    result.gate["timeout"] = _gate_run(services, stack, 2, {"approval_timeout_hours": SHORT_TIMEOUT_HOURS}, None)
-    result.gate["approve"] = _gate_run(services, stack, 3, {}, "Approve")
+    end_date_file.write_text((LIVE[1] + dt.timedelta(minutes=5)).isoformat())
+    result.gate["reject"] = _gate_run(services, stack, 0, "Reject")
+    result.gate["timeout"] = _gate_run(services, stack, 1, None)
+    result.gate["approve"] = _gate_run(services, stack, 2, "Approve")
     log.info("approval gate runs took %s s", {k: round(v.seconds) for k, v in result.gate.items()})
 
 
