@@ -169,9 +169,9 @@ def graph_scenario(tmp_path_factory) -> Observed:
         for offset, record in enumerate(hosts):
             stack.tc.put({**record, "active": False, "lastModified": D1 + dt.timedelta(days=2, minutes=offset + 1)})
         observed.chosen["mass"] = {"ids": [r["id"] for r in hosts]}
-        # A Host changed in the same run: an update of the very (type, target) whose retractions are held.
-        later = live_valid(stack, "Host", 20, skip=160)
-        observed.chosen["mass_late"] = {"record": next(r for r in later if r["hostName"].isascii())}
+        # A Host changed in the same run (the one the dry run only planned): an update of the very (type, target)
+        # whose retractions are held.
+        observed.chosen["mass_late"] = {"record": planned_only}
         late = observed.chosen["mass_late"]["record"]
         stack.tc.put({**late, "confidence": 9, "lastModified": D1 + dt.timedelta(days=2, hours=5)})
         run_paused(airflow, observed, "mass_retraction", stack, day(3), answer="Reject")
