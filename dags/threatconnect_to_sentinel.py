@@ -389,7 +389,6 @@ def threatconnect_to_sentinel() -> None:
         """One (type, target): load, then verify; a failed load leaves only its own verify upstream_failed."""
         return verify(load(document))
 
-    # ------------------------------------------------------------------ the whole run
     # ------------------------------------------------------------------ the approval gate for mass retraction
     @task.short_circuit(
         trigger_rule=TriggerRule.ALL_DONE, ignore_downstream_trigger_rules=False, execution_timeout=CHECK_TIMEOUT
