@@ -168,7 +168,9 @@ def _append(
     frames = []
     if store.exists(stage, indicator_type, run_id):
         earlier = store.read(stage, indicator_type, run_id).to_pandas()
-        frames.append(earlier[earlier["sink"] == target])
+        # A retry of the retract task replaces what an earlier attempt recorded for the same retractions.
+        again = earlier["external_id"].isin(set(rows["external_id"])) & (earlier["action"] == "retract")
+        frames.append(earlier[(earlier["sink"] == target) & ~again])
     frames.append(rows)
     merged = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else rows
     merged = merged.assign(indicator_type=indicator_type) if "indicator_type" in schema.names else merged

@@ -157,6 +157,16 @@ def test_approved_retractions_are_done_recorded_and_read_back(held_run) -> None:
     assert int((state["action"] == "retract").sum()) == 40
 
 
+def test_a_retried_retract_task_records_each_retraction_once(held_run) -> None:
+    sink, store, loaded, _ = held_run
+    (held,) = approval.held_deliveries([_job(store, loaded)])
+    approval.retract_held(sink, store, held)
+    approval.retract_held(sink, store, held)
+    recorded = store.read("loaded", "Address", "run-2").to_pandas()
+    assert recorded["action"].value_counts().to_dict() == {"retract": 40, "create": 2, "update": 1}
+    assert len(store.read("verified", "Address", "run-2")) == 43
+
+
 def test_the_explicit_param_sends_a_mass_retraction_without_holding_it(tmp_path) -> None:
     sink, store = MemoryGraph(), SnapshotStore(str(tmp_path))
     _deduped(store, "run-1", ip_rows(50))
