@@ -3,7 +3,9 @@
 
 Moves ThreatConnect indicators into Microsoft Sentinel: **preflight → plan_run**, then one mapped task group
 **prepare** per indicator type (**extract → normalize → dedupe**), then one mapped task group **deliver** per
-(type, target) (**load → verify**); then the watermarks are committed and a summary is printed.
+(type, target) (**load → verify**); then, only when some load held retractions past the retraction guard, a person
+is asked (**held_retractions → approve_retractions → retract**); then the watermarks are committed and a summary
+is printed.
 
 * **preflight** checks every Connection the run needs (fields, hosts, a signed ThreatConnect request, a token for
   the target) and fails with one message naming the Connection before anything is extracted or sent.
@@ -13,8 +15,9 @@ Moves ThreatConnect indicators into Microsoft Sentinel: **preflight → plan_run
   `normalized`; invalid values go to `rejected` with the reason.
 * **dedupe** keeps one row per (type, canonical value), the most recent.
 * **load** plans against what earlier runs delivered (create, update, refresh before expiry, retract what
-  ThreatConnect retired, skip what is unchanged; the plan goes to the `plan` snapshot), refuses a mass retraction,
-  then writes only the plan's changes to the target chosen by `tc_sentinel_sink` (Graph `tiIndicators`,
+  ThreatConnect retired, skip what is unchanged; the plan goes to the `plan` snapshot), holds back a mass
+  retraction (more than `retraction_guard` of the delivered live set) for a person's approval, then writes only the
+  plan's other changes to the target chosen by `tc_sentinel_sink` (Graph `tiIndicators`,
   Sentinel's STIX objects upload API, or Defender for Endpoint's indicators API), keyed on a deterministic
   external id, recording every write in `loaded`.
   With the param `dry_run` it stops after the plan. Items the target refuses for their content are quarantined
@@ -22,11 +25,16 @@ Moves ThreatConnect indicators into Microsoft Sentinel: **preflight → plan_run
   of a type's writes fails the run.
 * **verify** reads every write back (or, for Sentinel without management-plane coordinates, relies on the upload's
   acknowledgements) and fails the run when anything is missing or different; what it finds missing is recorded as
-  not delivered, so the next run sends it again.
+  not delivered, so the next run sends it again. A (type, target) whose retractions are held keeps its watermark
+  before the first of them, unless they are approved and done.
+* **approve_retractions** (Airflow's human-in-the-loop `ApprovalOperator`; skipped when nothing was held) shows the
+  numbers and a sample of what would be retracted; **Approve** lets **retract** perform and read back the held
+  retractions; **Reject**, or no answer within `approval_timeout_hours` (default 24), skips them and the run
+  finishes; a later run plans them again and asks again.
 
-Errors no retry can fix (credentials, permissions, configuration, the mass-retraction guard, a mapping the target
-refuses wholesale) fail the task at once; transient ones are retried. Inside a mapped task group each instance
-waits only for its own upstream instance, and the tasks that gather every instance (`fan_out`,
+Errors no retry can fix (credentials, permissions, configuration, a mapping the target refuses wholesale) fail
+the task at once; transient ones are retried. Inside a mapped task group each instance waits only for its own
+upstream instance, and the tasks that gather every instance (`fan_out`,
 `commit_watermarks`, `report`) run once all are done (trigger rule `all_done`): one failing type or target fails
 the run and holds its own watermark, but never stops the others from loading, verifying and advancing theirs.
 
@@ -64,7 +72,7 @@ from airflow.sdk import (
     task,
     task_group,
 )
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from include.pipeline import asset_events, config, delivery, stages, summary, watermarks
 from include.pipeline.errors import PermanentError
@@ -82,6 +90,7 @@ from include.pipeline.mappings import SUPPORTED_TYPES
 from include.pipeline.ports import Traffic, usage
 from include.pipeline.snapshots import SnapshotStore
 from tc_sentinel import assets
+from tc_sentinel.approval import RetractionApproval, approved
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +112,8 @@ TRANSFORM_TIMEOUT = _hours("TC_SENTINEL_TRANSFORM_TIMEOUT_HOURS", 1)
 LOAD_TIMEOUT = _hours("TC_SENTINEL_LOAD_TIMEOUT_HOURS", 4)
 VERIFY_TIMEOUT = _hours("TC_SENTINEL_VERIFY_TIMEOUT_HOURS", 2)
 CHECK_TIMEOUT = dt.timedelta(minutes=15)
-DAGRUN_TIMEOUT = _hours("TC_SENTINEL_DAGRUN_TIMEOUT_HOURS", 20)
+# 20 h of work plus the approval gate's default wait (24 h): a run that waits for a person must not time out first.
+DAGRUN_TIMEOUT = _hours("TC_SENTINEL_DAGRUN_TIMEOUT_HOURS", 44)
 # Each mapped instance is named after its type, or "type → target" when the run has several targets.
 LABEL = "{{ type_label }}"
 
@@ -157,6 +167,12 @@ PARAMS = {
     ),
     "refresh_within_days": _overrides(
         "refresh_within_days", "integer", "re-send live indicators expiring within N days", minimum=0
+    ),
+    "approval_timeout_hours": _overrides(
+        "approval_timeout_hours",
+        "number",
+        "how long the approval gate waits for a person before it rejects the held retractions",
+        exclusiveMinimum=0,
     ),
     "dry_run": _run_only("dry_run", "plan only: write the plan, send nothing"),
     "allow_mass_retraction": _run_only("allow_mass_retraction", "let this run retract more than the guard allows"),
@@ -409,12 +425,53 @@ def threatconnect_to_sentinel() -> None:
         """One (type, target): load, then verify; a failed load leaves only its own verify upstream_failed."""
         return verify(load(document))
 
+    # ------------------------------------------------------------------ the approval gate for mass retraction
+    @task.short_circuit(
+        trigger_rule=TriggerRule.ALL_DONE, ignore_downstream_trigger_rules=False, execution_timeout=CHECK_TIMEOUT
+    )
+    def held_retractions(verified: list[JobDocument] | JobDocument | None) -> dict[str, Any] | None:
+        """The request for the gate when some (type, target) held retractions past the guard; else nothing, and
+        the gate is skipped (a normal run never pauses)."""
+        from include.pipeline import approval
+
+        held = approval.held_deliveries(_gathered(verified))
+        if not held:
+            return None
+        cfg = _resolve(get_current_context())
+        request = approval.request(SnapshotStore(held[0]["data_root"]), held)
+        log.warning("%s\n%s", request["subject"], request["body"])
+        return {**request, "timeout_hours": cfg.approval_timeout_hours, "held": held}
+
+    gate = RetractionApproval(task_id="approve_retractions", execution_timeout=CHECK_TIMEOUT)
+
+    @task(pool=POOL, multiple_outputs=False, execution_timeout=LOAD_TIMEOUT)
+    def retract() -> list[dict[str, Any]]:
+        """Perform the held retractions, only when a person approved them: Reject or the timeout skips this task,
+        and so does a skipped gate (nothing held); the answer is checked here again all the same."""
+        from include.pipeline import approval
+        from tc_sentinel.hooks import sink
+
+        ti = get_current_context()["ti"]
+        request = ti.xcom_pull(task_ids="held_retractions")
+        if not request or not approved(ti.xcom_pull(task_ids="approve_retractions")):
+            raise AirflowSkipException("no approved retractions in this run")
+        done = []
+        for held in request["held"]:
+            with _fail_fast():
+                done.append(
+                    approval.retract_held(sink(held["target"], held["owner"]), SnapshotStore(held["data_root"]), held)
+                )
+        return done
+
     # ------------------------------------------------------------------ the whole run
     @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False)
     def commit_watermarks(
-        verified: list[JobDocument] | JobDocument | None, planned: list[JobDocument]
+        verified: list[JobDocument] | JobDocument | None,
+        planned: list[JobDocument],
+        retracted: list[dict[str, Any]] | None,
     ) -> dict[str, str]:
-        """Advance each verified (type, target)'s watermark; hold the others where this run started reading."""
+        """Advance each verified (type, target)'s watermark; hold the others where this run started reading. A
+        (type, target) with retractions held for approval advances only up to them unless they were done."""
         context = get_current_context()
         live = context["dag_run"].run_type != "backfill"
         previous = _previous_watermarks(context) if live else {}
@@ -426,23 +483,31 @@ def threatconnect_to_sentinel() -> None:
                     target
                 ) or watermarks.iso(job.window.start)
         marks = watermarks.hold(previous, held)
+        approved_keys = {r["watermark_key"] for r in retracted or [] if r["complete"]}
         for done in (VerifiedJob.from_xcom(v) for v in _gathered(verified)):
-            if done.verify.get("watermark"):
-                marks[done.watermark_key] = done.verify["watermark"]
+            mark = done.verify.get("watermark")
+            if done.watermark_key in approved_keys and done.verify.get("watermark_after_retractions"):
+                mark = done.verify["watermark_after_retractions"]
+            if mark:
+                marks[done.watermark_key] = mark
         # Backfills keep their marks under another key: the live chain is never moved by replaying the past.
         context["ti"].xcom_push(key=WATERMARK_KEY if live else "backfill_watermarks", value=marks)
         log.info("watermarks (%s): %s", "live" if live else "backfill", marks)
         return marks
 
     @task(trigger_rule=TriggerRule.ALL_DONE, multiple_outputs=False, outlets=[assets.REPORT])
-    def report(verified: list[JobDocument] | JobDocument | None, planned: list[JobDocument]) -> dict[str, Any]:
+    def report(
+        verified: list[JobDocument] | JobDocument | None,
+        planned: list[JobDocument],
+        retracted: list[dict[str, Any]] | None,
+    ) -> dict[str, Any]:
         """Print the per-type summary, record the run (runs dataset and HTML report); fail the run when any
         (type, target) did not make it through verify."""
         from include.report.publish import publish_from_context
 
         labels = [name for p in planned for name in TypeJob.from_xcom(p).delivery_labels()]
         finished = [VerifiedJob.from_xcom(v).to_xcom() for v in _gathered(verified)]
-        result = summary.summarize(finished, labels)
+        result = summary.summarize(finished, labels, retracted or [])
         log.info("\n%s", summary.render(result))
         context = get_current_context()
         report_error = publish_from_context(context, planned, finished, result["failed_types"])
@@ -458,8 +523,10 @@ def threatconnect_to_sentinel() -> None:
     jobs = plan_run()
     checked >> jobs
     verified = deliver.expand(document=fan_out(prepare.expand(document=jobs)))
-    marks = commit_watermarks(verified, jobs)
-    outcome = report(verified, jobs)
+    retracted = retract()
+    held_retractions(verified) >> gate >> retracted
+    marks = commit_watermarks(verified, jobs, retracted)
+    outcome = report(verified, jobs, retracted)
     marks >> outcome
 
 

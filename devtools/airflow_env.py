@@ -11,6 +11,31 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+# What the HITL REST endpoint does with an answer (airflow/api_fastapi/core_api/routes/public/hitl.py), for a home
+# without an API server. Arguments: dag_id run_id task_id map_index option.
+_ANSWER_HITL = """
+import sys
+from sqlalchemy import select
+from sqlalchemy.orm import joinedload
+from airflow.models.taskinstance import TaskInstance as TI
+from airflow.models.trigger import handle_event_submit
+from airflow.triggers.base import TriggerEvent
+from airflow.utils import timezone
+from airflow.utils.session import create_session
+
+dag_id, run_id, task_id, map_index, option = sys.argv[1:]
+with create_session() as session:
+    ti = session.scalar(select(TI).where(TI.dag_id == dag_id, TI.run_id == run_id, TI.task_id == task_id,
+                                         TI.map_index == int(map_index)).options(joinedload(TI.hitl_detail)))
+    detail = ti.hitl_detail
+    detail.responded_by = {"id": "tests", "name": "tests"}
+    detail.responded_at = timezone.utcnow()
+    detail.chosen_options = [option]
+    detail.params_input = {}
+    session.add(detail)
+    handle_event_submit(TriggerEvent(detail.as_resume_event_payload()), task_instance=ti, session=session)
+"""
+
 
 @dataclass
 class AirflowEnv:
@@ -74,6 +99,37 @@ class AirflowEnv:
         if conf:
             args += ["-c", json.dumps(conf)]
         return self.run(*args, check=check, timeout=timeout)
+
+    def dags_test_in_background(
+        self, dag_id: str, logical_date: str, output: Path, conf: dict | None = None
+    ) -> subprocess.Popen[bytes]:
+        """``airflow dags test`` that the caller waits for (a run that pauses for a person's answer); its output
+        goes to the file ``output`` (a pipe nobody reads while the run waits would fill up and stall the run)."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        args = ["dags", "test", dag_id, logical_date, *(["-c", json.dumps(conf)] if conf else [])]
+        with output.open("wb") as sink:
+            return subprocess.Popen(
+                [str(Path(sys.executable).parent / "airflow"), *args],
+                env=self.env(),
+                cwd=REPO_ROOT,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+            )
+
+    def answer_hitl(self, dag_id: str, run_id: str, task_id: str, option: str, map_index: int = -1) -> None:
+        """Record a person's answer to a waiting human-in-the-loop task in this home's metadata database, as the
+        REST API's ``PATCH .../taskInstances/{task}/{map_index}/hitlDetails`` does (``airflow dags test`` has no
+        API server; the scheduler tests go through the real endpoint)."""
+        result = subprocess.run(
+            [sys.executable, "-c", _ANSWER_HITL, dag_id, run_id, task_id, str(map_index), option],
+            env=self.env(),
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"answering {task_id} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
 
     def log_text(self) -> str:
         """Every task log file under this home, concatenated (for secret-leak checks)."""

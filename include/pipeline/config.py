@@ -24,6 +24,7 @@ VARIABLE_DEFAULTS: dict[str, Any] = {
     "retraction_guard": 0.2,
     "reconcile_every_days": 7,
     "refresh_within_days": 3,
+    "approval_timeout_hours": 24,
 }
 #: Run params without a Variable (README: "Run params without a Variable"), with their defaults.
 RUN_ONLY_DEFAULTS: dict[str, bool] = {"dry_run": False, "allow_mass_retraction": False, "reconcile": False}
@@ -54,6 +55,7 @@ class RunConfig:
     reconcile_every_days: int = 7
     reconcile: bool = False  # force a reconciliation this run, whatever the calendar says
     refresh_within_days: int = 3
+    approval_timeout_hours: float = 24.0  # how long the gate waits for a person before it rejects
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -152,6 +154,16 @@ def _as_days(name: str, value: Any) -> int:
     return days
 
 
+def _as_hours(name: str, value: Any) -> float:
+    try:
+        hours = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} must be a number of hours, got {value!r}") from exc
+    if not hours > 0:
+        raise ConfigError(f"{name} must be more than 0 hours, got {hours}")
+    return hours
+
+
 def reconcile_due(cfg: RunConfig, interval_end_ordinal: int, live: bool) -> bool:
     """Whether this run lists the full active set: on request, or every ``reconcile_every_days`` by the calendar.
 
@@ -201,4 +213,5 @@ def resolve(
         reconcile_every_days=_as_days("reconcile_every_days", pick("reconcile_every_days")),
         reconcile=_as_bool("reconcile", pick("reconcile")),
         refresh_within_days=_as_days("refresh_within_days", pick("refresh_within_days")),
+        approval_timeout_hours=_as_hours("approval_timeout_hours", pick("approval_timeout_hours")),
     )

@@ -34,6 +34,9 @@ class TooManyRejections(PermanentError):
     or a changed contract, which no retry fixes."""
 
 
+#: The window outcome of a retraction held for approval (not sent by load).
+HELD_STATUS = "held"
+
 #: Below this many rejections by the target, a type's load never fails on rejections alone (small runs).
 MIN_REJECTIONS_TO_FAIL = 5
 
@@ -95,6 +98,7 @@ def _log_plan(indicator_type: str, planned: pd.DataFrame, samples: int = 3) -> d
     counts = {a: int((planned["action"] == a).sum()) for a in lifecycle.PLAN_ACTIONS}
     counts["quarantined"] = int(planned["reason"].fillna("").str.startswith("quarantined").sum())
     counts["healed"] = int(planned["reason"].fillna("").str.startswith("heal").sum())
+    counts["held"] = int(lifecycle.is_held(planned["reason"]).sum())
     log.info("plan for %s: %s", indicator_type, counts)
     for action in ("create", "update", "refresh", "retract", "reject"):
         chosen = planned[planned["action"] == action].head(samples)
@@ -164,6 +168,14 @@ def load(
                 capacity["over_capacity"],
                 indicator_type,
             )
+    trip = lifecycle.retraction_guard(planned, state, policy)
+    if trip is not None:
+        planned = lifecycle.hold_retractions(planned)
+        log.warning(
+            "%s: the retractions are held for a person's approval (task approve_retractions); everything else is "
+            "sent now",
+            trip.describe(f"{indicator_type} -> {name}"),
+        )
     plan_path = store.write_table("plan", indicator_type, run_id, lifecycle.plan_table(planned), part=name)
     counts = _log_plan(indicator_type, planned)
     summary: LoadReport = {
@@ -176,13 +188,14 @@ def load(
         "reconciled": inventory is not None,
         "read_back_before_planning": 0 if target is None else len(target.read),
         "capacity": capacity,
+        "held_retractions": None if trip is None else trip.as_dict(),
     }
     if dry_run:
         log.info("dry run: nothing sent; the plan is in %s", plan_path)
         return summary
-    lifecycle.check_retraction_guard(planned, state, policy, indicator_type)
-
-    writes = planned[planned["action"].isin(lifecycle.WRITE_ACTIONS)].reset_index(drop=True)
+    # Held retractions wait for the approval gate (include/pipeline/approval.py); creates and updates go now.
+    sendable = planned["action"].isin(lifecycle.WRITE_ACTIONS) & ~lifecycle.is_held(planned["reason"])
+    writes = planned[sendable].reset_index(drop=True)
     rate = sink.write_rate()
     cost, fits = progress.plan_line(name, len(writes), rate.batch_size, rate.requests_per_minute, time_limit)
     (log.info if fits else log.warning)("%s plan cost: %s", indicator_type, cost)
@@ -345,7 +358,12 @@ def verify(
         part=name,
     )
     window_rows = _window_outcomes(store, run_id, indicator_type, loaded, name)
-    new_mark = watermarks.advance(previous_watermark, window_rows)
+    # A retraction held for approval is not done: the mark stops before it, so a later run plans it again. The
+    # mark it would reach once the retractions are approved and done is kept for commit_watermarks.
+    held = window_rows["status"] == HELD_STATUS
+    new_mark = watermarks.advance(
+        previous_watermark, window_rows.assign(status=window_rows["status"].mask(held, FAILED))
+    )
     summary: VerifyReport = {
         "indicator_type": indicator_type,
         "run_id": run_id,
@@ -356,6 +374,9 @@ def verify(
         "watermark": new_mark,
         "verified_by": verified_by,
     }
+    if held.any():
+        done = window_rows.assign(status=window_rows["status"].mask(held, OK))
+        summary["watermark_after_retractions"] = watermarks.advance(previous_watermark, done)
     log.info("verify summary: %s", summary)
     if missing or different:
         raise VerifyFailed(
@@ -395,7 +416,7 @@ def _window_outcomes(
     """
     window_ids = set(store.read("deduped", indicator_type, run_id, columns=["external_id"])["external_id"].to_pylist())
     planned = store.read(
-        "plan", indicator_type, run_id, columns=["external_id", "action", "last_modified", "sink"]
+        "plan", indicator_type, run_id, columns=["external_id", "action", "reason", "last_modified", "sink"]
     ).to_pandas()
     planned = planned[planned["sink"] == target]
     planned = planned[planned["external_id"].isin(window_ids)]
@@ -405,4 +426,7 @@ def _window_outcomes(
         status.get(e, OK) if a in lifecycle.WRITE_ACTIONS else OK
         for e, a in zip(planned["external_id"], planned["action"], strict=True)
     ]
+    planned.loc[lifecycle.is_held(planned["reason"]) & ~planned["external_id"].isin(set(status)), "status"] = (
+        HELD_STATUS
+    )
     return planned[["last_modified", "status"]]

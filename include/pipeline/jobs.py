@@ -75,6 +75,7 @@ class LoadReport(TypedDict):
     reconciled: bool
     read_back_before_planning: int
     capacity: dict[str, Any] | None
+    held_retractions: NotRequired[dict[str, Any] | None]  # the guard tripped: retractions wait for approval
     sent: NotRequired[int]
     created: NotRequired[int]
     updated: NotRequired[int]
@@ -100,6 +101,7 @@ class VerifyReport(TypedDict):
     watermark: str | None
     verified_by: str | None
     dry_run: NotRequired[bool]
+    watermark_after_retractions: NotRequired[str | None]  # the mark once the held retractions are done
 
 
 def label(indicator_type: str, target: str | None, targets: tuple[str, ...] | list[str]) -> str:

@@ -42,7 +42,7 @@ from include.pipeline.delivered import NORMALIZED_COLUMNS, ONE_MS, Delivered, is
 from include.pipeline.delivered import UNDELIVERED as UNDELIVERED
 from include.pipeline.delivered import delivered as delivered
 from include.pipeline.delivered import delivered_state as delivered_state
-from include.pipeline.errors import NotSupported, PermanentError
+from include.pipeline.errors import NotSupported
 from include.pipeline.mappings import ExpirationPolicy
 from include.pipeline.ports import content_hash
 from include.pipeline.schema import PLAN_SCHEMA
@@ -58,10 +58,6 @@ VERIFIED_SCHEMA = pa.schema(
         pa.field("sink", pa.string()),  # the target
     ]
 )
-
-
-class MassRetraction(PermanentError):
-    """The run would retract more of the delivered set than the guard allows."""
 
 
 @dataclass(frozen=True)
@@ -369,23 +365,57 @@ def _held_rows(
     return rows
 
 
-def check_retraction_guard(planned: pd.DataFrame, state: pd.DataFrame, policy: Policy, indicator_type: str) -> None:
-    """Refuse a run that would retract more than the configured share of what is delivered and live.
+@dataclass(frozen=True)
+class GuardTrip:
+    """A run's retractions exceed the guard: how many, of how many delivered live, and how many were allowed."""
+
+    retractions: int
+    live: int
+    allowed: int
+    guard: float
+
+    def describe(self, label: str) -> str:
+        return (
+            f"{label}: this run would retract {self.retractions} of {self.live} delivered live indicators, more than "
+            f"the guard allows ({self.guard:.0%} = {self.allowed})"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"retractions": self.retractions, "live": self.live, "allowed": self.allowed, "guard": self.guard}
+
+
+#: The plan reason of a retraction held back for a person's approval (the retraction guard tripped).
+HELD = "held for approval"
+
+
+def retraction_guard(planned: pd.DataFrame, state: pd.DataFrame, policy: Policy) -> GuardTrip | None:
+    """Whether the run would retract more than the configured share of what is delivered and live.
 
     An outage, an expired API key answered as an empty list, or a wrong owner all look like mass deletion; a
-    person should confirm that (run param ``allow_mass_retraction``) before the target loses its indicators.
+    person confirms it (the run's approval gate, or the run param ``allow_mass_retraction``) before the target
+    loses its indicators. Returns None when the retractions are within the guard (or explicitly allowed).
     """
     retractions = int((planned["action"] == "retract").sum())
     live = int((state["action"] != "retract").sum()) if not state.empty else 0
     if retractions < policy.retraction_guard_min or policy.allow_mass_retraction:
-        return
+        return None
     allowed = math.floor(policy.retraction_guard * live)
-    if retractions > allowed:
-        raise MassRetraction(
-            f"{indicator_type}: this run would retract {retractions} of {live} delivered live indicators, more "
-            f"than the guard allows ({policy.retraction_guard:.0%} = {allowed}). Nothing was sent. If ThreatConnect "
-            "really retired them, re-run with the param allow_mass_retraction=true."
-        )
+    if retractions <= allowed:
+        return None
+    return GuardTrip(retractions, live, allowed, policy.retraction_guard)
+
+
+def hold_retractions(planned: pd.DataFrame) -> pd.DataFrame:
+    """The plan with every retraction marked held for approval (its reason says why it was planned)."""
+    held = planned.copy()
+    retract = held["action"] == "retract"
+    held.loc[retract, "reason"] = HELD + ": " + held.loc[retract, "reason"].fillna("").astype(str)
+    return held
+
+
+def is_held(reasons: pd.Series) -> pd.Series:
+    """Which plan rows' reasons say "held for approval"."""
+    return reasons.fillna("").astype(str).str.startswith(HELD)
 
 
 def expiring(state: pd.DataFrame, written: pd.DataFrame, at: dt.datetime, within: dt.timedelta) -> int:

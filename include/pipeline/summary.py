@@ -37,14 +37,20 @@ def label(job: Mapping[str, Any]) -> str:
     return jobs.label(str(job["indicator_type"]), job.get("target"), (job.get("config") or {}).get("targets") or [])
 
 
-def summarize(done: Sequence[Mapping[str, Any]], planned_types: Sequence[str]) -> dict[str, Any]:
+def summarize(
+    done: Sequence[Mapping[str, Any]],
+    planned_types: Sequence[str],
+    approved: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
     """Collect the counts of every stage's report, one row per label (type, or type → target).
 
     Args:
         done: the documents of the deliveries that finished (``VerifiedJob.to_xcom``).
         planned_types: the label of every (type, target) the run planned; those without a verify report count as
             failed.
+        approved: what the ``retract`` task did with retractions a person approved (one entry per label).
     """
+    by_label = {a["label"]: a for a in approved}
     rows = {}
     for job in done:
         load = job.get("load", {})
@@ -66,7 +72,14 @@ def summarize(done: Sequence[Mapping[str, Any]], planned_types: Sequence[str]) -
             "verified_by": verify.get("verified_by"),
             "capacity": load.get("capacity"),
             "watermark": verify.get("watermark"),
+            "held": (load.get("held_retractions") or {}).get("retractions"),
         }
+        after = by_label.get(label(job))
+        if after is not None:
+            rows[label(job)]["retracted"] = (load.get("retracted") or 0) + after["retracted"]
+            rows[label(job)]["held"] = after["held"] - after["retracted"] or None
+            if after["complete"]:
+                rows[label(job)]["watermark"] = verify.get("watermark_after_retractions") or verify.get("watermark")
     failed = [t for t in planned_types if t not in rows or rows[t]["verified"] is None]
     for indicator_type in planned_types:
         rows.setdefault(indicator_type, dict.fromkeys((*COLUMNS, "verified_by", "capacity", "watermark")))
@@ -100,6 +113,12 @@ def render(result: dict[str, Any]) -> str:
                 f"capacity after {indicator_type}: {capacity['used']:,} / {capacity['capacity']:,} live "
                 f"indicators of ours in the target; {capacity['over_capacity']:,} left out or retracted by "
                 "priority"
+            )
+    for indicator_type, row in result["types"].items():
+        if row.get("held"):
+            lines.append(
+                f"held for approval: {row['held']:,} {indicator_type} retractions past the retraction guard were not "
+                "sent (rejected, timed out or failed); they stay live and a later run asks again"
             )
     if result["failed_types"]:
         lines.append(f"FAILED: {', '.join(result['failed_types'])}")

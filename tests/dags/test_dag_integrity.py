@@ -56,6 +56,21 @@ def test_the_tasks_that_gather_every_instance_run_when_all_are_done(dagbag) -> N
         assert dag.get_task(task_id).trigger_rule == "all_done", task_id
 
 
+def test_the_approval_gate_sits_between_the_deliveries_and_the_watermarks(dagbag) -> None:
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    dag = dagbag.dags["threatconnect_to_sentinel"]
+    chain = ["verify", "held_retractions", "approve_retractions", "retract", "commit_watermarks"]
+    for upstream, downstream in itertools.pairwise(chain):
+        assert downstream in dag.get_task(upstream).downstream_task_ids, (upstream, downstream)
+    assert "retract" in dag.get_task("report").upstream_task_ids
+    assert dag.get_task("held_retractions").trigger_rule == "all_done"  # asks even when one delivery failed
+    gate = dag.get_task("approve_retractions")
+    assert isinstance(gate, ApprovalOperator)
+    assert gate.defaults == ["Reject"]  # the answer the timeout gives
+    assert dag.get_task("retract").trigger_rule == "all_success"  # skipped unless approved
+
+
 def test_the_schedule_has_real_daily_data_intervals_not_the_zero_width_cron_trigger(dagbag) -> None:
     dag = dagbag.dags["threatconnect_to_sentinel"]
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"

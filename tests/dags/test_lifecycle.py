@@ -10,6 +10,7 @@ import datetime as dt
 import ipaddress
 import json
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,46 @@ def run(
         observed.targets[name] = dict(stack.sentinel_objects())
 
 
+def run_paused(airflow: AirflowEnv, observed: Observed, name: str, stack: Stack, date: str, answer: str) -> None:
+    """A run that pauses at the approval gate: record what the target holds while it waits, then answer."""
+    before = len(stack.graph.writes())
+    output = airflow.home / f"{name}.out"
+    process = airflow.dags_test_in_background(DAG_ID, date, output)
+    try:
+        run_id = wait_for_gate(observed.home, process, output)
+        observed.writes[f"{name} (waiting)"] = stack.graph.writes()[before:]
+        observed.targets[f"{name} (waiting)"] = graph_state(stack)
+        observed.chosen[f"{name} run"] = {"run_id": run_id}
+        airflow.answer_hitl(DAG_ID, run_id, "approve_retractions", answer)
+        process.wait(timeout=900)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    observed.returncodes[name] = process.returncode
+    observed.outputs[name] = output.read_text(errors="replace")
+    observed.writes[name] = stack.graph.writes()[before:]
+    observed.targets[name] = graph_state(stack)
+
+
+def wait_for_gate(home: Path | None, process: Any, output: Path, timeout: float = 900) -> str:
+    """Poll the metadata database until the run's approval gate waits for a person; return the run id."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the run ended before its gate asked:\n{output.read_text()[-5000:]}")
+        with sqlite3.connect(home / "airflow.db") as db:
+            row = db.execute(
+                "SELECT run_id FROM task_instance WHERE dag_id = ? AND task_id = 'approve_retractions' "
+                "AND state = 'awaiting_input'",
+                (DAG_ID,),
+            ).fetchone()
+        if row:
+            return row[0]
+        time.sleep(2)
+    raise AssertionError(f"the approval gate did not ask within {timeout}s")
+
+
 @pytest.fixture(scope="module")
 def graph_scenario(tmp_path_factory) -> Observed:
     work = tmp_path_factory.mktemp("lifecycle-graph")
@@ -129,7 +170,12 @@ def graph_scenario(tmp_path_factory) -> Observed:
         for offset, record in enumerate(hosts):
             stack.tc.put({**record, "active": False, "lastModified": D1 + dt.timedelta(days=2, minutes=offset + 1)})
         observed.chosen["mass"] = {"ids": [r["id"] for r in hosts]}
-        run(airflow, observed, "mass_retraction", stack, day(3))
+        # A Host changed in the same run (the one the dry run only planned): an update of the very (type, target)
+        # whose retractions are held.
+        observed.chosen["mass_late"] = {"record": planned_only}
+        late = observed.chosen["mass_late"]["record"]
+        stack.tc.put({**late, "confidence": 9, "lastModified": D1 + dt.timedelta(days=2, hours=5)})
+        run_paused(airflow, observed, "mass_retraction", stack, day(3), answer="Reject")
 
         # Four weeks later nothing changed upstream: Address indicators (30 days) are refreshed before expiry.
         observed.chosen["refresh_sources"] = [dict(r) for r in stack.tc._records.values() if r["type"] == "Address"]
@@ -213,13 +259,39 @@ def test_reconciliation_plans_the_retraction_of_an_indicator_retired_without_a_c
     assert list(orphans["value"]) == [graph_scenario.chosen["silent"]["ip"]]
 
 
-def test_a_mass_retraction_fails_the_run_and_retracts_nothing(graph_scenario) -> None:
-    assert graph_scenario.returncodes["mass_retraction"] != 0
-    assert "allow_mass_retraction" in graph_scenario.outputs["mass_retraction"]
+def test_a_mass_retraction_waits_for_a_person_and_retracts_nothing_while_it_waits(graph_scenario) -> None:
+    waiting = graph_scenario.writes["mass_retraction (waiting)"]
+    assert not [r for r in waiting if "delete" in r.path.lower()]
+    hosts_before = {k for k, v in graph_scenario.targets["dry_run"].items() if v.get("domainName")}
+    hosts_waiting = {k for k, v in graph_scenario.targets["mass_retraction (waiting)"].items() if v.get("domainName")}
+    assert hosts_waiting == hosts_before
+
+
+def test_creates_and_updates_of_the_run_are_not_held_back_by_the_gate(graph_scenario) -> None:
+    host = graph_scenario.chosen["mass_late"]["record"]["hostName"].lower().rstrip(".")
+    held = [i for i in graph_scenario.targets["mass_retraction (waiting)"].values() if i.get("domainName") == host]
+    assert [i["confidence"] for i in held] == [9]
+
+
+def test_a_rejected_mass_retraction_retracts_nothing_and_the_run_finishes(graph_scenario) -> None:
+    assert succeeded(graph_scenario, "mass_retraction")
     assert not [r for r in graph_scenario.writes["mass_retraction"] if "delete" in r.path.lower()]
     hosts_before = {k for k, v in graph_scenario.targets["dry_run"].items() if v.get("domainName")}
     hosts_after = {k for k, v in graph_scenario.targets["mass_retraction"].items() if v.get("domainName")}
     assert hosts_after == hosts_before
+    assert "held for approval" in graph_scenario.outputs["mass_retraction"]
+
+
+def test_a_rejected_mass_retraction_holds_the_watermark_before_the_first_held_retraction(graph_scenario) -> None:
+    run_id = graph_scenario.chosen["mass_retraction run"]["run_id"]
+    db = sqlite3.connect(graph_scenario.home / "airflow.db")
+    (raw,) = db.execute(
+        "select value from xcom where task_id = 'commit_watermarks' and key = 'watermarks' and run_id = ?", (run_id,)
+    ).fetchone()
+    marks = xcom_value(raw)
+    first_retired = D1 + dt.timedelta(days=2, minutes=1)  # the earliest of the Host indicators turned inactive
+    assert dt.datetime.fromisoformat(marks["Host"].replace("Z", "+00:00")) <= first_retired
+    assert dt.datetime.fromisoformat(marks["Host"].replace("Z", "+00:00")) < D1 + dt.timedelta(days=2, hours=5)
 
 
 def test_still_live_indicators_are_refreshed_before_they_expire(graph_scenario) -> None:

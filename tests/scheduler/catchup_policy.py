@@ -18,10 +18,16 @@ def dag_policy(dag) -> None:
 
     Args:
         dag: the DAG Airflow just parsed; only ``threatconnect_to_sentinel`` is changed, and only when both
-            ``TC_SENTINEL_TEST_START_DATE`` and ``TC_SENTINEL_TEST_END_DATE`` are set.
+            ``TC_SENTINEL_TEST_START_DATE`` and ``TC_SENTINEL_TEST_END_DATE`` are set (the file named by
+            ``TC_SENTINEL_TEST_END_DATE_FILE``, once it exists, overrides the end).
     """
     start = os.environ.get("TC_SENTINEL_TEST_START_DATE")
     end = os.environ.get("TC_SENTINEL_TEST_END_DATE")
+    # A test may move the end later while the services run (the next parse picks it up): a file wins when present.
+    end_file = os.environ.get("TC_SENTINEL_TEST_END_DATE_FILE")
+    if end_file and os.path.exists(end_file):
+        with open(end_file, encoding="utf-8") as moved:
+            end = moved.read().strip()
     if not start or not end or dag.dag_id != DAG_ID:
         return
     start_date = dt.datetime.fromisoformat(start).astimezone(dt.UTC)

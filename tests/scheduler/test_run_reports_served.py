@@ -1,6 +1,8 @@
 """Run reports through the real API server: a scheduled run and a backfill fill the ``runs`` dataset, and the
 plugin's app serves their reports only to a logged-in user. The same runs' ``tc_sentinel.normalized`` asset events
-trigger the example consumer DAG (``dags/examples/``), which reads the partitions the events name."""
+trigger the example consumer DAG (``dags/examples/``), which reads the partitions the events name. Then, on the same
+services, the approval gate for mass retraction is answered through the REST API: three runs that would each retract
+most Host indicators are rejected, left to time out, and approved."""
 
 from __future__ import annotations
 
@@ -24,9 +26,9 @@ from devtools.airflow_services import AirflowServices, create_pool, start_servic
 from devtools.postgres import PostgresServer
 from include.pipeline.snapshots import quote_partition_value
 from simulators.dataset import generate
-from simulators.stack import OWNER, start_stack
+from simulators.stack import OWNER, Stack, start_stack
 
-pytestmark = [pytest.mark.scheduler, pytest.mark.integration, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.scheduler, pytest.mark.integration, pytest.mark.timeout(1800)]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,9 @@ DAY = dt.timedelta(days=1)
 TODAY = dt.datetime.now(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 LIVE = (TODAY - 2 * DAY, TODAY - DAY)  # the one interval the scheduler runs by itself
 BACKFILL = (TODAY - 4 * DAY, TODAY - 3 * DAY)
+GATE = "approve_retractions"
+# The timeout scenario's approval_timeout_hours: 20 s (the scheduler sweeps timed-out requests every 15 s).
+SHORT_TIMEOUT_HOURS = 20 / 3600
 
 
 @dataclass
@@ -48,6 +53,21 @@ class Served:
     plugins: dict[str, Any] = field(default_factory=dict)
     consumer_runs: list[dict[str, Any]] = field(default_factory=list)
     summaries: list[dict[str, Any]] = field(default_factory=list)  # what the consumer's runs returned, together
+    gate: dict[str, GateRun] = field(default_factory=dict)  # "reject", "timeout", "approve"
+    retired: list[tuple[str, dt.datetime]] = field(default_factory=list)  # (host, its new lastModified)
+
+
+@dataclass
+class GateRun:
+    """One manual run that tripped the retraction guard: what the gate asked, what Graph held, how it ended."""
+
+    run: dict[str, Any]
+    asked: dict[str, Any]
+    answered: dict[str, Any]
+    hosts_waiting: set[str]
+    hosts_after: set[str]
+    watermarks: dict[str, str]
+    seconds: float
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +85,7 @@ def served(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -
                 **stack.env(str(result.data_root), "graph", TYPES),
                 "TC_SENTINEL_TEST_START_DATE": LIVE[0].isoformat(),
                 "TC_SENTINEL_TEST_END_DATE": LIVE[0].isoformat(),
+                "TC_SENTINEL_TEST_END_DATE_FILE": str(workdir / "end-date"),
             },
         )
         (airflow.home / "config").mkdir(parents=True)
@@ -87,6 +108,7 @@ def served(postgres: PostgresServer, tmp_path_factory: pytest.TempPathFactory) -
             result.consumer_runs, result.summaries = _consumed(services, upstream, timeout=300)
             log.info("the consumer caught up %.0f s after the last run of %s", time.monotonic() - waited, DAG_ID)
             _ask(services, result)
+            _answer_the_gate(services, stack, result, workdir / "end-date")
         except BaseException:
             log.error("Airflow component logs:\n%s", services.logs_tail())
             raise
@@ -142,6 +164,88 @@ def _ask(services: AirflowServices, result: Served) -> None:
     for name, (path, headers, cookies) in asks.items():
         result.answers[name] = requests.get(f"{base}{path}", headers=headers, cookies=cookies, timeout=30)
     result.plugins = services.api("GET", "/plugins")
+
+
+def _live_hosts(stack: Stack) -> set[str]:
+    """The host names of the live Graph tiIndicators our app owns."""
+    owner = stack.connections()["msgraph_default"]["login"]
+    return {i["domainName"] for i in stack.graph.owned_by(owner) if i.get("domainName") and i.get("isActive", True)}
+
+
+def _retire_most_hosts(stack: Stack, result: Served) -> None:
+    """Turn most delivered Host indicators inactive inside the manual runs' interval [TODAY - 1 day, TODAY)."""
+    delivered = _live_hosts(stack)
+    records = sorted(
+        (r for r in stack.tc._records.values() if r["type"] == "Host" and r["active"] and not r.get("_invalid")),
+        key=lambda r: r["id"],
+    )
+    chosen = [r for r in records if r["hostName"].lower().rstrip(".") in delivered and r.get("_duplicate_of") is None]
+    assert len(chosen) >= 12, f"too few delivered Host indicators to trip the guard: {len(chosen)}"
+    chosen = chosen[: max(12, len(chosen) * 3 // 4)]
+    for offset, record in enumerate(chosen):
+        changed = TODAY - DAY + dt.timedelta(minutes=offset + 1)
+        stack.tc.put({**record, "active": False, "lastModified": changed})
+        result.retired.append((record["hostName"].lower().rstrip("."), changed))
+
+
+def _gate_run(services: AirflowServices, stack: Stack, order: int, answer: str | None) -> GateRun:
+    """The ``order``-th run over [TODAY - 1 day, TODAY) (the scheduler's own for 0, manual ones after it, in order
+    of logical date, so each live run resumes from the marks of the one before): wait until its gate asks, answer
+    through the REST API (or not: the timeout answers), and wait for the run to finish."""
+    started = time.monotonic()
+    deadline = started + 600
+    if order == 0:
+        run_id = ""
+        while not run_id:
+            scheduled = [r for r in services.dag_runs(DAG_ID, "scheduled") if _mark(r["logical_date"]) == LIVE[1]]
+            run_id = scheduled[0]["dag_run_id"] if scheduled else ""
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no scheduled run for {LIVE[1]} within 600 s\n{services.logs_tail()}")
+            time.sleep(0 if run_id else 2)
+    else:
+        body = {
+            "logical_date": (LIVE[1] + dt.timedelta(minutes=order)).isoformat(),
+            "data_interval_start": LIVE[1].isoformat(),
+            "data_interval_end": TODAY.isoformat(),
+            "conf": {"approval_timeout_hours": SHORT_TIMEOUT_HOURS} if answer is None else {},
+        }
+        run_id = services.api("POST", f"/dags/{DAG_ID}/dagRuns", json=body)["dag_run_id"]
+    asked: dict[str, Any] = {}
+    while not asked:
+        details = services.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/hitlDetails")["hitl_details"]
+        asked = next((d for d in details if d["task_instance"]["task_id"] == GATE), {})
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the gate of {run_id} did not ask within 600 s\n{services.logs_tail()}")
+        if not asked:
+            time.sleep(2)
+    hosts_waiting = _live_hosts(stack)
+    if answer is not None:
+        services.api(
+            "PATCH",
+            f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{GATE}/-1/hitlDetails",
+            json={"chosen_options": [answer], "params_input": {}},
+        )
+    while True:
+        run = services.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}")
+        if run["state"] in ("success", "failed"):
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{run_id} did not finish within 600 s\n{services.logs_tail()}")
+        time.sleep(2)
+    answered = services.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{GATE}/-1/hitlDetails")
+    marks = services.xcom(DAG_ID, run_id, "commit_watermarks", "watermarks") or {}
+    return GateRun(run, asked, answered, hosts_waiting, _live_hosts(stack), marks, time.monotonic() - started)
+
+
+def _answer_the_gate(services: AirflowServices, stack: Stack, result: Served, end_date_file: Path) -> None:
+    """Retire most Host indicators, then let the schedule reach [TODAY - 1 day, TODAY) (the DAG's end moves there:
+    the scheduler runs that interval, and manual runs over it keep their tasks) and answer three runs' gates."""
+    _retire_most_hosts(stack, result)
+    end_date_file.write_text((LIVE[1] + dt.timedelta(minutes=5)).isoformat())
+    result.gate["reject"] = _gate_run(services, stack, 0, "Reject")
+    result.gate["timeout"] = _gate_run(services, stack, 1, None)
+    result.gate["approve"] = _gate_run(services, stack, 2, "Approve")
+    log.info("approval gate runs took %s s", {k: round(v.seconds) for k, v in result.gate.items()})
 
 
 def test_a_scheduled_run_and_a_backfill_each_add_their_rows(served: Served) -> None:
@@ -226,3 +330,60 @@ def test_the_consumer_reads_the_partition_its_triggering_event_names(served: Ser
             served.data_root / "examples" / "normalized_summary" / quote(run_id, safe="") / f"{indicator_type}.json"
         )
         assert json.loads(written.read_text()) == summary
+
+
+def _mark(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def test_the_gate_asks_with_the_numbers_and_a_sample_of_what_would_be_retracted(served: Served) -> None:
+    asked = served.gate["reject"].asked
+    retired = {host for host, _ in served.retired}
+    assert f"Approve {len(retired)} retractions" in asked["subject"]
+    assert f"| Host | graph | {len(retired)} |" in asked["body"]
+    assert sum(f"`{host}`" in asked["body"] for host in retired) == min(10, len(retired))
+    assert asked["options"] == ["Approve", "Reject"]
+    assert asked["defaults"] == ["Reject"]
+
+
+def test_nothing_is_retracted_while_the_gate_waits_or_after_a_rejection_or_a_timeout(served: Served) -> None:
+    retired = {host for host, _ in served.retired}
+    for name in ("reject", "timeout", "approve"):
+        assert retired <= served.gate[name].hosts_waiting, name
+    for name in ("reject", "timeout"):
+        gate = served.gate[name]
+        assert gate.run["state"] == "success", name
+        assert retired <= gate.hosts_after, name
+
+
+def test_a_timeout_answers_reject_without_a_person(served: Served) -> None:
+    answered = served.gate["timeout"].answered
+    assert answered["chosen_options"] == ["Reject"]
+    assert answered["responded_by_user"] is None
+    assert served.gate["reject"].answered["responded_by_user"]["name"] == "admin"
+
+
+def test_creates_of_a_run_are_not_held_back_by_its_gate(served: Served) -> None:
+    runs = pd.read_parquet(served.data_root / "runs")
+    rejected = runs[runs["run_id"] == served.gate["reject"].run["dag_run_id"]]
+    assert int(rejected["loaded"].sum()) > 0
+    assert int(rejected["retracted"].sum()) == 0
+
+
+def test_an_unapproved_run_holds_the_host_watermark_so_a_later_run_asks_again(served: Served) -> None:
+    first_retired = min(changed for _, changed in served.retired)
+    for name in ("reject", "timeout"):
+        assert _mark(served.gate[name].watermarks["Host"]) <= first_retired, name
+    assert served.gate["timeout"].asked["subject"] == served.gate["reject"].asked["subject"]
+
+
+def test_an_approved_run_retracts_them_and_moves_the_watermark_past_them(served: Served) -> None:
+    gate = served.gate["approve"]
+    assert gate.run["state"] == "success"
+    assert gate.answered["chosen_options"] == ["Approve"]
+    retired = {host for host, _ in served.retired}
+    assert not retired & gate.hosts_after
+    assert _mark(gate.watermarks["Host"]) >= max(changed for _, changed in served.retired)
+    runs = pd.read_parquet(served.data_root / "runs")
+    approved = runs[(runs["run_id"] == gate.run["dag_run_id"]) & (runs["indicator_type"] == "Host")]
+    assert int(approved["retracted"].sum()) == len(retired)

@@ -135,22 +135,33 @@ def test_still_live_indicators_are_refreshed_before_they_expire(tmp_path) -> Non
     assert (planned["expiration"] == pd.Timestamp(BASE_TIME + dt.timedelta(days=31))).all()
 
 
-def test_the_guard_refuses_a_mass_retraction_unless_explicitly_allowed(tmp_path) -> None:
+def test_the_guard_trips_on_a_mass_retraction_unless_explicitly_allowed(tmp_path) -> None:
     rows = ip_rows(50)
     state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
     planned = plan(rows.iloc[:0], state, inventory=set())
     assert actions(planned) == {"retract": 50}
-    with pytest.raises(lifecycle.MassRetraction, match="would retract 50 of 50"):
-        lifecycle.check_retraction_guard(planned, state, POLICY, "Address")
+    trip = lifecycle.retraction_guard(planned, state, POLICY)
+    assert trip == lifecycle.GuardTrip(retractions=50, live=50, allowed=10, guard=0.2)
+    assert "would retract 50 of 50" in trip.describe("Address")
     allowed = lifecycle.Policy(POLICY.interval_start, POLICY.interval_end, allow_mass_retraction=True)
-    lifecycle.check_retraction_guard(planned, state, allowed, "Address")
+    assert lifecycle.retraction_guard(planned, state, allowed) is None
 
 
 def test_the_guard_lets_a_few_retractions_through(tmp_path) -> None:
     rows = ip_rows(50)
     state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
     planned = plan(rows.iloc[:0], state, inventory=set(rows["external_id"][:45]))
-    lifecycle.check_retraction_guard(planned, state, POLICY, "Address")
+    assert lifecycle.retraction_guard(planned, state, POLICY) is None
+
+
+def test_holding_marks_every_retraction_and_nothing_else(tmp_path) -> None:
+    rows = ip_rows(50)
+    state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
+    planned = plan(rows.iloc[:40], state, inventory=set(rows["external_id"][:30]))
+    held = lifecycle.hold_retractions(planned)
+    assert lifecycle.is_held(held["reason"]).sum() == 10  # the ten delivered ids this run neither saw nor listed
+    assert (held.loc[lifecycle.is_held(held["reason"]), "action"] == "retract").all()
+    assert held.loc[held["action"] == "retract", "reason"].str.endswith("(reconciliation)").all()
 
 
 def test_failed_writes_are_not_part_of_the_delivered_state(tmp_path) -> None:

@@ -49,7 +49,28 @@ def test_every_stage_count_lands_in_the_summary_row() -> None:
         "capacity": None,
         "expiring_7d": 2,
         "watermark": "2026-03-01T00:00:00Z",
+        "held": None,
     }
+
+
+def held_job() -> dict:
+    held = job("Host")
+    held["load"]["held_retractions"] = {"retractions": 40, "live": 50, "allowed": 10, "guard": 0.2}
+    held["verify"]["watermark_after_retractions"] = "2026-03-02T00:00:00Z"
+    return held
+
+
+def test_retractions_held_and_not_approved_are_named_under_the_table() -> None:
+    result = summarize([held_job()], ["Host"])
+    assert result["types"]["Host"]["held"] == 40
+    assert result["types"]["Host"]["watermark"] == "2026-03-01T00:00:00Z"
+    assert "held for approval: 40 Host retractions" in render(result)
+
+
+def test_approved_retractions_count_as_retracted_and_move_the_watermark_past_them() -> None:
+    done = {"label": "Host", "watermark_key": "Host", "held": 40, "retracted": 40, "failed": 0, "complete": True}
+    row = summarize([held_job()], ["Host"], [{**done, "verified": 40}])["types"]["Host"]
+    assert (row["retracted"], row["held"], row["watermark"]) == (41, None, "2026-03-02T00:00:00Z")
 
 
 def test_a_type_that_never_verified_is_reported_as_failed() -> None:
