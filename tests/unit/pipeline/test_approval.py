@@ -13,7 +13,7 @@ import pytest
 
 from include.microsoft.graph import GraphSink
 from include.pipeline import approval, delivery, lifecycle, watermarks
-from include.pipeline.ports import SinkResult
+from include.pipeline.ports import SinkResult, Traffic, WriteRate
 from include.pipeline.schema import NORMALIZED_SCHEMA
 from include.pipeline.snapshots import SnapshotStore
 from tests.unit.microsoft.graph_rows import BASE_TIME, ip_rows
@@ -48,6 +48,12 @@ class MemoryGraph(GraphSink):
 
     def fetch(self, external_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         return {e: self.held[e] for e in external_ids if e in self.held}
+
+    def write_rate(self) -> WriteRate:
+        return WriteRate(self.batch_size, None)  # in memory: no budget
+
+    def traffic(self) -> Traffic:
+        return Traffic(0, 0)
 
 
 def _deduped(store: SnapshotStore, run_id: str, rows: pd.DataFrame) -> None:
