@@ -287,7 +287,9 @@ def test_the_cluster_runs_each_scheduled_and_backfilled_interval_once_and_every_
     assert [r["state"] for r in scenario.runs] == ["success"] * len(scenario.runs), scenario.failed_task_logs
     assert set(Counter(_interval(r) for r in scenario.runs).values()) == {1}
     for run_id, tis in scenario.task_instances.items():
-        assert [(t["task_id"], t["map_index"]) for t in tis if t["state"] != "success"] == [], run_id
+        # No run held a retraction, so the approval gate and the retraction after it were skipped, nothing else.
+        others = sorted((t["task_id"], t["map_index"], t["state"]) for t in tis if t["state"] != "success")
+        assert others == [("approve_retractions", -1, "skipped"), ("retract", -1, "skipped")], run_id
 
 
 def test_mapped_tasks_ran_on_both_workers(scenario: Scenario) -> None:

@@ -187,7 +187,9 @@ def test_the_backfill_runs_each_past_interval_once_and_every_run_succeeds(scenar
 def test_every_task_of_every_run_succeeded(scenario: Scenario) -> None:
     for run_id, states in scenario.task_states.items():
         mapped = {(task, i) for task, i, _ in states if i >= 0}
-        assert {(task, i) for task, i, state in states if state != "success"} == set(), run_id
+        # No run held a retraction, so the approval gate and the retraction after it were skipped, nothing else.
+        others = {(task, i, state) for task, i, state in states if state != "success"}
+        assert others == {("approve_retractions", -1, "skipped"), ("retract", -1, "skipped")}, run_id
         assert len(mapped) == 5 * len(TYPES), run_id  # extract..verify mapped once per type
 
 
