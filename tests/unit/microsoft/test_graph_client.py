@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -19,7 +18,6 @@ from include.microsoft.graph import (
     result_info_error,
 )
 from include.transport.http import RetryPolicy
-from include.transport.retry_after import parse_retry_after
 from tests.unit.microsoft.conftest import FakeTokenProvider
 
 GUID = "e58c072b-c9bb-a5c4-34ce-eb69af44fb1e"
@@ -69,27 +67,6 @@ def _client(
 
 def _ok_items(count: int) -> requests.Response:
     return _response(200, {"value": [{"id": GUID, "externalId": f"e{i}"} for i in range(count)]})
-
-
-# ----------------------------------------------------------------------------------------- Retry-After parsing
-@pytest.mark.parametrize(("value", "expected"), [("7", 7.0), (" 1.5 ", 1.5), ("-3", 0.0), ("0", 0.0)])
-def test_retry_after_reads_delta_seconds(value: str, expected: float) -> None:
-    assert parse_retry_after(value) == expected
-
-
-def test_retry_after_reads_an_http_date_relative_to_now() -> None:
-    now = dt.datetime(2026, 1, 10, 8, 0, 0, tzinfo=dt.UTC)
-    assert parse_retry_after("Sat, 10 Jan 2026 08:00:30 GMT", now=now) == 30.0
-
-
-def test_a_retry_after_date_in_the_past_means_retry_now() -> None:
-    now = dt.datetime(2026, 1, 10, 8, 0, 0, tzinfo=dt.UTC)
-    assert parse_retry_after("Sat, 10 Jan 2026 07:59:00 GMT", now=now) == 0.0
-
-
-@pytest.mark.parametrize("value", [None, "", "soon", "nan"])
-def test_an_unreadable_retry_after_is_ignored(value: str | None) -> None:
-    assert parse_retry_after(value) is None
 
 
 # ----------------------------------------------------------------------------------------- failure detection

@@ -7,15 +7,26 @@ import datetime as dt
 import pytest
 import requests
 
-from include.transport.retry_after import parse_retry_after, retry_after
+from include.transport.retry_after import retry_after
 
 NOW = dt.datetime(2026, 12, 6, 12, 0, 0, tzinfo=dt.UTC)
+
+
+def with_header(value: str | None) -> requests.Response:
+    """A response with no body whose ``Retry-After`` header is ``value`` (absent for None)."""
+    response = requests.Response()
+    response.status_code = 429
+    response._content = b""
+    if value is not None:
+        response.headers["Retry-After"] = value
+    return response
 
 
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
         ("120", 120.0),
+        (" 1.5 ", 1.5),
         (" 7 ", 7.0),
         ("0", 0.0),
         ("-5", 0.0),
@@ -28,16 +39,18 @@ NOW = dt.datetime(2026, 12, 6, 12, 0, 0, tzinfo=dt.UTC)
     ],
 )
 def test_a_readable_retry_after_becomes_seconds_to_wait(value: str, expected: float) -> None:
-    assert parse_retry_after(value, now=NOW) == pytest.approx(expected)
+    assert retry_after(with_header(value), now=NOW) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("value", [None, "", "   ", "soon", "Sun, 99 Foo 2026", "nan", "inf", "1e999"])
 def test_an_absent_or_unreadable_retry_after_gives_no_hint(value: str | None) -> None:
-    assert parse_retry_after(value, now=NOW) is None
+    assert retry_after(with_header(value), now=NOW) is None
 
 
 def test_a_naive_reference_clock_is_taken_as_utc() -> None:
-    assert parse_retry_after("Sun, 06 Dec 2026 12:00:10 GMT", now=NOW.replace(tzinfo=None)) == pytest.approx(10.0)
+    assert retry_after(with_header("Sun, 06 Dec 2026 12:00:10 GMT"), now=NOW.replace(tzinfo=None)) == pytest.approx(
+        10.0
+    )
 
 
 @pytest.mark.parametrize("value", ["Sun, 06 Dec 2099 12:00:45 -0000", "later, please"])
