@@ -129,3 +129,8 @@ def load_stage(
 
     policy = lifecycle.Policy(interval_start=START, interval_end=END)
     return stages.load(sink, store, run_id, indicator_type, policy=policy, failure_threshold=failure_threshold)
+
+
+def verify_stage(sink: Any, store: SnapshotStore, run_id: str, indicator_type: str) -> dict[str, Any]:
+    """``stages.verify`` as the DAG calls it after the type's load (no earlier watermark)."""
+    return dict(stages.verify(sink, store, run_id, indicator_type, previous_watermark=None))

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from bench.common import Figure, load_average
 from bench.context import Context
-from bench.data import SyntheticPages, extract_all, load_stage, transform_all
+from bench.data import SyntheticPages, extract_all, load_stage, transform_all, verify_stage
 from include.pipeline.mappings import SUPPORTED_TYPES
 from include.pipeline.snapshots import SnapshotStore
 from include.threatconnect.parse import parse_page
@@ -58,6 +58,16 @@ def delta(ctx: Context) -> list[Figure]:
     for sink in ("sentinel", "graph"):
         figures.extend(_delta(ctx, sink))
     return figures
+
+
+def _is_read(entry: tuple[Any, ...]) -> bool:
+    """A logged request that reads (a GET, or Sentinel's management-plane query)."""
+    return entry[2] == "GET" or entry[3].endswith("/query")
+
+
+def loaded_per_type(store: SnapshotStore, run_id: str) -> dict[str, int]:
+    """Indicators each type's load wrote in ``run_id`` (the floor's numerator)."""
+    return {kind: store.count("loaded", kind, run_id) for kind in SUPPORTED_TYPES}
 
 
 def _changed_per_type(store: SnapshotStore, first: str, later: str) -> dict[str, int]:
@@ -103,6 +113,7 @@ def _delta(ctx: Context, sink_name: str) -> list[Figure]:
     load_avg = load_average()
     requests_by_run: dict[str, int] = {}
     reads_by_run: dict[str, int] = {}
+    verify_reads_by_run: dict[str, int] = {}
     loaded: dict[str, dict[str, int]] = {}
     try:
         sink, _, _ = make_sink(
@@ -126,10 +137,15 @@ def _delta(ctx: Context, sink_name: str) -> list[Figure]:
                 for key in ("sent", "created", "updated", "failed"):
                     totals[key] = totals.get(key, 0) + int(summary.get(key) or 0)
             entries = logged.entries[before:]
-            reads = sum(1 for e in entries if e[2] == "GET" or e[3].endswith("/query"))
+            reads = sum(1 for e in entries if _is_read(e))
             reads_by_run[run_id] = reads
             requests_by_run[run_id] = len(entries) - reads
             loaded[run_id] = totals
+            # Verify after every type's load, as the DAG's deliver tasks do once their loads are done.
+            before = len(logged.entries)
+            for kind in SUPPORTED_TYPES:
+                verify_stage(sink, store, run_id, kind)
+            verify_reads_by_run[run_id] = sum(1 for e in logged.entries[before:] if _is_read(e))
     finally:
         server.stop()
     changed = _changed_per_type(store, "first", "changed")
@@ -140,10 +156,13 @@ def _delta(ctx: Context, sink_name: str) -> list[Figure]:
         "indicators": count,
         "write_requests_by_run": requests_by_run,
         "read_requests_by_run": reads_by_run,
+        "verify_read_requests_by_run": verify_reads_by_run,
         "loads": loaded,
         "changed_per_type": changed,
     }
     types = len(SUPPORTED_TYPES)
+    floor = sum(math.ceil(n / 100) for n in loaded_per_type(store, "first").values())
+    first_all = requests_by_run["first"] + reads_by_run["first"] + verify_reads_by_run["first"]
     unchanged = requests_by_run["unchanged"]
     after_change = requests_by_run["changed"]
     return [
@@ -158,11 +177,27 @@ def _delta(ctx: Context, sink_name: str) -> list[Figure]:
         ),
         Figure(
             f"delta: {sink_name}",
-            f"first load of {count:,}: read requests (look-ups, verify)",
+            f"first load of {count:,}: read requests before writing (look-ups)",
             reads_by_run["first"],
             "requests",
             "",
             None,
+        ),
+        Figure(
+            f"delta: {sink_name}",
+            "  verify's read requests / the load's requests",
+            f"{verify_reads_by_run['first']} / {requests_by_run['first'] + reads_by_run['first']}",
+            "",
+            "<= 10%",
+            verify_reads_by_run["first"] <= 0.1 * (requests_by_run["first"] + reads_by_run["first"]),
+        ),
+        Figure(
+            f"delta: {sink_name}",
+            "  all requests of the first load and its verify / ceil(written/100) per type",
+            f"{first_all} / {floor}",
+            "",
+            "<= 1.2x",
+            first_all <= 1.2 * floor,
         ),
         Figure(
             f"delta: {sink_name}",

@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from include.pipeline import lifecycle, progress, watermarks
+from include.pipeline import lifecycle, progress, readback, watermarks
 from include.pipeline.errors import PermanentError
 from include.pipeline.jobs import LoadReport, VerifyReport
 from include.pipeline.mappings import SUPPORTED_TYPES
@@ -71,7 +71,14 @@ def _live_count(store: SnapshotStore, indicator_type: str, sink: str) -> int:
 
 
 def _target_view(
-    sink: Sink, state: pd.DataFrame, deduped: pd.DataFrame, reconcile: bool
+    sink: Sink,
+    store: SnapshotStore,
+    run_id: str,
+    indicator_type: str,
+    target: str,
+    state: pd.DataFrame,
+    deduped: pd.DataFrame,
+    reconcile: bool,
 ) -> lifecycle.TargetView | None:
     """Read back what the target holds for the delivered live indicators this run plans (all of them when
     reconciling), so the plan repairs drift instead of trusting the log: None when the sink cannot read back."""
@@ -83,12 +90,12 @@ def _target_view(
     ids = list(live)
     if not ids:
         return None
-    found = sink.fetch(ids)
+    found = readback.read_back(sink, store, run_id, indicator_type, target, ids, after_load=False)
     view = lifecycle.TargetView(set(ids), lambda row, stored: _compare(sink, row, stored), found)
     log.info(
         "read back %s delivered live %s indicators before planning; the target holds %s of them",
         len(ids),
-        state["indicator_type"].iloc[0] if "indicator_type" in state else "",
+        indicator_type,
         len(found),
     )
     return view
@@ -143,7 +150,7 @@ def load(
     history = lifecycle.delivered(store, indicator_type, name, exclude_run=run_id)
     state = history.state
     inventory = _read_inventory(store, run_id, indicator_type)
-    target = _target_view(sink, state, deduped, reconcile=inventory is not None)
+    target = _target_view(sink, store, run_id, indicator_type, name, state, deduped, reconcile=inventory is not None)
     planned = lifecycle.plan(
         deduped,
         history,
@@ -317,7 +324,9 @@ def verify(
     missing, different = [], []
     if sink.read_back:
         verified_by = "read back"
-        actual = sink.fetch([r["external_id"] for r in records])
+        actual = readback.read_back(
+            sink, store, run_id, indicator_type, name, [r["external_id"] for r in records], after_load=True
+        )
         for row in records:
             finding = _compare(sink, row, actual.get(row["external_id"]))
             if finding is None:

@@ -82,6 +82,28 @@ class SinkResult:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class Listed:
+    """One object of ours a target listed: its external id, the key that orders duplicates of one id (the oldest
+    counts, as in :meth:`Sink.fetch`) and the object shaped like the sink's payload."""
+
+    external_id: str
+    order: str
+    payload: dict[str, Any]
+
+
+class OwnListing(Protocol):
+    """Listing everything this application owns in a target, page by page: what makes a bulk read cheaper than
+    look-ups by id when many ids are wanted (Graph lists 1,000 a page but looks up about 20 ids a request)."""
+
+    #: objects per listing request
+    page_size: int
+
+    def pages(self) -> Iterable[list[Listed]]:
+        """Every object of ours, one list per request sent."""
+        ...
+
+
 class Sink(Protocol):
     """A load target. Rows are normalized-snapshot rows (``include.pipeline.schema.NORMALIZED_SCHEMA``)."""
 
@@ -95,6 +117,13 @@ class Sink(Protocol):
     capacity: int | None
     #: whether the target refuses an indicator whose expiration has already passed (Defender does)
     refuses_expired: bool
+
+    #: how to list everything of ours in bulk (None: :meth:`fetch` is the only way to read back)
+    listing: OwnListing | None
+
+    def lookup_requests(self, external_ids: Sequence[str]) -> int:
+        """How many requests :meth:`fetch` spends on these ids (what a listing is weighed against)."""
+        ...
 
     @property
     def read_back(self) -> bool:

@@ -13,6 +13,7 @@ import logging
 import re
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import quote
 
 import fsspec
@@ -24,7 +25,7 @@ from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 log = logging.getLogger(__name__)
 
-STAGES = ("raw", "normalized", "rejected", "deduped", "plan", "loaded", "verified", "inventory")
+STAGES = ("raw", "normalized", "rejected", "deduped", "plan", "loaded", "verified", "inventory", "held")
 PARTITION_COLUMNS = ("indicator_type", "run_id")
 
 
@@ -100,7 +101,7 @@ class SnapshotStore:
         (``part-<target>.parquet``): the targets of one run share a partition, each row says its target in the
         ``sink`` column, and a rerun of one target's task leaves the others' files alone.
         """
-        schema = pa.schema([f for f in schema if f.name not in PARTITION_COLUMNS])
+        schema = pa.schema([f for f in schema if f.name not in PARTITION_COLUMNS], metadata=schema.metadata)
         type_dir = self._type_dir(stage, indicator_type)
         tmp_dir = f"{type_dir}/_tmp-{uuid.uuid4().hex}"
         self.fs.makedirs(tmp_dir, exist_ok=True)
@@ -139,6 +140,33 @@ class SnapshotStore:
         with self.writer(stage, indicator_type, run_id, table.schema, part) as writer:
             writer.write(table)
         return self.partition_url(stage, indicator_type, run_id)
+
+    def part_path(self, stage: str, indicator_type: str, run_id: str, part: str | None = None) -> str:
+        """Where one target's file of a partition is (``writer(..., part=...)``), or the partition's only file."""
+        name = "part-00000.parquet" if part is None else f"part-{_safe_part(part)}.parquet"
+        return f"{self.partition_dir(stage, indicator_type, run_id)}/{name}"
+
+    def stamp(self, stage: str, indicator_type: str, run_id: str, part: str | None = None) -> str | None:
+        """An identity of one target's file that changes whenever the file is written again (None: no such file).
+
+        Built from what the filesystem reports (size, modification time, inode, ETag): a rewrite replaces the file
+        with a new one, so the stamp differs. No clock is read here.
+        """
+        try:
+            info = self.fs.info(self.part_path(stage, indicator_type, run_id, part))
+        except FileNotFoundError:
+            return None
+        keys = ("size", "mtime", "ino", "created", "LastModified", "last_modified", "ETag", "etag")
+        return "|".join(f"{k}={info[k]}" for k in keys if k in info)
+
+    def read_part(
+        self, stage: str, indicator_type: str, run_id: str, part: str, filters: Any = None
+    ) -> pa.Table | None:
+        """One target's file of a partition (with its schema metadata), or None when there is none."""
+        path = self.part_path(stage, indicator_type, run_id, part)
+        if not self.fs.exists(path):
+            return None
+        return pq.read_table(path, filesystem=self._pa_filesystem(), filters=filters)
 
     def exists(self, stage: str, indicator_type: str, run_id: str) -> bool:
         return self.fs.exists(self.partition_dir(stage, indicator_type, run_id))

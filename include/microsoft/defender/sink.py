@@ -11,7 +11,7 @@ import pandas as pd
 from include.microsoft.defender import payload as mapping
 from include.microsoft.defender.client import MAX_BATCH_DELETE, MAX_IMPORT, DefenderClient, DefenderError
 from include.pipeline.errors import PermanentError
-from include.pipeline.ports import FAILED, OK, REJECTED, SinkResult, Traffic, WriteRate
+from include.pipeline.ports import FAILED, OK, REJECTED, OwnListing, SinkResult, Traffic, WriteRate
 from include.transport.batch import BatchRefused, ItemAnswer, send_in_batches
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,8 @@ class DefenderSink:
     name: ClassVar[str] = "defender"
     #: Defender refuses an expirationTime in the past (and deletes an indicator when its time passes)
     refuses_expired: ClassVar[bool] = True
+    #: ``fetch`` already lists everything of ours (10,000 a request; the tenant holds at most 15,000 indicators)
+    listing: ClassVar[OwnListing | None] = None
     #: payload fields that change without a real change (none: the payload holds no clock-derived value)
     volatile_fields: ClassVar[tuple[str, ...]] = ()
     #: what verify compares between the sent payload and what Defender holds (``application`` is left out: Defender
@@ -111,6 +113,10 @@ class DefenderSink:
         #: the most live indicators of ours the plan lets Defender hold (the tenant cap is 15,000 for every source
         #: together: an operator sets it lower to leave room for others)
         self.capacity: int | None = capacity
+
+    def lookup_requests(self, external_ids: Sequence[str]) -> int:
+        """``fetch`` lists our own (one request per 10,000) whatever the ids: at most two for the tenant's cap."""
+        return 1 if external_ids else 0
 
     @property
     def read_back(self) -> bool:

@@ -256,6 +256,14 @@ class GraphClient(TransportClient):
         """Every indicator this app owns, page by page (``@odata.nextLink``, the service's page size)."""
         yield from self._pages(self.collection_url)
 
+    def list_pages(self) -> Iterator[list[dict[str, Any]]]:
+        """Every indicator this app owns, one list per request of the largest page (``$top=1000``)."""
+        yield from self._page_bodies(f"{self.collection_url}?$top={MAX_PAGE}")
+
+    def lookup_requests(self, ids: Iterable[str]) -> int:
+        """How many ``$filter`` look-ups :meth:`find_by_external_ids` sends for these ids."""
+        return sum(1 for _ in self._filter_urls(list(dict.fromkeys(ids))))
+
     def _filter_urls(self, ids: list[str]) -> Iterator[str]:
         prefix = f"{self.collection_url}?$top=1000&$filter="
         chunk: list[str] = []
@@ -296,14 +304,14 @@ class GraphClient(TransportClient):
         way, and one page when the app owns little (an empty target is proven by one request).
         """
         wanted = list(dict.fromkeys(ids))
-        lookups = sum(1 for _ in self._filter_urls(wanted))
+        lookups = self.lookup_requests(wanted)
         if lookups <= 1:
             return self.find_by_external_ids(wanted)
         want = set(wanted)
         found: dict[str, list[dict[str, Any]]] = {}
         complete = False
         pages = 0
-        for page in self._page_bodies(f"{self.collection_url}?$top={MAX_PAGE}"):
+        for page in self.list_pages():
             pages += 1
             for item in page:
                 external_id = item.get("externalId")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import pandas as pd
@@ -11,6 +11,7 @@ import pandas as pd
 from include.microsoft.graph.client import (
     CONTENT_STATUSES,
     MAX_BATCH,
+    MAX_PAGE,
     GraphClient,
     GraphError,
     is_graph_id,
@@ -20,7 +21,7 @@ from include.microsoft.graph.client import (
 )
 from include.microsoft.graph.payload import OBSERVABLE_FIELDS, build_payload, same_value, update_body
 from include.pipeline.errors import PermanentError
-from include.pipeline.ports import OK, REJECTED, SinkResult, Traffic, WriteRate
+from include.pipeline.ports import OK, REJECTED, Listed, OwnListing, SinkResult, Traffic, WriteRate
 from include.transport.batch import BatchRefused, ItemAnswer, send_in_batches
 
 log = logging.getLogger(__name__)
@@ -243,25 +244,58 @@ class GraphSink:
 
     def fetch(self, external_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
         """What Graph holds for these ids (the oldest row per id), shaped like ``payload``: its keys, nulls dropped."""
-        keys = {
-            "externalId",
-            "action",
-            "targetProduct",
-            "threatType",
-            "tlpLevel",
-            "description",
-            "expirationDateTime",
-            "tags",
-            "isActive",
-            "confidence",
-            "severity",
-            "fileHashType",
-            "additionalInformation",
-            "lastReportedDateTime",
-            *OBSERVABLE_FIELDS,
-        }
         found = self.client.find_many(list(external_ids))
-        return {
-            external_id: {k: v for k, v in items[0].items() if k in keys and v is not None}
-            for external_id, items in found.items()
-        }
+        return {external_id: shaped(items[0]) for external_id, items in found.items()}
+
+    def lookup_requests(self, external_ids: Sequence[str]) -> int:
+        """Look-up requests for these ids: one per ``$filter`` URL (about 20 ids under the URL cap)."""
+        return self.client.lookup_requests(external_ids)
+
+    @property
+    def listing(self) -> OwnListing | None:
+        """Everything this app owns, 1,000 a request (Graph shows an app only its own indicators)."""
+        return _GraphListing(self.client)
+
+
+#: the tiIndicator properties a payload has: what ``fetch`` and the listing keep of what Graph holds
+SHAPED_KEYS = frozenset(
+    {
+        "externalId",
+        "action",
+        "targetProduct",
+        "threatType",
+        "tlpLevel",
+        "description",
+        "expirationDateTime",
+        "tags",
+        "isActive",
+        "confidence",
+        "severity",
+        "fileHashType",
+        "additionalInformation",
+        "lastReportedDateTime",
+        *OBSERVABLE_FIELDS,
+    }
+)
+
+
+def shaped(item: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored tiIndicator shaped like ``payload``: its keys, nulls dropped."""
+    return {k: v for k, v in item.items() if k in SHAPED_KEYS and v is not None}
+
+
+class _GraphListing:
+    """:class:`~include.pipeline.ports.OwnListing` over ``GET tiIndicators?$top=1000`` and its nextLinks."""
+
+    page_size = MAX_PAGE
+
+    def __init__(self, client: GraphClient) -> None:
+        self.client = client
+
+    def pages(self) -> Iterator[list[Listed]]:
+        for page in self.client.list_pages():
+            yield [
+                Listed(item["externalId"], str(item.get("ingestedDateTime") or ""), shaped(item))
+                for item in page
+                if isinstance(item.get("externalId"), str)
+            ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,6 +15,7 @@ from include.microsoft.sentinel.client import (
     DEFAULT_MANAGEMENT_HOST,
     DEFAULT_REQUESTS_PER_MINUTE,
     MAX_OBJECTS_PER_UPLOAD,
+    MAX_QUERY_VALUES,
     ManagementTarget,
     SentinelClient,
     SentinelError,
@@ -27,7 +29,7 @@ from include.microsoft.sentinel.stix import (
     stix_id,
 )
 from include.pipeline.errors import PermanentError
-from include.pipeline.ports import OK, REJECTED, SinkResult, Traffic, WriteRate
+from include.pipeline.ports import OK, REJECTED, OwnListing, SinkResult, Traffic, WriteRate
 from include.transport.batch import BatchRefused, ItemAnswer, ItemOutcome, send_in_batches
 from include.transport.http import RequestBudget
 from include.transport.limiter import budget_for, configured_rate
@@ -55,6 +57,9 @@ class SentinelSink:
     #: no documented cap on the indicators one source may hold
     capacity: ClassVar[int | None] = None
     refuses_expired: ClassVar[bool] = False
+    #: The management-plane query pages by ``maxPageSize`` (100 used; the largest accepted is undocumented): a
+    #: listing of everything from our source would cost as much as the look-ups by id, so there is none.
+    listing: ClassVar[OwnListing | None] = None
     #: payload fields that change without a real change: left out of the lifecycle's content hash
     volatile_fields: ClassVar[tuple[str, ...]] = ("modified",)
     #: what verify compares between the sent payload and what the query returns
@@ -142,6 +147,10 @@ class SentinelSink:
             return {}
         found = self.client.query([stix_id(e) for e in external_ids], self.sourcesystem)
         return {external_id_of(object_id): _normalized(obj) for object_id, obj in found.items()}
+
+    def lookup_requests(self, external_ids: Sequence[str]) -> int:
+        """Management-plane queries for these ids: one per 100."""
+        return math.ceil(len(external_ids) / MAX_QUERY_VALUES)
 
     @property
     def read_back(self) -> bool:

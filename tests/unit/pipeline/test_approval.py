@@ -28,6 +28,8 @@ RETIRED = BASE_TIME + dt.timedelta(days=1, hours=1)  # when the first of the 40 
 class MemoryGraph(GraphSink):
     """Graph's payloads and comparison over an in-memory target that records every retraction."""
 
+    listing = None  # read back by id only
+
     def __init__(self) -> None:
         super().__init__(client=None)
         self.held: dict[str, dict[str, Any]] = {}
