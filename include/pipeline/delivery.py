@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from include.pipeline import lifecycle, progress, readback, watermarks
+from include.pipeline import intents, lifecycle, progress, readback, watermarks
 from include.pipeline.errors import PermanentError
 from include.pipeline.jobs import LoadReport, VerifyReport
 from include.pipeline.mappings import SUPPORTED_TYPES
@@ -210,11 +210,14 @@ def load(
     meter = progress.Progress(len(writes), clock())
     outcomes = []
     columns = ["external_id", "action", "status", "expiration", "last_modified", "reason", "value", "error"]
+    guard = intents.CreateGuard.open(store, indicator_type, name, run_id, sink.listing) if sink.guards_creates else None
     with store.writer("loaded", indicator_type, run_id, LOADED_SCHEMA, part=name) as writer:
         for offset in range(0, len(writes), step):
             chunk = writes.iloc[offset : offset + step]
             upserts, retracts = chunk[chunk["action"] != "retract"], chunk[chunk["action"] == "retract"]
-            results = (sink.upsert(upserts) if len(upserts) else []) + (sink.retract(retracts) if len(retracts) else [])
+            results = (intents.upsert(sink, upserts, guard) if len(upserts) else []) + (
+                sink.retract(retracts) if len(retracts) else []
+            )
             frame = _outcomes(chunk, results, sink)
             writer.write(pa.Table.from_pandas(frame, schema=LOADED_SCHEMA, preserve_index=False))
             outcomes.append(frame[columns])

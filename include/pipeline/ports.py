@@ -7,7 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -120,6 +120,9 @@ class Sink(Protocol):
 
     #: how to list everything of ours in bulk (None: :meth:`fetch` is the only way to read back)
     listing: OwnListing | None
+    #: whether :meth:`upsert` looks ids up before creating them (the target does not key on our id, so a second
+    #: create would duplicate): the load then keeps the intent ledger that lets it skip ids never sent
+    guards_creates: bool
 
     def lookup_requests(self, external_ids: Sequence[str]) -> int:
         """How many requests :meth:`fetch` spends on these ids (what a listing is weighed against)."""
@@ -142,8 +145,12 @@ class Sink(Protocol):
         """Requests sent to the target so far by this sink, and the 429 answers among them."""
         ...
 
-    def upsert(self, rows: pd.DataFrame) -> list[SinkResult]:
-        """Create or update every row (keyed on ``external_id``), batching and retrying inside; one result per row."""
+    def upsert(self, rows: pd.DataFrame, never_sent: Collection[str] = frozenset()) -> list[SinkResult]:
+        """Create or update every row (keyed on ``external_id``), batching and retrying inside; one result per row.
+
+        ``never_sent``: ids the load's ledger proves were never sent to this target (so the target cannot hold
+        them from us): a sink that looks ids up before creating may skip them. Others ignore it.
+        """
         ...
 
     def retract(self, rows: pd.DataFrame) -> list[SinkResult]:

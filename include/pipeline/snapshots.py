@@ -25,7 +25,7 @@ from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 log = logging.getLogger(__name__)
 
-STAGES = ("raw", "normalized", "rejected", "deduped", "plan", "loaded", "verified", "inventory", "held")
+STAGES = ("raw", "normalized", "rejected", "deduped", "plan", "loaded", "verified", "inventory", "held", "intent")
 PARTITION_COLUMNS = ("indicator_type", "run_id")
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, ClassVar
 
 import pandas as pd
@@ -69,6 +69,9 @@ class DefenderSink:
     refuses_expired: ClassVar[bool] = True
     #: ``fetch`` already lists everything of ours (10,000 a request; the tenant holds at most 15,000 indicators)
     listing: ClassVar[OwnListing | None] = None
+    #: Defender keys imports on type and value, so a second import updates: no look-up before a create
+    #: (``upsert``'s ``never_sent`` is unused)
+    guards_creates: ClassVar[bool] = False
     #: payload fields that change without a real change (none: the payload holds no clock-derived value)
     volatile_fields: ClassVar[tuple[str, ...]] = ()
     #: what verify compares between the sent payload and what Defender holds (``application`` is left out: Defender
@@ -149,7 +152,7 @@ class DefenderSink:
     def traffic(self) -> Traffic:
         return Traffic(self.client.requests_sent, self.client.throttled)
 
-    def upsert(self, rows: pd.DataFrame) -> list[SinkResult]:
+    def upsert(self, rows: pd.DataFrame, never_sent: Collection[str] = frozenset()) -> list[SinkResult]:
         """Import every row (create or update: Defender upserts on type and value); one result per row, in order.
 
         An item Defender refuses for its content is ``rejected`` at once; one that fails for another reason is resent

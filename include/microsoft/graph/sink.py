@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import pandas as pd
@@ -76,6 +76,8 @@ class GraphSink:
 
     #: Graph reads every indicator back by its external id
     read_back: ClassVar[bool] = True
+    #: Graph does not key on externalId: a create is looked up first unless the ledger proves it was never sent
+    guards_creates: ClassVar[bool] = True
     #: no documented cap on the indicators one source may hold
     capacity: ClassVar[int | None] = None
     refuses_expired: ClassVar[bool] = False
@@ -112,8 +114,11 @@ class GraphSink:
     def traffic(self) -> Traffic:
         return Traffic(self.client.requests_sent, self.client.throttled)
 
-    def upsert(self, rows: pd.DataFrame) -> list[SinkResult]:
+    def upsert(self, rows: pd.DataFrame, never_sent: Collection[str] = frozenset()) -> list[SinkResult]:
         """Create missing indicators and update existing ones; one result per row, in row order.
+
+        Ids in ``never_sent`` (the load's ledger proves this pipeline never sent them here) are created without a
+        look-up; every other id without a remembered Graph id is looked up first.
 
         Raises:
             GraphError: Graph stayed unavailable (429/5xx/network) beyond the client's retries; the task should
@@ -126,7 +131,8 @@ class GraphSink:
         # Indicators the pipeline delivered before carry their Graph id: they skip the lookup. Everything else is
         # looked up first (by id, or by listing what this app owns when that is cheaper: an empty target costs one
         # request), because Graph would happily create a duplicate.
-        existing = self.client.find_many([e for e in payloads if e not in known])
+        unsure = [e for e in payloads if e not in known and e not in never_sent]
+        existing = self.client.find_many(unsure) if unsure else {}
         creates = {e: p for e, p in payloads.items() if e not in existing and e not in known}
         updates = {e: update_body(known[e], payloads[e]) for e in known}
         duplicates: dict[str, str] = {}

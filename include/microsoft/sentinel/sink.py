@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -60,6 +60,9 @@ class SentinelSink:
     #: The management-plane query pages by ``maxPageSize`` (100 used; the largest accepted is undocumented): a
     #: listing of everything from our source would cost as much as the look-ups by id, so there is none.
     listing: ClassVar[OwnListing | None] = None
+    #: STIX ids are the key, so an upload of an existing id updates it: no look-up before a create
+    #: (``upsert``'s ``never_sent`` is unused)
+    guards_creates: ClassVar[bool] = False
     #: payload fields that change without a real change: left out of the lifecycle's content hash
     volatile_fields: ClassVar[tuple[str, ...]] = ("modified",)
     #: what verify compares between the sent payload and what the query returns
@@ -111,7 +114,7 @@ class SentinelSink:
     def traffic(self) -> Traffic:
         return Traffic(self.client.requests_sent, self.client.throttled)
 
-    def upsert(self, rows: pd.DataFrame) -> list[SinkResult]:
+    def upsert(self, rows: pd.DataFrame, never_sent: Collection[str] = frozenset()) -> list[SinkResult]:
         """Upload every row; per-record rejections are retried, then reported ``failed`` with Sentinel's message.
 
         The action is the row's ``action`` column when it has one (``create``/``update``), otherwise ``create``

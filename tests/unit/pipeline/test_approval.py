@@ -4,7 +4,7 @@ the watermark before them, the request shows the numbers, and approved retractio
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import pandas as pd
@@ -35,7 +35,7 @@ class MemoryGraph(GraphSink):
         self.held: dict[str, dict[str, Any]] = {}
         self.retracted: list[str] = []
 
-    def upsert(self, rows: pd.DataFrame) -> list[SinkResult]:
+    def upsert(self, rows: pd.DataFrame, never_sent: Collection[str] = frozenset()) -> list[SinkResult]:
         for row in rows.to_dict("records"):
             self.held[row["external_id"]] = self.payload(row)
         return [
