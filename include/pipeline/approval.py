@@ -18,7 +18,7 @@ from typing import Any, TypedDict
 import pandas as pd
 import pyarrow as pa
 
-from include.pipeline import lifecycle
+from include.pipeline import frames, lifecycle
 from include.pipeline.delivery import _compare, _outcomes
 from include.pipeline.ports import OK, Sink
 from include.pipeline.schema import LOADED_SCHEMA
@@ -138,7 +138,7 @@ def retract_held(sink: Sink, store: SnapshotStore, held: Held) -> Retracted:
     frame = _outcomes(rows, sink.retract(rows), sink) if len(rows) else rows.assign(status=[], error=[])
     _append(store, "loaded", indicator_type, run_id, name, frame, LOADED_SCHEMA)
     ok = frame[frame["status"] == OK]
-    records = ok.to_dict("records")
+    records = frames.records(ok)
     found = sink.fetch([r["external_id"] for r in records]) if sink.read_back and records else {}
     findings = []
     for row in records:

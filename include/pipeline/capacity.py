@@ -6,6 +6,7 @@ from typing import Any
 
 import pandas as pd
 
+from include.pipeline import frames
 from include.pipeline.delivered import NORMALIZED_COLUMNS, ONE_MS, is_live
 
 
@@ -35,12 +36,10 @@ def apply_capacity(
     """
     retracting = set(planned.loc[planned["action"] == "retract", "external_id"])
     held_live = (
-        []
-        if state.empty
-        else [r for r in state.to_dict("records") if is_live(r) and r["external_id"] not in retracting]
+        [] if state.empty else [r for r in frames.records(state) if is_live(r) and r["external_id"] not in retracting]
     )
     rows_by_id = {r["external_id"]: r for r in held_live}
-    for row in planned.to_dict("records"):
+    for row in frames.records(planned):
         if row["action"] in ("create", "update", "refresh") or (
             row["action"] == "skip" and row["external_id"] in rows_by_id
         ):

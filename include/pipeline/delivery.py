@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from include.pipeline import intents, lifecycle, progress, readback, watermarks
+from include.pipeline import frames, intents, lifecycle, progress, readback, watermarks
 from include.pipeline.errors import PermanentError
 from include.pipeline.jobs import LoadReport, VerifyReport
 from include.pipeline.mappings import SUPPORTED_TYPES
@@ -322,7 +322,7 @@ def verify(
     loaded = loaded[loaded["sink"] == name].reset_index(drop=True)
     loaded["indicator_type"] = indicator_type  # a partition column: only in the path, but payloads use it
     ok = loaded[loaded["status"] == OK]
-    records = ok.to_dict("records")
+    records = frames.records(ok)
     findings: list[tuple[str, str, str, str | None]] = []
     missing, different = [], []
     if sink.read_back:

@@ -36,7 +36,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from include.pipeline import expiry
+from include.pipeline import expiry, frames
 from include.pipeline.capacity import apply_capacity as apply_capacity  # the stages' one entry point
 from include.pipeline.delivered import NORMALIZED_COLUMNS, ONE_MS, Delivered, is_live
 from include.pipeline.delivered import UNDELIVERED as UNDELIVERED
@@ -167,7 +167,7 @@ def plan(
     volatile = tuple(volatile)
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for row in candidates.to_dict("records"):
+    for row in frames.records(candidates):
         seen.add(row["external_id"])
         held = state.loc[row["external_id"]] if row["external_id"] in state.index else None
         why_retract = _retraction_reason(row)
@@ -318,7 +318,7 @@ def _held_rows(
     rows: list[dict[str, Any]] = []
     floor = pd.Timestamp(policy.interval_start)
     horizon = pd.Timestamp(policy.interval_end + policy.refresh_within)
-    for held in state.to_dict("records"):
+    for held in frames.records(state):
         if held["external_id"] in seen or not is_live(held):
             continue
         base = {**{k: held[k] for k in NORMALIZED_COLUMNS}, "target_id": held["target_id"]}

@@ -10,6 +10,7 @@ import pandas as pd
 
 from include.microsoft.defender import payload as mapping
 from include.microsoft.defender.client import MAX_BATCH_DELETE, MAX_IMPORT, DefenderClient, DefenderError
+from include.pipeline import frames
 from include.pipeline.errors import PermanentError
 from include.pipeline.ports import FAILED, OK, REJECTED, OwnListing, SinkResult, Traffic, WriteRate
 from include.transport.batch import BatchRefused, ItemAnswer, send_in_batches
@@ -138,7 +139,7 @@ class DefenderSink:
 
     def remember(self, rows: pd.DataFrame) -> None:
         """Record the Defender key of each row, so ``fetch`` finds them even if a description loses its tag."""
-        for row in rows.to_dict("records"):
+        for row in frames.records(rows):
             try:
                 kind, value = mapping.indicator_key(row)
             except (ValueError, TypeError, KeyError):
@@ -162,7 +163,7 @@ class DefenderSink:
         if rows.empty:
             return []
         self.remember(rows)
-        records = rows.to_dict("records")
+        records = frames.records(rows)
         payloads: dict[str, dict[str, Any]] = {}
         actions: dict[str, str] = {}
         results: dict[str, SinkResult] = {}

@@ -143,6 +143,18 @@ def result_info_error(info: Any) -> str | None:
     return f"{code}: {info.get('message') or ''} (subcode {info.get('subcode', info.get('subCode'))})"
 
 
+_OR = quote(" or ", safe="")
+_PLAIN_ID = re.compile(r"^[A-Za-z0-9_.~-]*$")  # what URL quoting leaves as it is
+_TERM_HEAD, _TERM_TAIL = quote("externalId eq '", safe=""), quote("'", safe="")
+
+
+def _quoted_term(external_id: str) -> str:
+    """``externalId eq '<id>'`` URL-quoted (a uuid needs no quoting of its own: the common case is built directly)."""
+    if _PLAIN_ID.match(external_id):
+        return _TERM_HEAD + external_id + _TERM_TAIL
+    return quote(f"externalId eq {odata_quote(external_id)}", safe="")
+
+
 def odata_quote(value: str) -> str:
     """An OData string literal: single quotes, embedded quotes doubled."""
     return "'" + value.replace("'", "''") + "'"
@@ -269,15 +281,14 @@ class GraphClient(TransportClient):
         chunk: list[str] = []
         length = len(prefix)
         for external_id in ids:
-            term = quote(("" if not chunk else " or ") + f"externalId eq {odata_quote(external_id)}", safe="")
-            if chunk and length + len(term) > MAX_URL_LENGTH:
-                yield prefix + quote(" or ".join(f"externalId eq {odata_quote(i)}" for i in chunk), safe="")
+            term = _quoted_term(external_id)
+            if chunk and length + len(_OR) + len(term) > MAX_URL_LENGTH:
+                yield prefix + _OR.join(chunk)
                 chunk, length = [], len(prefix)
-                term = quote(f"externalId eq {odata_quote(external_id)}", safe="")
-            chunk.append(external_id)
-            length += len(term)
+            length += len(term) + (len(_OR) if chunk else 0)
+            chunk.append(term)
         if chunk:
-            yield prefix + quote(" or ".join(f"externalId eq {odata_quote(i)}" for i in chunk), safe="")
+            yield prefix + _OR.join(chunk)
 
     def _pages(self, url: str) -> Iterator[dict[str, Any]]:
         for page in self._page_bodies(url):

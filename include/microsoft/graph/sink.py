@@ -20,6 +20,7 @@ from include.microsoft.graph.client import (
     result_info_error,
 )
 from include.microsoft.graph.payload import OBSERVABLE_FIELDS, build_payload, same_value, update_body
+from include.pipeline import frames
 from include.pipeline.errors import PermanentError
 from include.pipeline.ports import OK, REJECTED, Listed, OwnListing, SinkResult, Traffic, WriteRate
 from include.transport.batch import BatchRefused, ItemAnswer, send_in_batches
@@ -99,7 +100,7 @@ class GraphSink:
     def _payloads(self, rows: pd.DataFrame) -> tuple[dict[str, dict[str, Any]], dict[str, SinkResult]]:
         payloads: dict[str, dict[str, Any]] = {}
         bad: dict[str, SinkResult] = {}
-        for row in rows.to_dict("records"):
+        for row in frames.records(rows):
             external_id = str(row["external_id"])
             try:
                 payloads[external_id] = self.payload(row)

@@ -28,6 +28,7 @@ from include.microsoft.sentinel.stix import (
     source_system,
     stix_id,
 )
+from include.pipeline import frames
 from include.pipeline.errors import PermanentError
 from include.pipeline.ports import OK, REJECTED, OwnListing, SinkResult, Traffic, WriteRate
 from include.transport.batch import BatchRefused, ItemAnswer, ItemOutcome, send_in_batches
@@ -120,7 +121,7 @@ class SentinelSink:
         The action is the row's ``action`` column when it has one (``create``/``update``), otherwise ``create``
         for a first version (``modified == created``) and ``update`` after.
         """
-        records = rows.to_dict("records")
+        records = frames.records(rows)
         objects = _build_all(records, self.payload)
         actions = [_action(r, o) for r, o in zip(records, objects, strict=True)]
         return self._load(records, objects, actions)
@@ -132,7 +133,7 @@ class SentinelSink:
         before); without that column it is ``last_modified`` plus one millisecond, so the revocation still
         outranks an upload built from the same row.
         """
-        records = rows.to_dict("records")
+        records = frames.records(rows)
         objects = _build_all(records, self.retract_payload)
         return self._load(records, objects, ["retract"] * len(records))
 
