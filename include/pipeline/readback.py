@@ -1,9 +1,10 @@
 """Reading back what a target holds, at the lower of two costs, with one listing shared by every type of a run.
 
-A target that can list everything this application owns (Graph: 1,000 objects a request) answers "what do you
-hold for these ids?" either by look-ups (Graph: about 20 ids a request) or by one listing. The listing's cost is
-known before it starts: the delivered state says how many live objects of ours the target should hold. The
-cheaper way is taken; a listing that turns out longer than the look-ups would have cost is abandoned for them.
+A target that can list everything this application owns (Graph: 1,000 objects a request; Defender: 10,000)
+answers "what do you hold for these ids?" either by look-ups (Graph: about 20 ids a request) or by one listing.
+The listing's cost is known before it starts: the delivered state says how many live objects of ours the target
+should hold. The cheaper way is taken (the listing on a tie: it can be read again); a listing that turns out
+longer than the look-ups would have cost is abandoned for them.
 
 A listing is kept as the run's ``held`` snapshot (``held/indicator_type=all/run_id=<run>/part-<target>.parquet``),
 so the other types of the run read it instead of listing again. It records the run's ``deduped`` and ``loaded``
@@ -102,7 +103,7 @@ def read_back(
     lookups = sink.lookup_requests(ids)
     expected = live_held(store, target)
     pages = max(1, math.ceil(expected / listing.page_size))
-    if lookups <= pages:
+    if lookups < pages:  # a tie goes to the listing: the run's other types may read it again
         log.info(
             "read back %s %s ids by look-up: %s requests (a listing of the %s objects of ours would take %s)",
             len(ids),

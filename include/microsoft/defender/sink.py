@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import pandas as pd
 
 from include.microsoft.defender import payload as mapping
-from include.microsoft.defender.client import MAX_BATCH_DELETE, MAX_IMPORT, DefenderClient, DefenderError
+from include.microsoft.defender.client import MAX_BATCH_DELETE, MAX_IMPORT, MAX_TOP, DefenderClient, DefenderError
 from include.pipeline import frames
 from include.pipeline.errors import PermanentError
-from include.pipeline.ports import FAILED, OK, REJECTED, OwnListing, SinkResult, Traffic, WriteRate
+from include.pipeline.ports import FAILED, OK, REJECTED, Listed, OwnListing, SinkResult, Traffic, WriteRate
 from include.transport.batch import BatchRefused, ItemAnswer, send_in_batches
 
 log = logging.getLogger(__name__)
@@ -68,8 +68,6 @@ class DefenderSink:
     name: ClassVar[str] = "defender"
     #: Defender refuses an expirationTime in the past (and deletes an indicator when its time passes)
     refuses_expired: ClassVar[bool] = True
-    #: ``fetch`` already lists everything of ours (10,000 a request; the tenant holds at most 15,000 indicators)
-    listing: ClassVar[OwnListing | None] = None
     #: Defender keys imports on type and value, so a second import updates: no look-up before a create
     #: (``upsert``'s ``never_sent`` is unused)
     guards_creates: ClassVar[bool] = False
@@ -121,6 +119,11 @@ class DefenderSink:
     def lookup_requests(self, external_ids: Sequence[str]) -> int:
         """``fetch`` lists our own (one request per 10,000) whatever the ids: at most two for the tenant's cap."""
         return 1 if external_ids else 0
+
+    @property
+    def listing(self) -> OwnListing | None:
+        """Everything this app created, as ``fetch`` lists it (so one listing serves every type of a run)."""
+        return _DefenderListing(self.client)
 
     @property
     def read_back(self) -> bool:
@@ -302,3 +305,22 @@ class DefenderSink:
             if items:
                 found[external_id] = items
         return found
+
+
+class _DefenderListing:
+    """:class:`~include.pipeline.ports.OwnListing` over ``list_own``: our indicators by their ``[tc:<id>]`` tag
+    (what ``fetch`` matches on in a process that did not send them), in the order Defender lists them."""
+
+    page_size = MAX_TOP
+
+    def __init__(self, client: DefenderClient) -> None:
+        self.client = client
+
+    def pages(self) -> Iterator[list[Listed]]:
+        listed = []
+        for item in self.client.list_own():
+            tagged = mapping.tagged_id(item.get("description"))
+            if tagged is not None:
+                shaped = {k: item[k] for k in mapping.PAYLOAD_FIELDS if item.get(k) is not None}
+                listed.append(Listed(tagged, "", shaped))
+        yield listed

@@ -10,6 +10,7 @@ import math
 import pytest
 
 from include.microsoft.auth import GRAPH_SCOPE, TokenProvider
+from include.microsoft.defender import DEFENDER_SCOPE, DefenderClient, DefenderSink
 from include.microsoft.graph import GraphClient, GraphSink
 from include.pipeline import delivery, lifecycle, stages, watermarks
 from include.pipeline.dedupe import winners
@@ -92,3 +93,21 @@ def test_a_run_verifies_every_type_against_one_listing_and_a_rerun_plans_against
     held = [i["externalId"] for i in stack.graph.owned_by(CLIENT_ID)]
     assert len(held) == owned
     assert len(set(held)) == owned  # nothing duplicated
+
+
+def test_defender_verifies_every_type_against_one_listing_of_its_own_indicators(world) -> None:
+    stack, store, tc, _ = world
+    tokens = TokenProvider(
+        TENANT_ID, CLIENT_ID, stack.client_secret, DEFENDER_SCOPE, authority_host=stack.ms_server.base_url
+    )
+    sink = DefenderSink(DefenderClient(stack.ms_server.base_url, tokens, client_id=CLIENT_ID))
+    stack.defender.clock = START.timestamp  # Defender refuses an expiration in its past: its clock is the interval's
+    _prepare(store, tc, FIRST)
+    loads = {kind: delivery.load(sink, store, FIRST, kind, _policy(kind)) for kind in TYPES}
+    assert sum(r["created"] for r in loads.values()) == len(stack.defender.created_by(CLIENT_ID)) > 2000
+    before = sum(1 for r in stack.defender.requests if r.method == "GET")
+    verified = {kind: delivery.verify(sink, store, FIRST, kind, previous_watermark=None) for kind in TYPES}
+    assert sum(1 for r in stack.defender.requests if r.method == "GET") - before == 1  # at most 10,000 a page
+    for kind in TYPES:
+        assert verified[kind]["verified"] == loads[kind]["created"]
+        assert verified[kind]["missing"] == verified[kind]["different"] == 0
