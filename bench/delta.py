@@ -217,6 +217,14 @@ def _delta(ctx: Context, sink_name: str) -> list[Figure]:
         ),
         Figure(
             f"delta: {sink_name}",
+            "  rerun, unchanged source: read requests / the first load's writes",
+            f"{reads_by_run['unchanged']} / {requests_by_run['first']}",
+            "",
+            "<= 10% (reading back every indicator of the interval to repair drift)",
+            reads_by_run["unchanged"] <= 0.1 * requests_by_run["first"],
+        ),
+        Figure(
+            f"delta: {sink_name}",
             f"  rerun, 1% changed ({total_changed:,} indicators): write requests",
             after_change,
             "requests",
