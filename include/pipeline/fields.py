@@ -125,8 +125,8 @@ def distinct(values: pa.Array) -> tuple[pa.Array, list[Any]]:
 def descriptions(
     t: pa.Table,
     m: Mapping,
-    values: list[str],
-    variants: list[str],
+    values: pa.Array,
+    variants: pa.Array,
     rating: np.ndarray,
     rated: np.ndarray,
     confidence: np.ndarray,
@@ -150,9 +150,7 @@ def descriptions(
         "rating_label": lambda: (np.where(rated, rating, 0).astype(np.int64), list(RATING_LABELS)),
         "confidence": lambda: _unique(confidence.astype(np.int64)),
         "tlp": lambda: (tlp_ranks.astype(np.int64), list(TLP_LEVELS)),
-        "hash_type": lambda: (
-            _distinct(pa.array(variants, pa.string()), lambda v: v) if m.kind == "hash" else (zeros, [""])
-        ),
+        "hash_type": lambda: _distinct(variants, lambda v: v) if m.kind == "hash" else (zeros, [""]),
     }
     has = np.fromiter((bool(text) for text in desc_texts), dtype=bool, count=len(desc_texts))[desc_codes]
     names = sorted(set(with_fields) | set(without_fields))
@@ -184,8 +182,8 @@ def _unique(codes: np.ndarray) -> tuple[np.ndarray, list[Any]]:
 def _per_row(
     n: int,
     m: Mapping,
-    values: list[str],
-    variants: list[str],
+    values: pa.Array,
+    variants: pa.Array,
     has: np.ndarray,
     desc_codes: np.ndarray,
     desc_texts: list[str],
@@ -194,7 +192,7 @@ def _per_row(
     """Descriptions rendered row by row (a template with the indicator's value in it)."""
     with_fmt, with_fields = _compile(m.description_template)
     without_fmt, without_fields = _compile(m.description_fallback)
-    cache: dict[str, list[Any]] = {"value": values}
+    cache: dict[str, list[Any]] = {"value": values.to_pylist()}
 
     def column(name: str) -> list[Any]:
         if name not in cache:
