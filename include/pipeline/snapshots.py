@@ -37,15 +37,63 @@ def quote_partition_value(value: str) -> str:
     return quote(value, safe="")
 
 
+#: Columns whose values differ from row to row (ids, values, hashes, links, timestamps). Parquet's dictionary
+#: encoding would store each value a second time (in the dictionary page) and cost a hash lookup per row, only to
+#: fall back to plain; they are written plain. Every other column keeps the dictionary (owners, kinds, tags...).
+PLAIN_COLUMNS = frozenset(
+    {
+        "tc_id",
+        "summary",
+        "md5",
+        "sha1",
+        "sha256",
+        "external_id",
+        "value",
+        "raw_value",
+        "web_link",
+        "date_added",
+        "last_modified",
+        "valid_from",
+        "expiration",
+        "content_hash",
+        "stix_modified",
+        "target_id",
+    }
+)
+#: Rows per Parquet row group (at least; the writes of a stage are gathered until this many).
+ROW_GROUP_ROWS = 65_536
+
+
+def _leaves(name: str, type_: pa.DataType) -> list[str]:
+    """The Parquet column paths of one Arrow field (a list's values are ``<name>.list.element``)."""
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_):
+        return _leaves(f"{name}.list.element", type_.value_type)
+    if pa.types.is_struct(type_):
+        return [leaf for child in type_ for leaf in _leaves(f"{name}.{child.name}", child.type)]
+    return [name]
+
+
 class PartitionWriter:
-    """Streams record batches into one partition's temporary directory; ``SnapshotStore.writer`` commits it."""
+    """Streams record batches into one partition's temporary directory; ``SnapshotStore.writer`` commits it.
+
+    Writes are gathered into row groups of at least ``ROW_GROUP_ROWS`` rows (a page of the source is a tenth of
+    that): fewer, larger row groups cost less to encode and to read, and at most one row group is held here.
+    """
 
     def __init__(self, fs: fsspec.AbstractFileSystem, path: str, schema: pa.Schema) -> None:
         self.schema = schema
         self.rows = 0
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
         self._file = fs.open(path, "wb")
         # zstd level 1: most of the size win of zstd at a fraction of its CPU (snapshots are written every run).
-        self._writer = pq.ParquetWriter(self._file, schema, compression="zstd", compression_level=1)
+        self._writer = pq.ParquetWriter(
+            self._file,
+            schema,
+            compression="zstd",
+            compression_level=1,
+            use_dictionary=[leaf for f in schema if f.name not in PLAIN_COLUMNS for leaf in _leaves(f.name, f.type)],
+        )
 
     def write(self, data: pa.Table | pa.RecordBatch) -> None:
         """Append rows (columns in any order; extra partition columns are dropped)."""
@@ -53,10 +101,26 @@ class PartitionWriter:
             return
         table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
         table = table.select(self.schema.names).cast(self.schema)
-        self._writer.write_table(table)
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
         self.rows += table.num_rows
+        if self._pending_rows >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._writer.write_table(pa.concat_tables(self._pending))
+        self._pending, self._pending_rows = [], 0
 
     def close(self) -> None:
+        """Write what is gathered and close the file (``SnapshotStore.writer`` calls it)."""
+        self._flush()
+        self._writer.close()
+        self._file.close()
+
+    def abandon(self) -> None:
+        """Close the file without writing what is gathered (the partition is being thrown away)."""
+        self._pending, self._pending_rows = [], 0
         self._writer.close()
         self._file.close()
 
@@ -118,7 +182,7 @@ class SnapshotStore:
                 self.fs.rm(tmp_dir, recursive=True)
         except BaseException:
             with contextlib.suppress(Exception):
-                writer.close()
+                writer.abandon()
             with contextlib.suppress(Exception):
                 self.fs.rm(tmp_dir, recursive=True)
             raise
