@@ -39,19 +39,35 @@ _FAST_VARIANT = {"host": "domain", "email": "email", "ip": "ipv4"}
 # that need no encoding and escapes already in upper case: only the scheme and host are lower-cased.
 _URL_TAIL = r"(?:[A-Za-z0-9\-._~!#$&'()*+,/:;=?@\[\]]|%[0-9A-F]{2})*"
 _FAST_URL = rf"^(?P<head>(?i:(?:https?|ftp)://{_FAST_HOST}))(?P<tail>/{_URL_TAIL})$"
+_FAST_URL_ANY_CASE = rf"^(?i:(?:https?|ftp)://{_FAST_HOST})/{_URL_TAIL}$"
+_FAST_URL_LOWER = rf"^(?:https?|ftp)://{_FAST_HOST}/{_URL_TAIL}$"  # scheme and host already lower-case
+_XN_IN_HOST = r"^[^/]*//[^/]*(?i:xn--)"  # punycode in the host: the per-value path checks it
 
 
 def _fast_url(values: pa.Array) -> tuple[pa.Array, pa.Array]:
-    """``(fast, canonical)`` of URLs the column-wise path answers (canonical is null elsewhere)."""
-    parts = pc.extract_regex(values, _FAST_URL)
-    head, tail = pc.struct_field(parts, "head"), pc.struct_field(parts, "tail")
-    lowered = pc.ascii_lower(head)
-    host_length = pc.subtract(pc.utf8_length(head), pc.add(pc.find_substring(head, ":"), 3))
+    """``(fast, canonical)`` of URLs the column-wise path answers (canonical is meaningless elsewhere).
+
+    Only plain matches (no capture groups: RE2's DFA) run over the whole column, and most URLs already have a
+    lower-case scheme and host, so their canonical form is the URL itself; only the others are split into head
+    and tail to lower-case the head.
+    """
+    # The pattern guarantees an ASCII head without '/' or ':' after the scheme's "://": the first '/' after it
+    # ends the host (the scheme's "://" is blanked out of the way to find that '/').
+    host_end = pc.find_substring(pc.replace_substring(values, "://", "   ", max_replacements=1), "/")
+    host_length = pc.subtract(host_end, pc.add(pc.find_substring(values, "://"), 3))
     fast = pc.and_(
-        pc.and_(pc.is_valid(parts), pc.invert(pc.match_substring(lowered, "xn--"))),
+        pc.and_(
+            pc.match_substring_regex(values, _FAST_URL_ANY_CASE),
+            pc.invert(pc.match_substring_regex(values, _XN_IN_HOST)),
+        ),
         pc.and_(pc.less_equal(host_length, 253), pc.less_equal(pc.utf8_length(values), URL_MAX)),
     )
-    return fast, pc.binary_join_element_wise(lowered, tail, "")
+    mixed = pc.and_(fast, pc.invert(pc.match_substring_regex(values, _FAST_URL_LOWER)))
+    if not pc.any(mixed).as_py():
+        return fast, values
+    parts = pc.extract_regex(values.filter(mixed), _FAST_URL)
+    head, tail = pc.struct_field(parts, "head"), pc.struct_field(parts, "tail")
+    return fast, pc.replace_with_mask(values, mixed, pc.binary_join_element_wise(pc.ascii_lower(head), tail, ""))
 
 
 def canonicalize_many(kind: str, raws: list[str]) -> list[Result]:
