@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import re
+import threading
 import uuid
 from collections.abc import Iterator
 from urllib.parse import quote
@@ -77,7 +79,10 @@ class PartitionWriter:
     """Streams record batches into one partition's temporary directory; ``SnapshotStore.writer`` commits it.
 
     Writes are gathered into row groups of at least ``ROW_GROUP_ROWS`` rows (a page of the source is a tenth of
-    that): fewer, larger row groups cost less to encode and to read, and at most one row group is held here.
+    that): fewer, larger row groups cost less to encode and to read. A background thread encodes, compresses and
+    writes each row group (pyarrow releases the GIL meanwhile), so the caller prepares the next rows on the other
+    core; at most one row group waits for that thread, one is being written and one gathered. An error of the
+    thread is raised by the next ``write`` or by ``close``.
     """
 
     def __init__(self, fs: fsspec.AbstractFileSystem, path: str, schema: pa.Schema) -> None:
@@ -94,6 +99,10 @@ class PartitionWriter:
             compression_level=1,
             use_dictionary=[leaf for f in schema if f.name not in PLAIN_COLUMNS for leaf in _leaves(f.name, f.type)],
         )
+        self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._write_row_groups, name="snapshot-writer", daemon=True)
+        self._thread.start()
 
     def write(self, data: pa.Table | pa.RecordBatch) -> None:
         """Append rows (columns in any order; extra partition columns are dropped)."""
@@ -108,19 +117,40 @@ class PartitionWriter:
             self._flush()
 
     def _flush(self) -> None:
+        """Hand the gathered rows to the writing thread as one row group."""
+        if self._error is not None:
+            raise self._error
         if self._pending:
-            self._writer.write_table(pa.concat_tables(self._pending))
+            self._queue.put(pa.concat_tables(self._pending))
         self._pending, self._pending_rows = [], 0
+
+    def _write_row_groups(self) -> None:
+        """The writing thread: write row groups until None arrives (after an error, only drain the queue)."""
+        while (table := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._writer.write_table(table)
+                except BaseException as exc:  # handed to the caller's thread
+                    self._error = exc
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
     def close(self) -> None:
         """Write what is gathered and close the file (``SnapshotStore.writer`` calls it)."""
         self._flush()
+        self._stop()
+        if self._error is not None:
+            raise self._error
         self._writer.close()
         self._file.close()
 
     def abandon(self) -> None:
         """Close the file without writing what is gathered (the partition is being thrown away)."""
         self._pending, self._pending_rows = [], 0
+        self._stop()
         self._writer.close()
         self._file.close()
 
