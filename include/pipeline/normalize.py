@@ -297,8 +297,28 @@ def _normalize_type(sub: pa.Table, m: Mapping) -> tuple[pa.Table, pa.Table]:
     rejected = _rejected(sub, rej_src, rej_raw, rej_reason)
 
     whole = m.kind != "hash" and len(rows) == sub.num_rows
-    normalized = _build(sub if whole else sub.take(pa.array(rows, pa.int64())), m, raws, values, variants)
+    source = sub if whole else sub.select(_BUILD_COLUMNS).take(pa.array(rows, pa.int64()))
+    normalized = _build(source, m, raws, values, variants)
     return normalized, rejected
+
+
+#: The raw columns ``_build`` reads; the others (the value fields, audit columns) are not copied per candidate.
+_BUILD_COLUMNS: tuple[str, ...] = (
+    "tc_id",
+    "owner",
+    "date_added",
+    "last_modified",
+    "rating",
+    "confidence",
+    "active",
+    "false_positive_count",
+    "tags",
+    "security_labels",
+    "description",
+    "web_link",
+    "external_date_expires",
+    "deleted",
+)
 
 
 def _build(t: pa.Table, m: Mapping, raws: pa.Array, values: pa.Array, variants: pa.Array) -> pa.Table:
