@@ -63,7 +63,7 @@ PLAIN_COLUMNS = frozenset(
     }
 )
 #: Rows per Parquet row group (at least; the writes of a stage are gathered until this many).
-ROW_GROUP_ROWS = 65_536
+ROW_GROUP_ROWS = 32_768
 
 
 def _leaves(name: str, type_: pa.DataType) -> list[str]:
@@ -78,10 +78,10 @@ def _leaves(name: str, type_: pa.DataType) -> list[str]:
 class PartitionWriter:
     """Streams record batches into one partition's temporary directory; ``SnapshotStore.writer`` commits it.
 
-    Writes are gathered into row groups of at least ``ROW_GROUP_ROWS`` rows (a page of the source is a tenth of
+    Writes are gathered into row groups of at least ``ROW_GROUP_ROWS`` rows (a page of the source is a third of
     that): fewer, larger row groups cost less to encode and to read. A background thread encodes, compresses and
     writes each row group (pyarrow releases the GIL meanwhile), so the caller prepares the next rows on the other
-    core; at most one row group waits for that thread, one is being written and one gathered. An error of the
+    core; at most one row group is being written while the next is gathered. An error of the
     thread is raised by the next ``write`` or by ``close``.
     """
 
@@ -121,6 +121,7 @@ class PartitionWriter:
         if self._error is not None:
             raise self._error
         if self._pending:
+            self._queue.join()  # the previous row group is written: one in flight, one gathered
             self._queue.put(pa.concat_tables(self._pending))
         self._pending, self._pending_rows = [], 0
 
@@ -132,6 +133,7 @@ class PartitionWriter:
                     self._writer.write_table(table)
                 except BaseException as exc:  # handed to the caller's thread
                     self._error = exc
+            self._queue.task_done()
 
     def _stop(self) -> None:
         if self._thread.is_alive():
@@ -246,10 +248,19 @@ class SnapshotStore:
     def _pa_filesystem(self) -> pa.fs.FileSystem:
         return pa.fs.LocalFileSystem() if self._local else PyFileSystem(FSSpecHandler(self.fs))
 
+    def _format(self) -> ds.ParquetFileFormat:
+        """How partitions are read: pre-buffering (coalesced reads of the column chunks ahead) only when remote.
+
+        On a local disk it saves nothing and holds the raw column chunks of every row group read ahead: with
+        row groups of ``ROW_GROUP_ROWS`` rows, most of what streaming a large partition held in memory.
+        """
+        options = ds.ParquetFragmentScanOptions(pre_buffer=not self._local)
+        return ds.ParquetFileFormat(default_fragment_scan_options=options)
+
     def read(self, stage: str, indicator_type: str, run_id: str, columns: list[str] | None = None) -> pa.Table:
         """One partition as a table (without the partition columns)."""
         files = self._files(stage, indicator_type, run_id)
-        return ds.dataset(files, format="parquet", filesystem=self._pa_filesystem()).to_table(columns=columns)
+        return ds.dataset(files, format=self._format(), filesystem=self._pa_filesystem()).to_table(columns=columns)
 
     def iter_batches(
         self,
@@ -261,7 +272,7 @@ class SnapshotStore:
     ) -> Iterator[pa.RecordBatch]:
         """Stream one partition in record batches, so memory is bounded by a batch, not by the partition."""
         files = self._files(stage, indicator_type, run_id)
-        dataset = ds.dataset(files, format="parquet", filesystem=self._pa_filesystem())
+        dataset = ds.dataset(files, format=self._format(), filesystem=self._pa_filesystem())
         # Small read-ahead: the default (16 batches) would hold a large share of a big partition in memory.
         yield from dataset.to_batches(columns=columns, batch_size=batch_size, batch_readahead=2, fragment_readahead=1)
 
