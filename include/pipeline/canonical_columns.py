@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -40,19 +39,35 @@ _FAST_VARIANT = {"host": "domain", "email": "email", "ip": "ipv4"}
 # that need no encoding and escapes already in upper case: only the scheme and host are lower-cased.
 _URL_TAIL = r"(?:[A-Za-z0-9\-._~!#$&'()*+,/:;=?@\[\]]|%[0-9A-F]{2})*"
 _FAST_URL = rf"^(?P<head>(?i:(?:https?|ftp)://{_FAST_HOST}))(?P<tail>/{_URL_TAIL})$"
+_FAST_URL_ANY_CASE = rf"^(?i:(?:https?|ftp)://{_FAST_HOST})/{_URL_TAIL}$"
+_FAST_URL_LOWER = rf"^(?:https?|ftp)://{_FAST_HOST}/{_URL_TAIL}$"  # scheme and host already lower-case
+_XN_IN_HOST = r"^[^/]*//[^/]*(?i:xn--)"  # punycode in the host: the per-value path checks it
 
 
 def _fast_url(values: pa.Array) -> tuple[pa.Array, pa.Array]:
-    """``(fast, canonical)`` of URLs the column-wise path answers (canonical is null elsewhere)."""
-    parts = pc.extract_regex(values, _FAST_URL)
-    head, tail = pc.struct_field(parts, "head"), pc.struct_field(parts, "tail")
-    lowered = pc.ascii_lower(head)
-    host_length = pc.subtract(pc.utf8_length(head), pc.add(pc.find_substring(head, ":"), 3))
+    """``(fast, canonical)`` of URLs the column-wise path answers (canonical is meaningless elsewhere).
+
+    Only plain matches (no capture groups: RE2's DFA) run over the whole column, and most URLs already have a
+    lower-case scheme and host, so their canonical form is the URL itself; only the others are split into head
+    and tail to lower-case the head.
+    """
+    # The pattern guarantees an ASCII head without '/' or ':' after the scheme's "://": the first '/' after it
+    # ends the host (the scheme's "://" is blanked out of the way to find that '/').
+    host_end = pc.find_substring(pc.replace_substring(values, "://", "   ", max_replacements=1), "/")
+    host_length = pc.subtract(host_end, pc.add(pc.find_substring(values, "://"), 3))
     fast = pc.and_(
-        pc.and_(pc.is_valid(parts), pc.invert(pc.match_substring(lowered, "xn--"))),
+        pc.and_(
+            pc.match_substring_regex(values, _FAST_URL_ANY_CASE),
+            pc.invert(pc.match_substring_regex(values, _XN_IN_HOST)),
+        ),
         pc.and_(pc.less_equal(host_length, 253), pc.less_equal(pc.utf8_length(values), URL_MAX)),
     )
-    return fast, pc.binary_join_element_wise(lowered, tail, "")
+    mixed = pc.and_(fast, pc.invert(pc.match_substring_regex(values, _FAST_URL_LOWER)))
+    if not pc.any(mixed).as_py():
+        return fast, values
+    parts = pc.extract_regex(values.filter(mixed), _FAST_URL)
+    head, tail = pc.struct_field(parts, "head"), pc.struct_field(parts, "tail")
+    return fast, pc.replace_with_mask(values, mixed, pc.binary_join_element_wise(pc.ascii_lower(head), tail, ""))
 
 
 def canonicalize_many(kind: str, raws: list[str]) -> list[Result]:
@@ -65,17 +80,38 @@ def canonicalize_many(kind: str, raws: list[str]) -> list[Result]:
 def canonicalize_column(kind: str, raws: list[str]) -> tuple[list[str | None], list[str]]:
     """The canonical values (None for a reject) and the variants (for a reject: the reason) of many values.
 
-    Most of a feed is plain ASCII in a canonical or nearly canonical spelling: dotted-quad IPv4, LDH host names,
-    simple email addresses, http(s) URLs with plain paths. Their rules (lower-casing, the trailing root dot, label
-    and length limits) are checked for the whole column at once by RE2 inside pyarrow, and only the unusual values
-    (IDN, punycode, IPv6, whitespace, escapes to fix, anything a fast pattern does not accept) go through the
-    per-value canonicaliser. Both paths give identical answers (property tests hold them to it).
+    The list form of :func:`canonicalize_array` (same answers); short lists and kinds without a fast path are
+    canonicalised value by value.
     """
     canon = CANONICALISERS[kind]
     if (kind not in _FAST_PATTERNS and kind != "url") or len(raws) < 64:
         results = [canon(raw) for raw in raws]
         return [value for value, _ in results], [variant for _, variant in results]
-    values = pa.array(raws, pa.string())
+    values, variants = canonicalize_array(kind, pa.array(raws, pa.string()))
+    return values.to_pylist(), variants.to_pylist()
+
+
+def canonicalize_array(kind: str, raws: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """:func:`canonicalize_column` of an Arrow string array without nulls, answered as two Arrow string arrays.
+
+    Most of a feed is plain ASCII in a canonical or nearly canonical spelling: dotted-quad IPv4, LDH host names,
+    simple email addresses, http(s) URLs with plain paths. Their rules (lower-casing, the trailing root dot, label
+    and length limits) are checked for the whole column at once by RE2 inside pyarrow, and only the unusual values
+    (IDN, punycode, IPv6, whitespace, escapes to fix, anything a fast pattern does not accept) go through the
+    per-value canonicaliser; the common values never become Python strings. Both paths give identical answers
+    (property tests hold them to it).
+
+    Returns:
+        ``(canonical values, null for a reject; variants, for a reject the reason)``, aligned with ``raws``.
+    """
+    canon = CANONICALISERS[kind]
+    if (kind not in _FAST_PATTERNS and kind != "url") or len(raws) < 64:
+        results = [canon(raw) for raw in raws.to_pylist()]
+        return (
+            pa.array([value for value, _ in results], pa.string()),
+            pa.array([variant for _, variant in results], pa.string()),
+        )
+    values = raws
     if kind == "url":
         fast, fast_values = _fast_url(values)
         variant = "url"
@@ -99,20 +135,28 @@ def canonicalize_column(kind: str, raws: list[str]) -> tuple[list[str | None], l
 
 
 def _patch(
-    raws: list[str], fast: pa.Array, fast_values: pa.Array, variant: str, canon: Callable[[str], Result]
-) -> tuple[list[str | None], list[str]]:
-    """The fast answers where ``fast``, the per-value canonicaliser's everywhere else."""
+    raws: pa.Array, fast: pa.Array, fast_values: pa.Array, variant: str, canon: Callable[[str], Result]
+) -> tuple[pa.Array, pa.Array]:
+    """The fast answers where ``fast``, the per-value canonicaliser's everywhere else (only those become Python)."""
     fast = pc.fill_null(fast, False)
-    out = pc.if_else(fast, fast_values, pa.nulls(len(raws), pa.string())).to_pylist()
-    variants = [variant] * len(raws)
-    slow = np.flatnonzero(~fast.to_numpy(zero_copy_only=False))
-    for i in slow.tolist():
-        out[i], variants[i] = canon(raws[i])
-    return out, variants
+    n = len(raws)
+    values = pc.if_else(fast, fast_values, pa.nulls(n, pa.string()))
+    variants = pa.repeat(pa.scalar(variant, pa.string()), n)
+    slow = pc.invert(fast)
+    if not pc.any(slow).as_py():
+        return values, variants
+    answers = [canon(raw) for raw in raws.filter(slow).to_pylist()]
+    values = pc.replace_with_mask(values, slow, pa.array([value for value, _ in answers], pa.string()))
+    variants = pc.replace_with_mask(variants, slow, pa.array([variant for _, variant in answers], pa.string()))
+    return values, variants
 
 
-def canonicalize_hashes(raws: pa.Array, expected: str) -> tuple[list[str | None], list[str]]:
-    """``canonical_hash(raw, expected)`` of each value of one hash column (no nulls), column-wise when plain."""
+def canonicalize_hashes(raws: pa.Array, expected: str) -> tuple[pa.Array, pa.Array]:
+    """``canonical_hash(raw, expected)`` of each value of one hash column (no nulls), column-wise when plain.
+
+    Returns:
+        ``(hashes, null for a reject; variants, for a reject the reason)`` as Arrow string arrays.
+    """
     length = {kind: n for n, kind in HASH_TYPES.items()}[expected]
     lowered = pc.ascii_lower(raws)
     fast = pc.and_(
@@ -122,4 +166,4 @@ def canonicalize_hashes(raws: pa.Array, expected: str) -> tuple[list[str | None]
         ),
         pc.invert(pc.is_in(lowered, value_set=pa.array(sorted(EMPTY_FILE_DIGESTS), pa.string()))),
     )
-    return _patch(raws.to_pylist(), fast, lowered, expected, lambda raw: canonical_hash(raw, expected))
+    return _patch(raws, fast, lowered, expected, lambda raw: canonical_hash(raw, expected))

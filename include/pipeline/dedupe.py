@@ -41,18 +41,20 @@ def external_id(owner: str, indicator_type: str, value: str) -> str:
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
-def external_ids(owners: Sequence[str], indicator_type: str, values: Sequence[str]) -> pa.StringArray:
+def external_ids(
+    owners: Sequence[str] | pa.Array | pa.ChunkedArray,
+    indicator_type: str,
+    values: Sequence[str] | pa.Array | pa.ChunkedArray,
+) -> pa.StringArray:
     """``external_id`` of many indicators of one type at once, as an Arrow string array (same values).
 
-    Only the SHA-1 runs per row; the uuid formatting is done on the whole digest matrix with numpy, which
-    makes this about twice as fast as calling ``external_id`` in a loop (normalize calls it for every row).
+    Only the SHA-1 runs per row, and without Python bytecode per row: the names ``namespace + "owner|type|value"``
+    are joined by Arrow (for Arrow input without nulls; in Python otherwise) and hashed by ``map`` over
+    ``hashlib.sha1``; the uuid formatting is done on the whole digest matrix with numpy. Normalize calls it for
+    every row.
     """
     n = len(values)
-    sha1 = hashlib.sha1
-    prefix = _NAMESPACE_BYTES
-    joined = b"".join(
-        [sha1(prefix + f"{o}|{indicator_type}|{v}".encode()).digest() for o, v in zip(owners, values, strict=True)]
-    )
+    joined = b"".join(map(_DIGEST, map(hashlib.sha1, _names(owners, indicator_type, values))))
     digest = np.frombuffer(joined, dtype=np.uint8).reshape(n, 20)[:, :16].copy()
     digest[:, 6] = (digest[:, 6] & 0x0F) | 0x50  # version 5
     digest[:, 8] = (digest[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
@@ -64,6 +66,33 @@ def external_ids(owners: Sequence[str], indicator_type: str, values: Sequence[st
         text[:, start:end] = hexed[:, h_start:h_end]
     offsets = np.arange(0, 36 * (n + 1), 36, dtype=np.int32)
     return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(text)])
+
+
+_DIGEST = type(hashlib.sha1()).digest  # noqa: S324 - the method, to map over hash objects
+
+
+def _names(
+    owners: Sequence[str] | pa.Array | pa.ChunkedArray,
+    indicator_type: str,
+    values: Sequence[str] | pa.Array | pa.ChunkedArray,
+) -> list[bytes]:
+    """The uuid5 names ``namespace bytes + "owner|type|value"`` (UTF-8) that ``external_ids`` hashes."""
+    arrow = (pa.Array, pa.ChunkedArray)
+    if isinstance(owners, arrow) and isinstance(values, arrow) and not owners.null_count and not values.null_count:
+        if len(owners) != len(values):
+            raise ValueError(f"{len(owners)} owners for {len(values)} values")
+        names = pc.binary_join_element_wise(
+            pa.scalar(_NAMESPACE_BYTES, pa.binary()),
+            owners.cast(pa.binary()),
+            pa.scalar(f"|{indicator_type}|".encode(), pa.binary()),
+            values.cast(pa.binary()),
+            pa.scalar(b"", pa.binary()),  # the separator
+        )
+        return names.to_pylist()
+    owners = owners.to_pylist() if isinstance(owners, arrow) else owners
+    values = values.to_pylist() if isinstance(values, arrow) else values
+    prefix = _NAMESPACE_BYTES
+    return [prefix + f"{o}|{indicator_type}|{v}".encode() for o, v in zip(owners, values, strict=True)]
 
 
 def winners(keys: pa.Table) -> pa.BooleanArray:

@@ -44,12 +44,16 @@ def tlp_rank(labels: pa.ChunkedArray | pa.Array, m: Mapping) -> np.ndarray:
     rank = np.full(n, -1, dtype=np.int64)
     flat = pc.list_flatten(labels)
     if len(flat):
-        keys = pc.utf8_upper(pc.replace_substring_regex(flat, r"\s+", ""))
+        # A handful of distinct labels: each is looked up once, and the rows take their distinct label's rank.
+        encoded = pc.dictionary_encode(flat)
+        keys = pc.utf8_upper(pc.replace_substring_regex(encoded.dictionary, r"\s+", ""))
         known = pa.array([k for k, _ in m.tlp_labels], pa.string())
         level_rank = np.array([TLP_LEVELS.index(level) for _, level in m.tlp_labels] + [-1], dtype=np.int64)
         found = _numpy(pc.fill_null(pc.index_in(keys, value_set=known), len(m.tlp_labels)))
+        distinct_rank = np.append(level_rank[found], -1)  # a null label ranks -1 too
+        codes = _numpy(pc.fill_null(encoded.indices.cast(pa.int64()), len(found)))
         parents = _numpy(pc.list_parent_indices(labels))
-        np.maximum.at(rank, parents, level_rank[found])  # custom (non-TLP) labels rank -1: ignored
+        np.maximum.at(rank, parents, distinct_rank[codes])  # custom (non-TLP) labels rank -1: ignored
     rank[rank < 0] = default
     return rank
 
@@ -75,19 +79,27 @@ def tags(column: pa.ChunkedArray | pa.Array, extra: tuple[str, ...]) -> pa.Array
         parents = np.concatenate([parents, np.repeat(np.arange(n, dtype=np.int64), len(extra))])
     if not len(values):
         return pa.array([[] for _ in range(n)], NORMALIZED_SCHEMA.field("tags").type)
-    values = pc.utf8_trim_whitespace(values)
-    keep = _numpy(pc.fill_null(pc.not_equal(values, ""), False))
-    work = pa.table({"parent": parents, "lower": pc.utf8_lower(values), "tag": values}).filter(keep)
-    work = work.take(pc.sort_indices(work, [("parent", "ascending"), ("lower", "ascending"), ("tag", "ascending")]))
-    parent = _numpy(work.column("parent"))
-    lower = work.column("lower")
+    # Tags repeat: trim, lower-case and order the distinct spellings once, then sort the rows' integer ranks.
+    encoded = pc.dictionary_encode(values)
+    spelling = pc.utf8_trim_whitespace(encoded.dictionary)
+    lower_rank = _numpy(pc.rank(pc.utf8_lower(spelling), tiebreaker="dense")).astype(np.int64)
+    tag_rank = _numpy(pc.rank(spelling, tiebreaker="dense")).astype(np.int64)
+    blank = np.append(_numpy(pc.equal(spelling, "")), True)  # a null tag (the last code) is dropped like a blank
+    codes = _numpy(pc.fill_null(encoded.indices.cast(pa.int64()), len(spelling)))
+    keep = ~blank[codes]
+    parent, codes = parents[keep], codes[keep]
+    lower = lower_rank[codes]
+    # one int64 key (row, lower-cased tag, tag) when it fits, else a three-key sort; both stable
+    lowers, spellings = int(lower_rank.max(initial=0)) + 1, int(tag_rank.max(initial=0)) + 1
+    if (n + 1) * lowers * spellings < _KEY_LIMIT:
+        order = np.argsort((parent * lowers + lower) * spellings + tag_rank[codes], kind="stable")
+    else:
+        order = np.lexsort((tag_rank[codes], lower, parent))
+    parent, lower, codes = parent[order], lower[order], codes[order]
     first = np.ones(len(parent), dtype=bool)
-    if len(parent) > 1:
-        same_parent = parent[1:] == parent[:-1]
-        same_tag = _numpy(pc.equal(lower.slice(1), lower.slice(0, len(parent) - 1)))
-        first[1:] = ~(same_parent & same_tag)
+    first[1:] = (parent[1:] != parent[:-1]) | (lower[1:] != lower[:-1])  # a case-insensitive repeat is dropped
     parent = parent[first]
-    kept = work.column("tag").filter(pa.array(first)).combine_chunks()
+    kept = spelling.take(pa.array(codes[first], pa.int64()))
     offsets = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(np.bincount(parent, minlength=n), out=offsets[1:])
     return pa.ListArray.from_arrays(pa.array(offsets), kept, type=NORMALIZED_SCHEMA.field("tags").type)
@@ -125,8 +137,8 @@ def distinct(values: pa.Array) -> tuple[pa.Array, list[Any]]:
 def descriptions(
     t: pa.Table,
     m: Mapping,
-    values: list[str],
-    variants: list[str],
+    values: pa.Array,
+    variants: pa.Array,
     rating: np.ndarray,
     rated: np.ndarray,
     confidence: np.ndarray,
@@ -150,9 +162,7 @@ def descriptions(
         "rating_label": lambda: (np.where(rated, rating, 0).astype(np.int64), list(RATING_LABELS)),
         "confidence": lambda: _unique(confidence.astype(np.int64)),
         "tlp": lambda: (tlp_ranks.astype(np.int64), list(TLP_LEVELS)),
-        "hash_type": lambda: (
-            _distinct(pa.array(variants, pa.string()), lambda v: v) if m.kind == "hash" else (zeros, [""])
-        ),
+        "hash_type": lambda: _distinct(variants, lambda v: v) if m.kind == "hash" else (zeros, [""]),
     }
     has = np.fromiter((bool(text) for text in desc_texts), dtype=bool, count=len(desc_texts))[desc_codes]
     names = sorted(set(with_fields) | set(without_fields))
@@ -184,8 +194,8 @@ def _unique(codes: np.ndarray) -> tuple[np.ndarray, list[Any]]:
 def _per_row(
     n: int,
     m: Mapping,
-    values: list[str],
-    variants: list[str],
+    values: pa.Array,
+    variants: pa.Array,
     has: np.ndarray,
     desc_codes: np.ndarray,
     desc_texts: list[str],
@@ -194,7 +204,7 @@ def _per_row(
     """Descriptions rendered row by row (a template with the indicator's value in it)."""
     with_fmt, with_fields = _compile(m.description_template)
     without_fmt, without_fields = _compile(m.description_fallback)
-    cache: dict[str, list[Any]] = {"value": values}
+    cache: dict[str, list[Any]] = {"value": values.to_pylist()}
 
     def column(name: str) -> list[Any]:
         if name not in cache:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping as AbcMapping
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -12,7 +13,7 @@ import pyarrow.compute as pc
 
 from include.pipeline import expiry, fields
 from include.pipeline.canonical import canonical_hash
-from include.pipeline.canonical_columns import canonicalize_column, canonicalize_hashes
+from include.pipeline.canonical_columns import canonicalize_array, canonicalize_hashes
 from include.pipeline.dedupe import external_ids
 from include.pipeline.fields import RATING_LABELS as RATING_LABELS  # re-exported: part of the module's API
 from include.pipeline.fields import fit as fit
@@ -143,14 +144,11 @@ def _numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 # --- one type ---------------------------------------------------------------------------------------------------
 
 
-def _row_problems(sub: pa.Table) -> list[str | None]:
-    """Row-level reasons that stop a row before its value is looked at (None: the row may proceed)."""
-    n = sub.num_rows
+def _row_problems(sub: pa.Table) -> dict[int, str]:
+    """Row-level reasons that stop a row before its value is looked at, by row position (usually none)."""
     owner_bad = _numpy(pc.fill_null(pc.equal(pc.utf8_trim_whitespace(sub.column("owner")), ""), True))
     no_time = _numpy(pc.and_(pc.is_null(sub.column("date_added")), pc.is_null(sub.column("last_modified"))))
-    if not owner_bad.any() and not no_time.any():
-        return [None] * n
-    problems: list[str | None] = [None] * n
+    problems: dict[int, str] = {}
     for i in np.flatnonzero(no_time).tolist():
         problems[i] = "missing dateAdded and lastModified"
     for i in np.flatnonzero(owner_bad).tolist():
@@ -158,46 +156,37 @@ def _row_problems(sub: pa.Table) -> list[str | None]:
     return problems
 
 
-Candidates = tuple[list[int], list[str], list[str | None], list[str], list[int], list[str | None], list[str]]
+class Candidates(NamedTuple):
+    """Values to canonicalise with their canonical answers (Arrow, aligned), and the rows rejected before that."""
+
+    rows: np.ndarray  # the source row of each candidate (ascending; a File row once per hash)
+    raws: pa.Array  # the value as ThreatConnect sent it
+    values: pa.Array  # the canonical value; null for a rejected value
+    variants: pa.Array  # the variant; for a rejected value the reason
+    rej_rows: list[int]
+    rej_raw: list[str | None]
+    rej_reason: list[str]
 
 
-def _candidates(sub: pa.Table, m: Mapping, problems: list[str | None]) -> Candidates:
-    """Values to canonicalise, their canonical answers, and the rows rejected before canonicalisation.
-
-    Returns:
-        ``(candidate rows, raw values, canonical values (None: rejected), variants (or reasons), rejected rows,
-        rejected raw values, reasons)``.
-    """
+def _candidates(sub: pa.Table, m: Mapping, problems: dict[int, str]) -> Candidates:
+    """Values to canonicalise, their canonical answers, and the rows rejected before canonicalisation."""
     if m.kind == "hash":
         return _hash_candidates(sub, problems)
-    summary = sub.column("summary").to_pylist()
-    rej_rows: list[int] = []
-    rej_raw: list[str | None] = []
-    rej_reason: list[str] = []
-    if all(p is None for p in problems) and all(raw is not None for raw in summary):
+    summary = sub.column("summary").combine_chunks()
+    proceed = _numpy(pc.is_valid(summary))
+    proceed[list(problems)] = False
+    if proceed.all():
         # the usual batch: no row-level problem, every value present (blank ones fail canonicalisation)
-        return (
-            list(range(len(summary))),
-            summary,
-            *canonicalize_column(m.kind, summary),
-            rej_rows,
-            rej_raw,
-            rej_reason,
-        )
-    rows: list[int] = []
-    raws: list[str] = []
-    for i, (raw, problem) in enumerate(zip(summary, problems, strict=True)):
-        if problem is None and raw is not None:
-            rows.append(i)
-            raws.append(raw)
-        else:
-            rej_rows.append(i)
-            rej_raw.append(raw)
-            rej_reason.append(problem or f"missing {m.indicator_type} value")
-    return rows, raws, *canonicalize_column(m.kind, raws), rej_rows, rej_raw, rej_reason
+        return Candidates(np.arange(len(summary)), summary, *canonicalize_array(m.kind, summary), [], [], [])
+    rows = np.flatnonzero(proceed)
+    raws = summary.take(pa.array(rows, pa.int64()))
+    rej_rows = np.flatnonzero(~proceed).tolist()
+    rej_raw = summary.take(pa.array(rej_rows, pa.int64())).to_pylist()
+    rej_reason = [problems.get(i) or f"missing {m.indicator_type} value" for i in rej_rows]
+    return Candidates(rows, raws, *canonicalize_array(m.kind, raws), rej_rows, rej_raw, rej_reason)
 
 
-def _hash_candidates(sub: pa.Table, problems: list[str | None]) -> Candidates:
+def _hash_candidates(sub: pa.Table, problems: dict[int, str]) -> Candidates:
     """File rows: one candidate per hash present, in md5, sha1, sha256 order within a row.
 
     Rows whose hash fields are all absent or printable ASCII without spaces (nearly all) are gathered column-wise;
@@ -207,40 +196,39 @@ def _hash_candidates(sub: pa.Table, problems: list[str | None]) -> Candidates:
     simple = [pc.match_substring_regex(c, r"^[!-~]+$") for c in columns]
     present = [_numpy(pc.fill_null(f, False)) for f in simple]
     odd = [_numpy(pc.is_valid(c)) & ~has for c, has in zip(columns, present, strict=True)]
-    fast = np.fromiter((p is None for p in problems), dtype=bool, count=len(problems))
-    fast &= ~(odd[0] | odd[1] | odd[2]) & (present[0] | present[1] | present[2])
+    fast = ~(odd[0] | odd[1] | odd[2]) & (present[0] | present[1] | present[2])
+    fast[list(problems)] = False
 
     src: list[np.ndarray] = []
     order: list[np.ndarray] = []
-    raws: list[str] = []
-    values: list[str | None] = []
-    variants: list[str] = []
+    raws: list[pa.Array] = []
+    values: list[pa.Array] = []
+    variants: list[pa.Array] = []
     for position, (name, column, has) in enumerate(zip(_HASH_COLUMNS, columns, present, strict=True)):
         rows = np.flatnonzero(fast & has)
         taken = column.take(pa.array(rows, pa.int64()))
         answers = canonicalize_hashes(taken, name)
         src.append(rows)
         order.append(np.full(len(rows), position, dtype=np.int64))
-        raws.extend(taken.to_pylist())
-        values.extend(answers[0])
-        variants.extend(answers[1])
+        raws.append(taken)
+        values.append(answers[0])
+        variants.append(answers[1])
 
     slow = np.flatnonzero(~fast)
     rows_slow, raws_slow, rej_rows, rej_raw, rej_reason = _hash_rows_one_by_one(sub, problems, slow)
     src.append(np.asarray(rows_slow, dtype=np.int64))
     order.append(np.arange(len(rows_slow), dtype=np.int64))  # rows are ascending: keeps each row's order
-    raws.extend(r for r, _ in raws_slow)
-    for raw, expected in raws_slow:
-        value, variant = canonical_hash(raw, expected)
-        values.append(value)
-        variants.append(variant)
+    answers_slow = [canonical_hash(raw, expected) for raw, expected in raws_slow]
+    raws.append(pa.array([raw for raw, _ in raws_slow], pa.string()))
+    values.append(pa.array([value for value, _ in answers_slow], pa.string()))
+    variants.append(pa.array([variant for _, variant in answers_slow], pa.string()))
     rows_all = np.concatenate(src)
-    perm = np.lexsort((np.concatenate(order), rows_all)).tolist()
-    return (
-        rows_all[perm].tolist(),
-        [raws[k] for k in perm],
-        [values[k] for k in perm],
-        [variants[k] for k in perm],
+    perm = pa.array(np.lexsort((np.concatenate(order), rows_all)), pa.int64())
+    return Candidates(
+        rows_all[perm.to_numpy()],
+        pa.concat_arrays(raws).take(perm),
+        pa.concat_arrays(values).take(perm),
+        pa.concat_arrays(variants).take(perm),
         rej_rows,
         rej_raw,
         rej_reason,
@@ -248,7 +236,7 @@ def _hash_candidates(sub: pa.Table, problems: list[str | None]) -> Candidates:
 
 
 def _hash_rows_one_by_one(
-    sub: pa.Table, problems: list[str | None], positions: np.ndarray
+    sub: pa.Table, problems: dict[int, str], positions: np.ndarray
 ) -> tuple[list[int], list[tuple[str, str | None]], list[int], list[str | None], list[str]]:
     """The File rules row by row: ``(candidate rows, (raw, expected type), rejected rows, raw values, reasons)``."""
     idx = pa.array(positions, pa.int64())
@@ -260,7 +248,7 @@ def _hash_rows_one_by_one(
     rej_raw: list[str | None] = []
     rej_reason: list[str] = []
     for i, summ, *hashes in zip(positions.tolist(), summary, *columns, strict=True):
-        if problems[i] is not None:
+        if i in problems:
             rej_rows.append(i)
             rej_raw.append(summ)
             rej_reason.append(problems[i])
@@ -288,20 +276,16 @@ def _hash_rows_one_by_one(
 
 def _normalize_type(sub: pa.Table, m: Mapping) -> tuple[pa.Table, pa.Table]:
     """Normalize rows that all have the mapping's type: ``(normalized, rejected)``, each in row order."""
-    problems = _row_problems(sub)
-    rows, raws, values, variants, rej_rows, rej_raw, rej_reason = _candidates(sub, m, problems)
+    rows, raws, values, variants, rej_rows, rej_raw, rej_reason = _candidates(sub, m, _row_problems(sub))
 
-    bad = [k for k, value in enumerate(values) if value is None]
-    if bad:
-        for k in bad:
-            rej_rows.append(rows[k])
-            rej_raw.append(raws[k])
-            rej_reason.append(variants[k])
-        good = [k for k, value in enumerate(values) if value is not None]
-        rows = [rows[k] for k in good]
-        raws = [raws[k] for k in good]
-        values = [values[k] for k in good]
-        variants = [variants[k] for k in good]
+    bad = _numpy(pc.is_null(values))
+    if bad.any():
+        refused = pa.array(np.flatnonzero(bad), pa.int64())
+        rej_rows.extend(rows[bad].tolist())
+        rej_raw.extend(raws.take(refused).to_pylist())
+        rej_reason.extend(variants.take(refused).to_pylist())
+        good = pa.array(~bad)
+        rows, raws, values, variants = rows[~bad], raws.filter(good), values.filter(good), variants.filter(good)
 
     rej_src = np.asarray(rej_rows, dtype=np.int64)
     if len(rej_src) > 1:
@@ -312,18 +296,36 @@ def _normalize_type(sub: pa.Table, m: Mapping) -> tuple[pa.Table, pa.Table]:
         rej_reason = [rej_reason[i] for i in order.tolist()]
     rejected = _rejected(sub, rej_src, rej_raw, rej_reason)
 
-    src = np.asarray(rows, dtype=np.int64)
     whole = m.kind != "hash" and len(rows) == sub.num_rows
-    normalized = _build(sub if whole else sub.take(pa.array(src)), m, raws, values, variants)
+    source = sub if whole else sub.select(_BUILD_COLUMNS).take(pa.array(rows, pa.int64()))
+    normalized = _build(source, m, raws, values, variants)
     return normalized, rejected
 
 
-def _build(t: pa.Table, m: Mapping, raws: list[str], values: list[str], variants: list[str]) -> pa.Table:
-    """The NORMALIZED_SCHEMA columns for accepted values; ``t`` holds each value's source row."""
+#: The raw columns ``_build`` reads; the others (the value fields, audit columns) are not copied per candidate.
+_BUILD_COLUMNS: tuple[str, ...] = (
+    "tc_id",
+    "owner",
+    "date_added",
+    "last_modified",
+    "rating",
+    "confidence",
+    "active",
+    "false_positive_count",
+    "tags",
+    "security_labels",
+    "description",
+    "web_link",
+    "external_date_expires",
+    "deleted",
+)
+
+
+def _build(t: pa.Table, m: Mapping, raws: pa.Array, values: pa.Array, variants: pa.Array) -> pa.Table:
+    """The NORMALIZED_SCHEMA columns for accepted values (aligned Arrow arrays); ``t`` holds each value's source row."""
     n = t.num_rows
-    owners = t.column("owner").to_pylist()
     type_name = m.indicator_type
-    ids = external_ids(owners, type_name, values)
+    ids = external_ids(t.column("owner"), type_name, values)
 
     date_added = pc.coalesce(t.column("date_added"), t.column("last_modified"))
     last_modified = pc.coalesce(t.column("last_modified"), t.column("date_added"))
@@ -346,14 +348,14 @@ def _build(t: pa.Table, m: Mapping, raws: list[str], values: list[str], variants
     descriptions = fields.descriptions(t, m, values, variants, rating, rated, confidence, tlp_ranks)
 
     is_hash = m.kind == "hash"
-    variant_codes, variant_names = fields.distinct(pa.array(variants, pa.string()))
+    variant_codes, variant_names = fields.distinct(variants)
     observable = dict(m.observables)
     columns = {
         "external_id": ids,
         "indicator_type": pa.repeat(pa.scalar(type_name, pa.string()), n),
         "kind": pa.repeat(pa.scalar(m.kind, pa.string()), n),
-        "value": pa.array(values, pa.string()),
-        "raw_value": pa.array(raws, pa.string()),
+        "value": values,
+        "raw_value": raws,
         "observable": pa.array([observable[v] for v in variant_names], pa.string()).take(variant_codes),
         "hash_type": pa.array(variant_names, pa.string()).take(variant_codes) if is_hash else pa.nulls(n, pa.string()),
         "tc_id": t.column("tc_id"),

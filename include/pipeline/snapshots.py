@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import re
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -38,15 +40,70 @@ def quote_partition_value(value: str) -> str:
     return quote(value, safe="")
 
 
+#: Columns whose values differ from row to row (ids, values, hashes, links, timestamps). Parquet's dictionary
+#: encoding would store each value a second time (in the dictionary page) and cost a hash lookup per row, only to
+#: fall back to plain; they are written plain. Every other column keeps the dictionary (owners, kinds, tags...).
+PLAIN_COLUMNS = frozenset(
+    {
+        "tc_id",
+        "summary",
+        "md5",
+        "sha1",
+        "sha256",
+        "external_id",
+        "value",
+        "raw_value",
+        "web_link",
+        "date_added",
+        "last_modified",
+        "valid_from",
+        "expiration",
+        "content_hash",
+        "stix_modified",
+        "target_id",
+    }
+)
+#: Rows per Parquet row group (at least; the writes of a stage are gathered until this many).
+ROW_GROUP_ROWS = 32_768
+
+
+def _leaves(name: str, type_: pa.DataType) -> list[str]:
+    """The Parquet column paths of one Arrow field (a list's values are ``<name>.list.element``)."""
+    if pa.types.is_list(type_) or pa.types.is_large_list(type_):
+        return _leaves(f"{name}.list.element", type_.value_type)
+    if pa.types.is_struct(type_):
+        return [leaf for child in type_ for leaf in _leaves(f"{name}.{child.name}", child.type)]
+    return [name]
+
+
 class PartitionWriter:
-    """Streams record batches into one partition's temporary directory; ``SnapshotStore.writer`` commits it."""
+    """Streams record batches into one partition's temporary directory; ``SnapshotStore.writer`` commits it.
+
+    Writes are gathered into row groups of at least ``ROW_GROUP_ROWS`` rows (a page of the source is a third of
+    that): fewer, larger row groups cost less to encode and to read. A background thread encodes, compresses and
+    writes each row group (pyarrow releases the GIL meanwhile), so the caller prepares the next rows on the other
+    core; at most one row group is being written while the next is gathered. An error of the
+    thread is raised by the next ``write`` or by ``close``.
+    """
 
     def __init__(self, fs: fsspec.AbstractFileSystem, path: str, schema: pa.Schema) -> None:
         self.schema = schema
         self.rows = 0
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
         self._file = fs.open(path, "wb")
         # zstd level 1: most of the size win of zstd at a fraction of its CPU (snapshots are written every run).
-        self._writer = pq.ParquetWriter(self._file, schema, compression="zstd", compression_level=1)
+        self._writer = pq.ParquetWriter(
+            self._file,
+            schema,
+            compression="zstd",
+            compression_level=1,
+            use_dictionary=[leaf for f in schema if f.name not in PLAIN_COLUMNS for leaf in _leaves(f.name, f.type)],
+        )
+        self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._write_row_groups, name="snapshot-writer", daemon=True)
+        self._thread.start()
 
     def write(self, data: pa.Table | pa.RecordBatch) -> None:
         """Append rows (columns in any order; extra partition columns are dropped)."""
@@ -54,10 +111,49 @@ class PartitionWriter:
             return
         table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
         table = table.select(self.schema.names).cast(self.schema)
-        self._writer.write_table(table)
+        self._pending.append(table)
+        self._pending_rows += table.num_rows
         self.rows += table.num_rows
+        if self._pending_rows >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Hand the gathered rows to the writing thread as one row group."""
+        if self._error is not None:
+            raise self._error
+        if self._pending:
+            self._queue.join()  # the previous row group is written: one in flight, one gathered
+            self._queue.put(pa.concat_tables(self._pending))
+        self._pending, self._pending_rows = [], 0
+
+    def _write_row_groups(self) -> None:
+        """The writing thread: write row groups until None arrives (after an error, only drain the queue)."""
+        while (table := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._writer.write_table(table)
+                except BaseException as exc:  # handed to the caller's thread
+                    self._error = exc
+            self._queue.task_done()
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
     def close(self) -> None:
+        """Write what is gathered and close the file (``SnapshotStore.writer`` calls it)."""
+        self._flush()
+        self._stop()
+        if self._error is not None:
+            raise self._error
+        self._writer.close()
+        self._file.close()
+
+    def abandon(self) -> None:
+        """Close the file without writing what is gathered (the partition is being thrown away)."""
+        self._pending, self._pending_rows = [], 0
+        self._stop()
         self._writer.close()
         self._file.close()
 
@@ -119,7 +215,7 @@ class SnapshotStore:
                 self.fs.rm(tmp_dir, recursive=True)
         except BaseException:
             with contextlib.suppress(Exception):
-                writer.close()
+                writer.abandon()
             with contextlib.suppress(Exception):
                 self.fs.rm(tmp_dir, recursive=True)
             raise
@@ -180,10 +276,19 @@ class SnapshotStore:
     def _pa_filesystem(self) -> pa.fs.FileSystem:
         return pa.fs.LocalFileSystem() if self._local else PyFileSystem(FSSpecHandler(self.fs))
 
+    def _format(self) -> ds.ParquetFileFormat:
+        """How partitions are read: pre-buffering (coalesced reads of the column chunks ahead) only when remote.
+
+        On a local disk it saves nothing and holds the raw column chunks of every row group read ahead: with
+        row groups of ``ROW_GROUP_ROWS`` rows, most of what streaming a large partition held in memory.
+        """
+        options = ds.ParquetFragmentScanOptions(pre_buffer=not self._local)
+        return ds.ParquetFileFormat(default_fragment_scan_options=options)
+
     def read(self, stage: str, indicator_type: str, run_id: str, columns: list[str] | None = None) -> pa.Table:
         """One partition as a table (without the partition columns)."""
         files = self._files(stage, indicator_type, run_id)
-        return ds.dataset(files, format="parquet", filesystem=self._pa_filesystem()).to_table(columns=columns)
+        return ds.dataset(files, format=self._format(), filesystem=self._pa_filesystem()).to_table(columns=columns)
 
     def iter_batches(
         self,
@@ -195,7 +300,7 @@ class SnapshotStore:
     ) -> Iterator[pa.RecordBatch]:
         """Stream one partition in record batches, so memory is bounded by a batch, not by the partition."""
         files = self._files(stage, indicator_type, run_id)
-        dataset = ds.dataset(files, format="parquet", filesystem=self._pa_filesystem())
+        dataset = ds.dataset(files, format=self._format(), filesystem=self._pa_filesystem())
         # Small read-ahead: the default (16 batches) would hold a large share of a big partition in memory.
         yield from dataset.to_batches(columns=columns, batch_size=batch_size, batch_readahead=2, fragment_readahead=1)
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
 
-from include.pipeline.snapshots import SnapshotStore
+from include.pipeline.snapshots import ROW_GROUP_ROWS, SnapshotStore
 
 RUN = "scheduled__2026-03-01T00:00:00+00:00"
 
@@ -46,6 +47,41 @@ def test_a_failed_write_leaves_the_previous_partition_and_no_temporary_files(tmp
     assert store.read("raw", "Address", RUN).column("tc_id").to_pylist() == [1]
     leftovers = [p.name for p in (tmp_path / "raw" / "indicator_type=Address").iterdir()]
     assert leftovers == ["run_id=scheduled__2026-03-01T00%3A00%3A00%2B00%3A00"]
+
+
+def test_an_error_of_the_writing_thread_reaches_the_task_and_leaves_the_previous_partition(
+    tmp_path, monkeypatch
+) -> None:
+    store = SnapshotStore(str(tmp_path))
+    store.write_table("raw", "Address", RUN, pa.table({"tc_id": [1]}))
+
+    def disk_full(self, table, row_group_size=None) -> None:
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        store.write_table("raw", "Address", RUN, pa.table({"tc_id": [5, 6]}))
+    monkeypatch.undo()
+    assert store.read("raw", "Address", RUN).column("tc_id").to_pylist() == [1]
+    leftovers = [p.name for p in (tmp_path / "raw" / "indicator_type=Address").iterdir()]
+    assert leftovers == ["run_id=scheduled__2026-03-01T00%3A00%3A00%2B00%3A00"]
+
+
+def test_small_writes_are_gathered_into_large_row_groups_in_order(tmp_path) -> None:
+    store = SnapshotStore(str(tmp_path))
+    schema = pa.schema([("n", pa.int64()), ("external_id", pa.string())])
+    with store.writer("normalized", "Host", RUN, schema) as writer:
+        for start in range(0, 150_000, 10_000):
+            numbers = list(range(start, start + 10_000))
+            writer.write(pa.table({"external_id": [str(n) for n in numbers], "n": numbers}))
+    (path,) = store._files("normalized", "Host", RUN)
+    metadata = pq.ParquetFile(path).metadata
+    sizes = [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)]
+    assert all(ROW_GROUP_ROWS <= size < ROW_GROUP_ROWS + 10_000 for size in sizes[:-1])
+    assert 1 < len(sizes) < 15
+    table = store.read("normalized", "Host", RUN)
+    assert table.column("n").to_pylist() == list(range(150_000))
+    assert table.column("external_id").to_pylist() == [str(n) for n in range(150_000)]
 
 
 def test_an_empty_partition_still_exists_with_its_schema(tmp_path) -> None:
