@@ -21,7 +21,7 @@ FULL: dict[str, Any] = {
         "limit": 60,
         "client_limit": 57,
         "sentinel_rows": 16_000,
-        "graph_rows": 2_600,
+        "graph_rows": 16_000,
         "deadline": 120.0,
         # Defender's import budget (30 a minute) scaled like the others: a shorter window, smaller batches.
         "defender": {"window": 2.0, "limit": 20, "client_limit": 19, "rows": 7_000, "batch": 20},
