@@ -210,7 +210,13 @@ def load(
     meter = progress.Progress(len(writes), clock())
     outcomes = []
     columns = ["external_id", "action", "status", "expiration", "last_modified", "reason", "value", "error"]
-    guard = intents.CreateGuard.open(store, indicator_type, name, run_id, sink.listing) if sink.guards_creates else None
+    # Only a create can duplicate: a run that creates nothing needs no ledger (and lists nothing to start one).
+    creates = bool((writes["action"] == "create").any())
+    guard = (
+        intents.CreateGuard.open(store, indicator_type, name, run_id, sink.listing)
+        if creates and sink.guards_creates
+        else None
+    )
     with store.writer("loaded", indicator_type, run_id, LOADED_SCHEMA, part=name) as writer:
         for offset in range(0, len(writes), step):
             chunk = writes.iloc[offset : offset + step]
