@@ -185,8 +185,8 @@ def _run(ctx: Context, count: int, limited: bool) -> list[Figure]:
             Figure(
                 label,
                 "  admitted Graph requests / permitted (whole minutes)",
-                "run shorter than a minute" if ratio is None else round(100 * ratio, 1),
-                "" if ratio is None else "%",
+                None if ratio is None else round(100 * ratio, 1),  # None: the run was shorter than a minute
+                "%",
                 f">= {100 * CLIENT_BUDGET // SIMULATED_BUDGET - 5}%",
                 None if ratio is None else ratio >= CLIENT_BUDGET / SIMULATED_BUDGET - 0.05,
                 {"load_seconds": load_wall, "admitted_in_whole_minutes": inside, "whole_minutes": windows},

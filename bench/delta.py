@@ -163,6 +163,8 @@ def _delta(ctx: Context, sink_name: str) -> list[Figure]:
     types = len(SUPPORTED_TYPES)
     floor = sum(math.ceil(n / 100) for n in loaded_per_type(store, "first").values())
     first_all = requests_by_run["first"] + reads_by_run["first"] + verify_reads_by_run["first"]
+    load_requests = requests_by_run["first"] + reads_by_run["first"]
+    verify_reads = verify_reads_by_run["first"]
     unchanged = requests_by_run["unchanged"]
     after_change = requests_by_run["changed"]
     return [
@@ -185,17 +187,17 @@ def _delta(ctx: Context, sink_name: str) -> list[Figure]:
         ),
         Figure(
             f"delta: {sink_name}",
-            "  verify's read requests / the load's requests",
-            f"{verify_reads_by_run['first']} / {requests_by_run['first'] + reads_by_run['first']}",
-            "",
+            f"  verify's read requests / the load's requests ({verify_reads} / {load_requests})",
+            round(100 * verify_reads / max(load_requests, 1), 1),
+            "%",
             "<= 10%",
-            verify_reads_by_run["first"] <= 0.1 * (requests_by_run["first"] + reads_by_run["first"]),
+            verify_reads <= 0.1 * load_requests,
         ),
         Figure(
             f"delta: {sink_name}",
-            "  all requests of the first load and its verify / ceil(written/100) per type",
-            f"{first_all} / {floor}",
-            "",
+            f"  all requests of the first load and its verify / ceil(written/100) per type ({first_all} / {floor})",
+            round(first_all / max(floor, 1), 2),
+            "x",
             "<= 1.2x",
             first_all <= 1.2 * floor,
         ),
@@ -217,9 +219,10 @@ def _delta(ctx: Context, sink_name: str) -> list[Figure]:
         ),
         Figure(
             f"delta: {sink_name}",
-            "  rerun, unchanged source: read requests / the first load's writes",
-            f"{reads_by_run['unchanged']} / {requests_by_run['first']}",
-            "",
+            f"  rerun, unchanged source: read requests / the first load's writes "
+            f"({reads_by_run['unchanged']} / {requests_by_run['first']})",
+            round(100 * reads_by_run["unchanged"] / max(requests_by_run["first"], 1), 1),
+            "%",
             "<= 10% (reading back every indicator of the interval to repair drift)",
             reads_by_run["unchanged"] <= 0.1 * requests_by_run["first"],
         ),
