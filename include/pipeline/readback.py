@@ -30,7 +30,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from include.pipeline.delivered import delivered_state
 from include.pipeline.mappings import SUPPORTED_TYPES
 from include.pipeline.ports import Listed, Sink
 from include.pipeline.snapshots import SnapshotStore
@@ -55,11 +54,18 @@ class _TooLong(Exception):
 
 
 def live_held(store: SnapshotStore, target: str) -> int:
-    """How many live objects of ours the target should hold across every type, from the delivered state."""
+    """About how many live objects of ours the target holds across every type: ids whose latest successful write
+    in the ``loaded`` snapshots is not a retraction (four columns read; what the choice of a listing needs)."""
     total = 0
     for indicator_type in SUPPORTED_TYPES:
-        state = delivered_state(store, indicator_type, target)
-        total += 0 if state.empty else int((state["action"] != "retract").sum())
+        latest: dict[str, bool] = {}
+        for run_id in store.runs("loaded", indicator_type):
+            table = store.read("loaded", indicator_type, run_id, columns=["external_id", "action", "status", "sink"])
+            table = table.filter(pc.and_(pc.equal(table["sink"], target), pc.equal(table["status"], "ok")))
+            latest.update(
+                zip(table["external_id"].to_pylist(), pc.not_equal(table["action"], "retract").to_pylist(), strict=True)
+            )
+        total += sum(latest.values())
     return total
 
 
@@ -95,11 +101,11 @@ def read_back(
     if listing is None:
         return sink.fetch(ids)
     now = stamps(store, run_id, target)
-    kept = _kept_listing(store, run_id, target, indicator_type, now, after_load)
-    if kept is not None:
-        found = _select(kept, ids)
-        log.info("read back %s %s ids from this run's listing of %s (no request)", len(ids), indicator_type, target)
-        return found
+    if _kept_listing(store, run_id, target, indicator_type, now, after_load):
+        found = _select(store, run_id, target, ids)
+        if found is not None:
+            log.info("read back %s %s ids from this run's listing of %s (no request)", len(ids), indicator_type, target)
+            return found
     lookups = sink.lookup_requests(ids)
     expected = live_held(store, target)
     pages = max(1, math.ceil(expected / listing.page_size))
@@ -123,11 +129,12 @@ def read_back(
         lookups,
     )
     try:
-        table = _list(store, run_id, target, listing, now, budget=lookups)
+        _list(store, run_id, target, listing, now, budget=lookups)
     except _TooLong:
         log.warning("the listing of %s ran past %s requests; looking the ids up instead", target, lookups)
         return sink.fetch(ids)
-    return _select(table, ids)
+    found = _select(store, run_id, target, ids)
+    return sink.fetch(ids) if found is None else found
 
 
 def _kept_listing(
@@ -137,19 +144,19 @@ def _kept_listing(
     indicator_type: str,
     now: dict[str, str | None],
     after_load: bool,
-) -> pa.Table | None:
-    table = store.read_part(HELD, ALL_TYPES, run_id, target)
-    if table is None:
-        return None
-    covers = json.loads((table.schema.metadata or {}).get(COVERS, b"{}"))
+) -> bool:
+    """Whether the run's kept listing (if any) may answer for this type now."""
+    schema = store.part_schema(HELD, ALL_TYPES, run_id, target)
+    if schema is None:
+        return False
+    covers = json.loads((schema.metadata or {}).get(COVERS, b"{}"))
     loaded, deduped = f"loaded/{indicator_type}", f"deduped/{indicator_type}"
     if loaded not in covers or covers[loaded] != now[loaded]:
-        return None  # this type wrote to the target after the listing began
+        return False  # this type wrote to the target after the listing began
     if after_load:
-        return None if covers[loaded] is None else table  # None: listed before this type's writes
-    if covers[loaded] is not None or covers.get(deduped) != now[deduped]:
-        return None  # a re-run of this type's load, or a listing from an earlier attempt of the run
-    return table
+        return covers[loaded] is not None  # None: listed before this type's writes
+    # not a re-run of this type's load, nor a listing from an earlier attempt of the run
+    return covers[loaded] is None and covers.get(deduped) == now[deduped]
 
 
 def _list(
@@ -159,7 +166,7 @@ def _list(
     listing: Any,
     covers: dict[str, str | None],
     budget: int,
-) -> pa.Table:
+) -> None:
     schema = HELD_SCHEMA.with_metadata({COVERS: json.dumps(covers, sort_keys=True).encode()})
     sent = 0
     with store.writer(HELD, ALL_TYPES, run_id, schema, part=target) as writer:
@@ -169,9 +176,6 @@ def _list(
                 raise _TooLong
             writer.write(_batch(page, schema))
     log.info("listed %s of ours in %s requests; kept for this run's other types", target, sent)
-    table = store.read_part(HELD, ALL_TYPES, run_id, target)
-    assert table is not None  # just written
-    return table
 
 
 def _batch(page: list[Listed], schema: pa.Schema) -> pa.RecordBatch:
@@ -185,9 +189,13 @@ def _batch(page: list[Listed], schema: pa.Schema) -> pa.RecordBatch:
     )
 
 
-def _select(table: pa.Table, ids: list[str]) -> dict[str, dict[str, Any]]:
-    """The oldest listed object per wanted id."""
-    chosen = table.filter(pc.is_in(table["external_id"], value_set=pa.array(ids, pa.string())))
+def _select(store: SnapshotStore, run_id: str, target: str, ids: list[str]) -> dict[str, dict[str, Any]] | None:
+    """The oldest listed object per wanted id, reading only the wanted rows of the kept listing (memory follows the
+    ids asked for, not everything the target holds)."""
+    wanted = pc.field("external_id").isin(pa.array(ids, pa.string()))
+    chosen = store.read_part(HELD, ALL_TYPES, run_id, target, filters=wanted)
+    if chosen is None:  # removed since it was checked (someone cleaning up): the caller looks the ids up
+        return None
     found: dict[str, tuple[str, str]] = {}
     for external_id, order, payload in zip(
         chosen["external_id"].to_pylist(), chosen["order"].to_pylist(), chosen["payload"].to_pylist(), strict=True

@@ -264,6 +264,13 @@ class SnapshotStore:
             return None
         return pq.read_table(path, filesystem=self._pa_filesystem(), filters=filters)
 
+    def part_schema(self, stage: str, indicator_type: str, run_id: str, part: str) -> pa.Schema | None:
+        """The schema (and metadata) of one target's file of a partition, without reading its rows."""
+        path = self.part_path(stage, indicator_type, run_id, part)
+        if not self.fs.exists(path):
+            return None
+        return pq.read_schema(path, filesystem=self._pa_filesystem())
+
     def exists(self, stage: str, indicator_type: str, run_id: str) -> bool:
         return self.fs.exists(self.partition_dir(stage, indicator_type, run_id))
 
