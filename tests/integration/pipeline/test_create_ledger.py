@@ -5,7 +5,6 @@ request counts are judged by the simulator's own store and log."""
 
 from __future__ import annotations
 
-import datetime as dt
 from collections import Counter
 
 import pytest
@@ -13,19 +12,15 @@ import pytest
 from include.microsoft.auth import GRAPH_SCOPE, TokenProvider
 from include.microsoft.graph import GraphClient, GraphSink
 from include.microsoft.graph.payload import build_payload
-from include.pipeline import delivery, intents, lifecycle, stages, watermarks
-from include.pipeline.dedupe import winners
-from include.pipeline.mappings import load_mapping
-from include.pipeline.normalize import normalize
+from include.pipeline import delivery, intents
 from include.pipeline.snapshots import SnapshotStore
 from include.threatconnect.client import ThreatConnectClient
 from simulators.dataset import generate
 from simulators.stack import CLIENT_ID, OWNER, TC_ACCESS_ID, TENANT_ID, start_stack
+from tests.integration.pipeline.delivery_world import END, START, graph_gets, policy, prepare
 
 pytestmark = pytest.mark.integration
 
-END = dt.datetime(2026, 6, 2, tzinfo=dt.UTC)
-START = END - dt.timedelta(days=1)
 TYPES = ("Host", "URL")
 RUN = "scheduled__2026-06-02"
 
@@ -46,23 +41,8 @@ def world(tmp_path, monkeypatch):
 
 def _prepared(tc: ThreatConnectClient, root) -> SnapshotStore:
     store = SnapshotStore(str(root))
-    for kind in TYPES:
-        mapping = load_mapping(kind)
-        stages.extract(tc, store, RUN, kind, watermarks.Window(START, END, "test"))
-        stages.normalize(store, RUN, kind, lambda batch, m=mapping: normalize(batch, m))
-        stages.dedupe(store, RUN, kind, winners)
+    prepare(store, tc, RUN, TYPES)
     return store
-
-
-def _policy(kind: str) -> lifecycle.Policy:
-    mapping = load_mapping(kind)
-    return lifecycle.Policy(
-        interval_start=START, interval_end=END, expiry_days=mapping.expiration.days_for, expiration=mapping.expiration
-    )
-
-
-def _gets(stack) -> int:
-    return sum(1 for r in stack.graph.requests if r.method == "GET" and r.client_id == CLIENT_ID)
 
 
 def _has_no_ledger(store: SnapshotStore) -> bool:
@@ -76,8 +56,8 @@ def _held(stack) -> Counter[str]:
 def test_a_first_load_into_an_empty_graph_costs_one_listing_request_and_creates_each_indicator_once(world) -> None:
     stack, tc, sink, root = world
     store = _prepared(tc, root / "data")
-    reports = {kind: delivery.load(sink, store, RUN, kind, _policy(kind)) for kind in TYPES}
-    assert _gets(stack) == 1  # the ledger's first listing: Graph holds nothing of ours
+    reports = {kind: delivery.load(sink, store, RUN, kind, policy(kind)) for kind in TYPES}
+    assert graph_gets(stack) == 1  # the ledger's first listing: Graph holds nothing of ours
     held = _held(stack)
     assert sum(r["created"] for r in reports.values()) == len(held) > 1000
     assert set(held.values()) == {1}
@@ -93,7 +73,7 @@ def test_ids_sent_by_an_attempt_killed_before_it_recorded_anything_are_looked_up
     guard.record(list(rows["external_id"]))
     killed = list(rows.head(100)["external_id"])
     sink.client.submit([build_payload(r) for r in rows.head(100).to_dict("records")])
-    delivery.load(sink, store, RUN, "Host", _policy("Host"))
+    delivery.load(sink, store, RUN, "Host", policy("Host"))
     held = _held(stack)
     assert set(held.values()) == {1}  # the 100 were found by look-up and updated, not submitted again
     loaded = store.read("loaded", "Host", RUN).to_pandas()
@@ -104,10 +84,10 @@ def test_a_new_snapshot_store_beside_a_graph_holding_our_indicators_creates_no_d
     stack, tc, sink, root = world
     first = _prepared(tc, root / "data")
     for kind in TYPES:
-        delivery.load(sink, first, RUN, kind, _policy(kind))
+        delivery.load(sink, first, RUN, kind, policy(kind))
     before = _held(stack)
     lost = _prepared(tc, root / "new-data")  # the old store is gone; the same app, the same Graph
-    reports = {kind: delivery.load(sink, lost, RUN, kind, _policy(kind)) for kind in TYPES}
+    reports = {kind: delivery.load(sink, lost, RUN, kind, policy(kind)) for kind in TYPES}
     after = _held(stack)
     assert after == before
     assert set(after.values()) == {1}
@@ -119,17 +99,13 @@ def test_a_rerun_that_creates_nothing_lists_nothing_to_start_a_ledger(world) -> 
     stack, tc, sink, root = world
     store = _prepared(tc, root / "data")
     for kind in TYPES:
-        delivery.load(sink, store, RUN, kind, _policy(kind))
+        delivery.load(sink, store, RUN, kind, policy(kind))
     store.fs.rm(store.partition_dir(intents.INTENT, intents.LEDGER_TYPE, intents.LEDGER_RUN), recursive=True)
     rerun = "manual__2026-06-02-rerun"
-    for kind in TYPES:
-        mapping = load_mapping(kind)
-        stages.extract(tc, store, rerun, kind, watermarks.Window(START, END, "test"))
-        stages.normalize(store, rerun, kind, lambda batch, m=mapping: normalize(batch, m))
-        stages.dedupe(store, rerun, kind, winners)
-    before = _gets(stack)
-    reports = [delivery.load(sink, store, rerun, kind, _policy(kind)) for kind in TYPES]
+    prepare(store, tc, rerun, TYPES)
+    before = graph_gets(stack)
+    reports = [delivery.load(sink, store, rerun, kind, policy(kind)) for kind in TYPES]
     assert [r["sent"] for r in reports] == [0, 0]
     # what the target holds, read once for both types to plan; no listing to prove the store complete
-    assert _gets(stack) - before == -(-len(_held(stack)) // 1000)
+    assert graph_gets(stack) - before == -(-len(_held(stack)) // 1000)
     assert _has_no_ledger(store)

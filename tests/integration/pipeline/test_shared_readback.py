@@ -4,7 +4,6 @@ Request counts are judged by the simulator's own log and store, not by the clien
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 
 import pytest
@@ -12,19 +11,15 @@ import pytest
 from include.microsoft.auth import GRAPH_SCOPE, TokenProvider
 from include.microsoft.defender import DEFENDER_SCOPE, DefenderClient, DefenderSink
 from include.microsoft.graph import GraphClient, GraphSink
-from include.pipeline import delivery, lifecycle, stages, watermarks
-from include.pipeline.dedupe import winners
-from include.pipeline.mappings import load_mapping
-from include.pipeline.normalize import normalize
+from include.pipeline import delivery
 from include.pipeline.snapshots import SnapshotStore
 from include.threatconnect.client import ThreatConnectClient
 from simulators.dataset import generate
 from simulators.stack import CLIENT_ID, OWNER, TC_ACCESS_ID, TENANT_ID, start_stack
+from tests.integration.pipeline.delivery_world import END, START, graph_gets, policy, prepare
 
 pytestmark = pytest.mark.integration
 
-END = dt.datetime(2026, 6, 2, tzinfo=dt.UTC)
-START = END - dt.timedelta(days=1)
 TYPES = ("Host", "URL")
 FIRST, RERUN = "scheduled__2026-06-02", "manual__2026-06-02-rerun"
 
@@ -44,36 +39,17 @@ def world(tmp_path, monkeypatch):
     stack.stop()
 
 
-def _prepare(store: SnapshotStore, tc: ThreatConnectClient, run_id: str) -> None:
-    for kind in TYPES:
-        mapping = load_mapping(kind)
-        stages.extract(tc, store, run_id, kind, watermarks.Window(START, END, "test"))
-        stages.normalize(store, run_id, kind, lambda batch, m=mapping: normalize(batch, m))
-        stages.dedupe(store, run_id, kind, winners)
-
-
-def _policy(kind: str) -> lifecycle.Policy:
-    mapping = load_mapping(kind)
-    return lifecycle.Policy(
-        interval_start=START, interval_end=END, expiry_days=mapping.expiration.days_for, expiration=mapping.expiration
-    )
-
-
-def _gets(stack) -> int:
-    return sum(1 for r in stack.graph.requests if r.method == "GET" and r.client_id == CLIENT_ID)
-
-
 def test_a_run_verifies_every_type_against_one_listing_and_a_rerun_plans_against_one_and_heals(world) -> None:
     stack, store, tc, sink = world
-    _prepare(store, tc, FIRST)
-    loads = {kind: delivery.load(sink, store, FIRST, kind, _policy(kind)) for kind in TYPES}
+    prepare(store, tc, FIRST, TYPES)
+    loads = {kind: delivery.load(sink, store, FIRST, kind, policy(kind)) for kind in TYPES}
     owned = len(stack.graph.owned_by(CLIENT_ID))
     assert owned == sum(r["created"] for r in loads.values())
     assert owned > 2000  # enough that look-ups (about 20 ids a GET) would cost far more than a listing
 
-    before = _gets(stack)
+    before = graph_gets(stack)
     verified = {kind: delivery.verify(sink, store, FIRST, kind, previous_watermark=None) for kind in TYPES}
-    assert _gets(stack) - before == math.ceil(owned / 1000)  # one listing for both types
+    assert graph_gets(stack) - before == math.ceil(owned / 1000)  # one listing for both types
     for kind in TYPES:
         assert verified[kind]["verified"] == loads[kind]["created"]
         assert verified[kind]["missing"] == verified[kind]["different"] == 0
@@ -82,10 +58,10 @@ def test_a_run_verifies_every_type_against_one_listing_and_a_rerun_plans_against
     removed = {i["externalId"] for i in stack.graph.owned_by(CLIENT_ID) if i.get("domainName")}
     removed = set(sorted(removed)[:3])
     assert stack.graph.remove(lambda i: i.get("externalId") in removed) == 3
-    _prepare(store, tc, RERUN)
-    before = _gets(stack)
-    reloads = {kind: delivery.load(sink, store, RERUN, kind, _policy(kind)) for kind in TYPES}
-    planning_reads = _gets(stack) - before
+    prepare(store, tc, RERUN, TYPES)
+    before = graph_gets(stack)
+    reloads = {kind: delivery.load(sink, store, RERUN, kind, policy(kind)) for kind in TYPES}
+    planning_reads = graph_gets(stack) - before
     # one listing to plan both types, and the look-up before re-creating the three (a single GET)
     assert planning_reads == math.ceil((owned - 3) / 1000) + 1
     assert reloads["Host"]["healed"] == 3
@@ -102,8 +78,8 @@ def test_defender_verifies_every_type_against_one_listing_of_its_own_indicators(
     )
     sink = DefenderSink(DefenderClient(stack.ms_server.base_url, tokens, client_id=CLIENT_ID))
     stack.defender.clock = START.timestamp  # Defender refuses an expiration in its past: its clock is the interval's
-    _prepare(store, tc, FIRST)
-    loads = {kind: delivery.load(sink, store, FIRST, kind, _policy(kind)) for kind in TYPES}
+    prepare(store, tc, FIRST, TYPES)
+    loads = {kind: delivery.load(sink, store, FIRST, kind, policy(kind)) for kind in TYPES}
     assert sum(r["created"] for r in loads.values()) == len(stack.defender.created_by(CLIENT_ID)) > 2000
     before = sum(1 for r in stack.defender.requests if r.method == "GET")
     verified = {kind: delivery.verify(sink, store, FIRST, kind, previous_watermark=None) for kind in TYPES}
