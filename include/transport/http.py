@@ -19,8 +19,10 @@ The transport returns the final response whatever its status: turning statuses i
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -71,14 +73,27 @@ class BearerAuth(requests.auth.AuthBase):
 
     def __init__(self, source: TokenSource) -> None:
         self.source = source
+        self._lock = threading.Lock()
+        self._dropped: set[str] = set()
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         request.headers["Authorization"] = f"Bearer {self.source.token()}"
         return request
 
-    def refresh(self) -> None:
-        """Drop the cached token (it expired or was revoked before its time)."""
-        self.source.invalidate()
+    def refresh(self, refused: str | None = None) -> None:
+        """Drop the cached token (it expired or was revoked before its time).
+
+        ``refused`` is the ``Authorization`` header the 401 answered. With several requests in flight, all of them
+        may come back 401 for the same token: only the first drops it, so the others resend with the new token
+        instead of each asking the identity platform for one more.
+        """
+        with self._lock:
+            if refused is not None:
+                seen = hashlib.sha256(refused.encode()).hexdigest()  # a digest: the token itself is not kept
+                if seen in self._dropped:
+                    return
+                self._dropped.add(seen)
+            self.source.invalidate()
 
 
 @dataclass(frozen=True)
@@ -123,7 +138,7 @@ class TlsError(TransportError, PermanentError):
     """TLS verification failed: a certificate problem does not heal by retrying."""
 
 
-def new_session(ca_bundle: str | None = None, pool_size: int = 10) -> requests.Session:
+def new_session(ca_bundle: str | None = None, pool_size: int = 16) -> requests.Session:
     """A ``requests`` session that verifies TLS against ``ca_bundle`` (default: ``REQUESTS_CA_BUNDLE`` or certifi).
 
     Verification is never switched off; the simulators' throwaway CA reaches clients through the bundle.
@@ -192,6 +207,7 @@ class Transport:
         self.service = service
         self.requests_sent = 0
         self.throttled = 0
+        self._counting = threading.Lock()  # the sends of one batch helper may run in several threads
 
     def send(
         self,
@@ -232,7 +248,7 @@ class Transport:
                     # An expired or revoked token: take a fresh one and resend once (not a retry).
                     refreshed = True
                     log.info("%s answered 401; taking a fresh token and resending once", where)
-                    auth.refresh()
+                    auth.refresh(response.request.headers.get("Authorization") if response.request else None)
                     continue
                 return response
 
@@ -303,7 +319,8 @@ class Transport:
     ) -> requests.Response:
         if limiter is not None:
             limiter.acquire()
-        self.requests_sent += 1
+        with self._counting:
+            self.requests_sent += 1
         merged = {"Accept": "application/json", **(headers or {})}
         verify = self.session.verify if isinstance(self.session, requests.Session) else True
         try:
@@ -323,7 +340,8 @@ class Transport:
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise _Unreachable(exc, sent=not never_sent(exc)) from exc
         if response.status_code == 429:
-            self.throttled += 1
+            with self._counting:
+                self.throttled += 1
         return response
 
 

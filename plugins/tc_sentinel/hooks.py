@@ -168,9 +168,11 @@ class MsGraphHook(BaseHook):
         return GraphClient(base_url(connection, "https://graph.microsoft.com"), tokens, limiter=limiter)
 
     def get_sink(self) -> Sink:
-        from include.microsoft.graph import GraphSink
+        from include.microsoft.graph import DEFAULT_IN_FLIGHT, GraphSink
+        from include.transport.batch import configured_in_flight
 
-        return GraphSink(self.get_conn())
+        extra = self.get_connection(self.msgraph_conn_id).extra_dejson
+        return GraphSink(self.get_conn(), in_flight=configured_in_flight(extra, DEFAULT_IN_FLIGHT))
 
 
 class SentinelHook(BaseHook):

@@ -75,7 +75,7 @@ def _graph(conn_id: str) -> Check:
     from tc_sentinel.hooks import MsGraphHook
 
     def probe() -> str:
-        client = MsGraphHook(conn_id).get_conn()
+        client = MsGraphHook(conn_id).get_sink().client  # the sink: its settings (max_in_flight) are read too
         problem = well_formed(client.base_url)
         if problem:
             raise ValueError(f"host: {problem}")
@@ -112,7 +112,7 @@ def _defender(conn_id: str) -> Check:
     from tc_sentinel.hooks import DefenderHook
 
     def probe() -> str:
-        client = DefenderHook(conn_id).get_conn()
+        client = DefenderHook(conn_id).get_sink().client  # the sink: its settings (max_in_flight) are read too
         problem = well_formed(client.base_url)
         if problem:
             raise ValueError(f"host: {problem}")

@@ -16,6 +16,7 @@ from typing import Any
 
 from include.microsoft.defender.client import (
     DEFAULT_HOST,
+    DEFAULT_IN_FLIGHT,
     DEFAULT_REQUESTS_PER_MINUTE,
     DEFENDER_HOSTS,
     DEFENDER_SCOPE,
@@ -25,6 +26,7 @@ from include.microsoft.defender.client import (
 )
 from include.microsoft.defender.payload import build_payload, indicator_key, severity_name
 from include.microsoft.defender.sink import DefenderSink
+from include.transport.batch import configured_in_flight
 from include.transport.http import RequestBudget
 from include.transport.limiter import budget_for, configured_rate
 
@@ -105,4 +107,5 @@ def sink_from_settings(
         action=str(extra.get("action") or "Alert"),
         rbac_group_names=groups,
         capacity=int(extra.get("capacity") or 15_000),
+        in_flight=configured_in_flight(extra, DEFAULT_IN_FLIGHT),
     )

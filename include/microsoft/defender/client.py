@@ -44,6 +44,9 @@ MAX_PAGES = 100  # 15,000 indicators per tenant fit in two pages of 10,000; anyt
 #: Defender's import allows 30 calls a minute per app (and 100 a minute for the other indicator calls); the margin
 #: absorbs the gap between admission here and arrival. A Connection's ``requests_per_minute`` overrides it.
 DEFAULT_REQUESTS_PER_MINUTE = 28
+#: Imports waiting for their answers at once: an import of 500 can take Defender seconds, longer than the 2 s
+#: between two of 28 a minute. A Connection's ``max_in_flight`` overrides it.
+DEFAULT_IN_FLIGHT = 2
 #: Answers about the caller or the address; no retry fixes them (404 only where it does not mean "already gone").
 PERMANENT_STATUSES = frozenset({401, 403, 404, 405})
 

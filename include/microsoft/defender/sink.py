@@ -9,7 +9,14 @@ from typing import Any, ClassVar
 import pandas as pd
 
 from include.microsoft.defender import payload as mapping
-from include.microsoft.defender.client import MAX_BATCH_DELETE, MAX_IMPORT, MAX_TOP, DefenderClient, DefenderError
+from include.microsoft.defender.client import (
+    DEFAULT_IN_FLIGHT,
+    MAX_BATCH_DELETE,
+    MAX_IMPORT,
+    MAX_TOP,
+    DefenderClient,
+    DefenderError,
+)
 from include.pipeline import frames
 from include.pipeline.errors import PermanentError
 from include.pipeline.ports import FAILED, OK, REJECTED, Listed, OwnListing, SinkResult, Traffic, WriteRate
@@ -94,6 +101,7 @@ class DefenderSink:
         batch_size: int = MAX_IMPORT,
         max_item_attempts: int = 3,
         capacity: int = 15_000,
+        in_flight: int = DEFAULT_IN_FLIGHT,
     ) -> None:
         if not client.client_id:
             raise ValueError("the Defender client needs the app's client id (fetch and retract list our own)")
@@ -109,6 +117,7 @@ class DefenderSink:
         self.rbac_group_names = list(rbac_group_names or [])
         self.batch_size = batch_size
         self.max_item_attempts = max(1, max_item_attempts)
+        self.in_flight = in_flight  # imports waiting for their answers at once (the budget still paces them)
         self.keys: dict[str, tuple[str, str]] = {}  # external id -> (indicatorType, lower-cased indicatorValue)
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
@@ -208,7 +217,12 @@ class DefenderSink:
             return results
 
         outcomes = send_in_batches(
-            list(payloads), send, self.batch_size, self.max_item_attempts, action="defender import"
+            list(payloads),
+            send,
+            self.batch_size,
+            self.max_item_attempts,
+            action="defender import",
+            in_flight=self.in_flight,
         )
         return {
             key: SinkResult(key, actions[key], o.status, o.target_id, o.attempts, o.error)

@@ -5,6 +5,7 @@ Retired by Microsoft in 2026; kept because the design names it and tenants still
 
 from include.microsoft.graph.client import (
     CONTENT_STATUSES,
+    DEFAULT_IN_FLIGHT,
     DEFAULT_REQUESTS_PER_MINUTE,
     MAX_BATCH,
     MAX_PAGE,
@@ -33,6 +34,7 @@ from include.microsoft.graph.sink import GraphSink
 
 __all__ = [
     "CONTENT_STATUSES",
+    "DEFAULT_IN_FLIGHT",
     "DEFAULT_REQUESTS_PER_MINUTE",
     "HASH_TYPES",
     "MAX_BATCH",

@@ -10,6 +10,7 @@ import pandas as pd
 
 from include.microsoft.graph.client import (
     CONTENT_STATUSES,
+    DEFAULT_IN_FLIGHT,
     MAX_BATCH,
     MAX_PAGE,
     GraphClient,
@@ -83,12 +84,19 @@ class GraphSink:
     capacity: ClassVar[int | None] = None
     refuses_expired: ClassVar[bool] = False
 
-    def __init__(self, client: GraphClient, batch_size: int = MAX_BATCH, max_item_attempts: int = 3) -> None:
+    def __init__(
+        self,
+        client: GraphClient,
+        batch_size: int = MAX_BATCH,
+        max_item_attempts: int = 3,
+        in_flight: int = DEFAULT_IN_FLIGHT,
+    ) -> None:
         if not 0 < batch_size <= MAX_BATCH:
             raise ValueError(f"batch_size must be between 1 and {MAX_BATCH}")
         self.client = client
         self.batch_size = batch_size
         self.max_item_attempts = max(1, max_item_attempts)
+        self.in_flight = in_flight  # writes waiting for their answers at once (the budget still paces them)
 
     # ----------------------------------------------------------------- payload and comparison
     def payload(self, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -170,7 +178,9 @@ class GraphSink:
         failed_target: Callable[[str], str | None] = lambda _: None,
     ) -> dict[str, SinkResult]:
         """One result per key through the shared batch helper (per-item retries, splitting a refused batch)."""
-        outcomes = send_in_batches(keys, send, batch_size, self.max_item_attempts, action=f"graph {action}")
+        outcomes = send_in_batches(
+            keys, send, batch_size, self.max_item_attempts, action=f"graph {action}", in_flight=self.in_flight
+        )
         return {
             key: SinkResult(
                 key, action, o.status, o.target_id if o.status == OK else failed_target(key), o.attempts, o.error

@@ -48,6 +48,9 @@ MAX_QUERY_PAGES = 1000
 #: Sentinel's upload APIs allow 100 requests per minute per identity; the margin absorbs the gap between the
 #: moment a request is admitted here and the moment it reaches Microsoft.
 DEFAULT_REQUESTS_PER_MINUTE = 95
+#: Uploads waiting for their answers at once: 95 a minute is one every 0.6 s, so more than one is needed whenever an
+#: upload of 100 objects takes longer than that. A Connection's ``max_in_flight`` overrides it.
+DEFAULT_IN_FLIGHT = 4
 
 
 class SentinelError(RuntimeError):

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import pandas as pd
 
 from include.microsoft.sentinel.client import (
+    DEFAULT_IN_FLIGHT,
     DEFAULT_MANAGEMENT_HOST,
     DEFAULT_REQUESTS_PER_MINUTE,
     MAX_OBJECTS_PER_UPLOAD,
@@ -31,7 +32,7 @@ from include.microsoft.sentinel.stix import (
 from include.pipeline import frames
 from include.pipeline.errors import PermanentError
 from include.pipeline.ports import OK, REJECTED, OwnListing, SinkResult, Traffic, WriteRate
-from include.transport.batch import BatchRefused, ItemAnswer, ItemOutcome, send_in_batches
+from include.transport.batch import BatchRefused, ItemAnswer, ItemOutcome, configured_in_flight, send_in_batches
 from include.transport.http import RequestBudget
 from include.transport.limiter import budget_for, configured_rate
 
@@ -91,6 +92,7 @@ class SentinelSink:
         sourcesystem: str | None = None,
         batch_size: int = MAX_OBJECTS_PER_UPLOAD,
         max_item_attempts: int = 2,
+        in_flight: int = DEFAULT_IN_FLIGHT,
     ) -> None:
         if not 1 <= batch_size <= MAX_OBJECTS_PER_UPLOAD:
             raise ValueError(f"batch_size must be between 1 and {MAX_OBJECTS_PER_UPLOAD}")
@@ -98,6 +100,7 @@ class SentinelSink:
             raise ValueError("max_item_attempts must be >= 1")
         self.client = client
         self.sourcesystem = sourcesystem
+        self.in_flight = in_flight  # uploads waiting for their answers at once (the budget still paces them)
         self.batch_size = batch_size
         self.max_item_attempts = max_item_attempts
 
@@ -200,7 +203,13 @@ class SentinelSink:
 
             outcomes.update(
                 send_in_batches(
-                    indexes, send, self.batch_size, self.max_item_attempts, exhausted=REJECTED, action="sentinel upload"
+                    indexes,
+                    send,
+                    self.batch_size,
+                    self.max_item_attempts,
+                    exhausted=REJECTED,
+                    action="sentinel upload",
+                    in_flight=self.in_flight,
                 )
             )
         results = []
@@ -323,4 +332,6 @@ def sink_from_settings(
         f"{client_id}|{workspace_id}", configured_rate(extra, requests_per_minute), budget, limiter_root
     )
     client = SentinelClient(endpoint, workspace_id, tokens, limiter=limiter, management=management)
-    return SentinelSink(client, sourcesystem=source_system(owner))
+    return SentinelSink(
+        client, sourcesystem=source_system(owner), in_flight=configured_in_flight(extra, DEFAULT_IN_FLIGHT)
+    )
