@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import ssl
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
@@ -87,6 +89,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         request = Request(self.command, self.path, dict(self.headers.items()), body)
+        with self.server.slowness.taking(request):
+            self._answer(request)
+
+    def _answer(self, request: Request) -> None:
         response: Response | None = None
         try:
             for handler in self.server.handlers:
@@ -113,11 +119,48 @@ class _RequestHandler(BaseHTTPRequestHandler):
         log.debug("%s - %s", self.address_string(), format % args)
 
 
+class Slowness:
+    """Requests that take time, as a real service's do, and how many of them were being answered at once.
+
+    A request matching the predicate waits ``seconds`` before it is handled (outside every service's lock, so
+    requests that arrive together are answered together, as a real service answers them). ``peak`` is the most
+    such requests ever in progress at once: 1 means the client sent them one after another.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seconds = 0.0
+        self.predicate: Callable[[Request], bool] = lambda _request: False
+        self.in_progress = 0
+        self.peak = 0
+
+    def set(self, seconds: float, predicate: Callable[[Request], bool]) -> None:
+        with self._lock:
+            self.seconds, self.predicate, self.peak = seconds, predicate, 0
+
+    @contextlib.contextmanager
+    def taking(self, request: Request) -> Iterator[None]:
+        with self._lock:
+            seconds = self.seconds if self.seconds > 0 and self.predicate(request) else 0.0
+            if seconds:
+                self.in_progress += 1
+                self.peak = max(self.peak, self.in_progress)
+        try:
+            if seconds:
+                time.sleep(seconds)
+            yield
+        finally:
+            if seconds:
+                with self._lock:
+                    self.in_progress -= 1
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     request_queue_size = 128
     handlers: list[Handler]
+    slowness: Slowness
 
 
 class HttpsServer:
@@ -126,10 +169,17 @@ class HttpsServer:
     def __init__(self, handlers: list[Handler], tls: TlsMaterial, host: str = "127.0.0.1", port: int = 0):
         self._server = _Server((host, port), _RequestHandler)
         self._server.handlers = handlers
+        self._server.slowness = Slowness()
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(tls.cert_file), str(tls.key_file))
         self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread: threading.Thread | None = None
+
+    def slow(self, seconds: float, predicate: Callable[[Request], bool]) -> Slowness:
+        """Make requests matching ``predicate`` take ``seconds`` each (0: as fast as possible again); the returned
+        :class:`Slowness` counts how many were in progress at once."""
+        self._server.slowness.set(seconds, predicate)
+        return self._server.slowness
 
     @property
     def port(self) -> int:

@@ -16,6 +16,7 @@ import requests
 from include.pipeline import times
 from include.pipeline.errors import PermanentError
 from include.pipeline.mappings import load_all
+from include.pipeline.overlap import read_ahead
 from include.threatconnect.auth import HmacAuth
 from include.threatconnect.parse import parse_page, summary_of
 from include.transport.http import RetryPolicy, TlsError, Transport, TransportClient, TransportError
@@ -185,14 +186,17 @@ class ThreatConnectClient(TransportClient):
         """
         if indicator_type not in V2_BRANCHES:
             raise ValueError(f"unsupported indicator type {indicator_type!r}")
-        pages = (
+        listing = (
             self._iter_v2(indicator_type, modified_from)
             if self.api_version == "v2"
             else (self._iter_v3(indicator_type, modified_from, modified_to))
         )
         low = pa.scalar(times.parse(modified_from), type=pa.timestamp("us", tz="UTC"))
         high = pa.scalar(times.parse(modified_to), type=pa.timestamp("us", tz="UTC"))
-        for batch in pages:
+        # The next page is requested while this one is parsed and written: ThreatConnect's time to answer a page
+        # overlaps with ours to handle the one before (one page ahead at most).
+        for items, page in read_ahead(listing, name=f"threatconnect-{indicator_type}"):
+            batch = parse_page(items, indicator_type, self.owner, page)
             # v2 has no upper bound on lastModified; v3's TQL does, but the same filter costs nothing there.
             lm = batch.column("last_modified")
             keep = pc.and_(pc.greater_equal(lm, low), pc.less(lm, high))
@@ -216,7 +220,8 @@ class ThreatConnectClient(TransportClient):
             params = [("owner", self.owner), ("resultStart", "0"), ("resultLimit", "1")]
             self._get(f"{self.base_url}/v3/indicators?{_query(params)}")
 
-    def _iter_v2(self, indicator_type: str, modified_from: dt.datetime) -> Iterator[pa.RecordBatch]:
+    def _iter_v2(self, indicator_type: str, modified_from: dt.datetime) -> Iterator[tuple[list[Any], int]]:
+        """The v2 listing's pages as they came (items, page number), not yet parsed."""
         branch, entity = V2_BRANCHES[indicator_type]
         start, page, expected, received = 0, 0, None, 0
         while True:
@@ -244,7 +249,7 @@ class ThreatConnectClient(TransportClient):
                 items = [items]
             received += len(items)
             if items:
-                yield parse_page(items, indicator_type, self.owner, page)
+                yield items, page
             start += self.page_size
             page += 1
             if len(items) < self.page_size or (expected is not None and start >= expected):
@@ -257,7 +262,8 @@ class ThreatConnectClient(TransportClient):
 
     def _iter_v3(
         self, indicator_type: str, modified_from: dt.datetime, modified_to: dt.datetime
-    ) -> Iterator[pa.RecordBatch]:
+    ) -> Iterator[tuple[list[Any], int]]:
+        """The v3 listing's pages as they came (items, page number), not yet parsed."""
         tql = (
             f'typeName EQ "{V3_TYPE_NAMES[indicator_type]}" AND lastModified GEQ "{iso_z(modified_from)}" '
             f'AND lastModified LT "{iso_z(modified_to)}" '
@@ -283,7 +289,7 @@ class ThreatConnectClient(TransportClient):
             if isinstance(items, dict):
                 items = [items]
             if items:
-                yield parse_page(items, indicator_type, self.owner, page)
+                yield items, page
             page += 1
             url = self._next_link(body, seen)
 

@@ -262,3 +262,14 @@ def test_log_lines_show_the_path_but_never_the_query_string(caplog: pytest.LogCa
     transport.send("GET", URL + "?$skiptoken=SECRETISH")
     assert "/things" in caplog.text
     assert "SECRETISH" not in caplog.text
+
+
+def test_requests_refused_together_for_one_expired_token_drop_it_once() -> None:
+    # Several requests in flight come back 401 for the same token: the first drops it, the rest resend with the new.
+    tokens = Tokens()
+    auth = BearerAuth(tokens)
+    auth.refresh("Bearer token-1")
+    auth.refresh("Bearer token-1")
+    assert tokens.token() == "token-2"
+    auth.refresh("Bearer token-2")
+    assert tokens.token() == "token-3"
