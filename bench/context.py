@@ -23,6 +23,9 @@ FULL: dict[str, Any] = {
         "sentinel_rows": 16_000,
         "graph_rows": 16_000,
         "deadline": 120.0,
+        # How long each request takes to answer in the "answers taking" variants: longer than the budget's
+        # spacing (two loaders share 6 a second), as a real Graph's second per write of 100 is against 950 a minute.
+        "slow": 1.0,
         # Defender's import budget (30 a minute) scaled like the others: a shorter window, smaller batches.
         "defender": {"window": 2.0, "limit": 20, "client_limit": 19, "rows": 7_000, "batch": 20},
     },
@@ -44,6 +47,7 @@ SMOKE: dict[str, Any] = {
         "sentinel_rows": 1_000,
         "graph_rows": 200,
         "deadline": 30.0,
+        "slow": 0.2,
         "defender": {"window": 0.5, "limit": 10, "client_limit": 9, "rows": 250, "batch": 10},
     },
     "delta": 1_000,

@@ -17,6 +17,7 @@ as the Airflow hooks build them: with the shared client-side limiter (``SharedRa
 from __future__ import annotations
 
 import math
+import re
 import secrets
 import threading
 import time
@@ -143,25 +144,29 @@ def prepare(ctx: Context, rows: int, tag: str, sink: str = "") -> tuple[Path, li
 
 
 def load(ctx: Context) -> list[Figure]:
-    """Each sink with its shared client-side limiter, two loader processes of one identity."""
+    """Each sink with its shared client-side limiter, two loader processes of one identity; then Graph again with
+    every request taking ``slow`` seconds to answer, as a real service's do, with the sink's default number of
+    requests in flight and with one at a time (how it sent before)."""
     figures: list[Figure] = []
     for variant in ("sentinel", "graph", "defender"):
-        figures.extend(_variant(ctx, variant))
+        figures.extend(_variant(ctx, variant, variant))
+    slow = ctx.sizes["load"]["slow"]
+    figures.extend(_variant(ctx, f"graph, answers taking {slow:g} s", "graph", slow=slow))
+    figures.extend(_variant(ctx, f"graph, answers taking {slow:g} s, one at a time", "graph", slow=slow, in_flight=1))
     return figures
 
 
-def _variant(ctx: Context, variant: str) -> list[Figure]:
+def _variant(ctx: Context, variant: str, sink: str, slow: float = 0.0, in_flight: int | None = None) -> list[Figure]:
     settings = dict(ctx.sizes["load"])
-    if variant == "defender":
+    if sink == "defender":
         scaled = settings.pop("defender")
         settings.update(scaled)
         settings["defender_rows"] = scaled["rows"]
     window, limit = settings["window"], settings["limit"]
-    sink = variant
     limited = True
     # A store per variant: with the lifecycle feature, a second load into the same store plans nothing to send.
     root, run_ids, expected = prepare(
-        ctx, settings[f"{sink}_rows"], f"{sink}-{'limited' if limited else 'plain'}", sink
+        ctx, settings[f"{sink}_rows"], re.sub(r"[^a-z0-9]+", "-", variant).strip("-"), sink
     )
     tls = make_tls_material(ctx.workdir / "tls-ms")
     secret = secrets.token_urlsafe(24)
@@ -189,6 +194,8 @@ def _variant(ctx: Context, variant: str) -> list[Figure]:
         logged = RequestLog(service, retry_after_scale=1 / speed)
     server = HttpsServer([login, logged], tls).start()
     login.base_url = server.base_url
+    # Every Graph API request takes ``slow`` seconds to answer (not the login); the server answers them side by side.
+    slowness = server.slow(slow, lambda request: "/security/" in request.path)
     limiter_path = ctx.workdir / f"limiter-{time.monotonic_ns()}.json"
     try:
         load_avg = load_average()
@@ -209,6 +216,7 @@ def _variant(ctx: Context, variant: str) -> list[Figure]:
                     "client_limit": settings["client_limit"],
                     "window": window,
                     "batch": settings.get("batch"),
+                    "in_flight": in_flight,
                 },
                 ctx.workdir,
                 timeout=settings["deadline"] * 3,
@@ -245,6 +253,9 @@ def _variant(ctx: Context, variant: str) -> list[Figure]:
         "server_limit": f"{limit} per {window:g} s",
         "client_limit": f"{settings['client_limit']} per {window:g} s" if limited else None,
         "loaders": LOADERS,
+        "answer_seconds": slow,
+        "in_flight_per_loader": in_flight or "the sink's default",
+        "most_answered_at_once": slowness.peak if slow else None,
         "requests": total,
         "throttled": throttled,
         "admitted": len(admitted),
@@ -359,7 +370,8 @@ def make_sink(args: dict[str, Any]) -> tuple[Any, Any, SharedRateLimiter | None]
     )
     api = trusting(requests.Session())
     client = GraphClient(args["base_url"], provider, session=api, limiter=limiter)
-    return GraphSink(client), client, limiter
+    in_flight = {"in_flight": int(args["in_flight"])} if args.get("in_flight") else {}
+    return GraphSink(client, **in_flight), client, limiter
 
 
 def run_loader(args: dict[str, Any]) -> dict[str, Any]:
