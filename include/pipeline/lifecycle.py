@@ -107,8 +107,7 @@ class TargetView:
         external_id = held["external_id"]
         if external_id not in self.read:
             return None
-        row = dict(held)
-        finding = self.compare(row, self.found.get(external_id))
+        finding = self.compare(dict(held), self.found.get(external_id))
         if finding is None:
             return None
         if finding[0] == "missing":
@@ -167,9 +166,11 @@ def plan(
     volatile = tuple(volatile)
     rows: list[dict[str, Any]] = []
     seen: set[str] = set()
+    # The delivered state's rows as dicts, once: a pandas row per candidate (``state.loc``) cost a millisecond each.
+    delivered_rows = dict(zip(state.index, frames.records(state), strict=True))
     for row in frames.records(candidates):
         seen.add(row["external_id"])
-        held = state.loc[row["external_id"]] if row["external_id"] in state.index else None
+        held = delivered_rows.get(row["external_id"])
         why_retract = _retraction_reason(row)
         last_modified = pd.Timestamp(row["last_modified"])
         # A deletion is versioned by the listing that reported it; it always holds now (never stale).
