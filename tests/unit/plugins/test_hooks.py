@@ -477,3 +477,39 @@ def test_sink_picks_the_kind_and_an_optional_connection_id(monkeypatch: pytest.M
     assert isinstance(hooks.sink("defender", "Org"), DefenderSink)
     with pytest.raises(ValueError, match="unknown sink 'splunk'"):
         hooks.sink("splunk", "Org")
+
+
+DEFAULT_IN_FLIGHT = {"graph": 8, "sentinel": 4, "defender": 2}
+
+
+def _sink_of(kind: str) -> Any:
+    return hooks.sink(kind, "Example Org")
+
+
+@pytest.mark.parametrize("kind", list(CONN_IDS))
+def test_each_target_keeps_its_documented_number_of_requests_in_flight(
+    monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    _microsoft(monkeypatch, CONN_IDS[kind], "https://api.example", **EXTRA[kind])
+    assert _sink_of(kind).in_flight == DEFAULT_IN_FLIGHT[kind]
+
+
+@pytest.mark.parametrize("kind", list(CONN_IDS))
+def test_the_connection_extra_max_in_flight_sets_how_many_requests_wait_at_once(
+    monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    _microsoft(monkeypatch, CONN_IDS[kind], "https://api.example", max_in_flight="1", **EXTRA[kind])
+    assert _sink_of(kind).in_flight == 1
+
+
+@pytest.mark.parametrize("kind", list(CONN_IDS))
+def test_preflight_names_a_max_in_flight_outside_one_to_sixteen_before_anything_is_sent(
+    monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    _threatconnect(monkeypatch)
+    _microsoft(monkeypatch, CONN_IDS[kind], "https://api.example", max_in_flight=64, **EXTRA[kind])
+    check = _checks(monkeypatch, [kind])[CONN_IDS[kind]]
+    assert not check.ok
+    assert check.permanent
+    assert "max_in_flight" in check.detail
+    assert RecordingMsal.built == []  # refused before a token was asked for
