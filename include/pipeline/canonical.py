@@ -168,7 +168,10 @@ def canonical_host(raw: str) -> Result:
     s = raw.strip()
     if not s:
         return None, "empty host"
-    if s.isascii():
+    # idna has already decoded (and re-encoded) every xn-- label of what it returns: only an ASCII name's
+    # punycode labels are checked below.
+    checked = not s.isascii()
+    if not checked:
         s = s.lower()
     else:
         try:
@@ -185,7 +188,7 @@ def canonical_host(raw: str) -> Result:
         if canonical_ip(s)[0] is not None:
             return None, f"ip address literal {_show(s)} is not a host"
         return None, f"invalid host: numeric top-level label in {_show(s)}"
-    if "xn--" in s:
+    if "xn--" in s and not checked:
         for label in s.split("."):
             if label.startswith("xn--"):
                 try:
