@@ -140,7 +140,8 @@ def canonicalize_array(kind: str, raws: pa.Array) -> tuple[pa.Array, pa.Array]:
         fast_values, variant = values, "ipv4"
     else:
         lowered = pc.ascii_lower(values)
-        fast_values = pc.replace_substring_regex(lowered, r"\.$", "")
+        # the fast patterns allow one trailing dot at most, so where they match this drops just the root dot
+        fast_values = pc.utf8_rtrim(lowered, characters=".")
         fast = pc.and_(
             pc.and_(pc.string_is_ascii(values), pc.match_substring_regex(lowered, _FAST_PATTERNS[kind])),
             pc.and_(pc.invert(pc.match_substring(lowered, "xn--")), pc.less_equal(pc.utf8_length(fast_values), 253)),
@@ -179,10 +180,11 @@ def canonicalize_hashes(raws: pa.Array, expected: str) -> tuple[pa.Array, pa.Arr
     """
     length = {kind: n for n, kind in HASH_TYPES.items()}[expected]
     lowered = pc.ascii_lower(raws)
+    # hex digits only (so ASCII: bytes are characters) and the expected number of them, not all zeros
     fast = pc.and_(
         pc.and_(
-            pc.match_substring_regex(raws, f"^[0-9A-Fa-f]{{{length}}}$"),
-            pc.invert(pc.match_substring_regex(raws, "^0+$")),
+            pc.and_(pc.match_substring_regex(raws, "^[0-9A-Fa-f]+$"), pc.equal(pc.binary_length(raws), length)),
+            pc.not_equal(raws, "0" * length),
         ),
         pc.invert(pc.is_in(lowered, value_set=pa.array(sorted(EMPTY_FILE_DIGESTS), pa.string()))),
     )
