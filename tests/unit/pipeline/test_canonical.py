@@ -12,7 +12,6 @@ from hypothesis.provisional import domains, urls
 
 from include.pipeline.canonical import (
     CANONICALISERS,
-    _plain_idna,
     canonical_email,
     canonical_hash,
     canonical_host,
@@ -20,6 +19,7 @@ from include.pipeline.canonical import (
     canonical_url,
     canonicalize,
 )
+from include.pipeline.idn import plain_idna as _plain_idna
 
 # --- good values ------------------------------------------------------------------------------------------------
 
