@@ -38,6 +38,12 @@ def _plain_idn_char(c: str) -> bool:
     )
 
 
+@functools.lru_cache(maxsize=1 << 14)
+def _a_label(label: str) -> str:
+    """``xn--`` and the punycode of a label (the same top-level labels, ``рф`` say, come again and again)."""
+    return "xn--" + label.encode("punycode").decode("ascii")
+
+
 def plain_idna(s: str) -> str | None:
     """``idna.encode(s, uts46=True)`` of a name idna would pass through unchanged but for the punycode, else None.
 
@@ -54,7 +60,7 @@ def plain_idna(s: str) -> str | None:
             return None
         if not all(map(_plain_idn_char, label)):
             return None
-        encoded = label if label.isascii() else "xn--" + label.encode("punycode").decode("ascii")
+        encoded = label if label.isascii() else _a_label(label)
         if len(encoded) > 63:
             return None
         out.append(encoded)
