@@ -18,6 +18,8 @@ from urllib.parse import quote
 
 import idna  # IDNA 2008 + UTS #46 (what browsers resolve); a dependency of requests, pinned in requirements.lock
 
+from include.pipeline.idn import plain_idna
+
 Result = tuple[str | None, str]
 
 _SHOW = 60  # longest excerpt of a bad value quoted in a reason
@@ -168,8 +170,13 @@ def canonical_host(raw: str) -> Result:
     s = raw.strip()
     if not s:
         return None, "empty host"
-    if s.isascii():
+    # idna has already decoded (and re-encoded) every xn-- label of what it returns: only an ASCII name's
+    # punycode labels are checked below.
+    checked = not s.isascii()
+    if not checked:
         s = s.lower()
+    elif (plain := plain_idna(s)) is not None:
+        s = plain
     else:
         try:
             s = idna.encode(s, uts46=True, transitional=False).decode("ascii")
@@ -185,7 +192,7 @@ def canonical_host(raw: str) -> Result:
         if canonical_ip(s)[0] is not None:
             return None, f"ip address literal {_show(s)} is not a host"
         return None, f"invalid host: numeric top-level label in {_show(s)}"
-    if "xn--" in s:
+    if "xn--" in s and not checked:
         for label in s.split("."):
             if label.startswith("xn--"):
                 try:

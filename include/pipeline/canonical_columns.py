@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -38,7 +39,6 @@ _FAST_VARIANT = {"host": "domain", "email": "email", "ip": "ipv4"}
 # http(s)/ftp at a plain host (any case, no port, userinfo, trailing dot or brackets), then a path of characters
 # that need no encoding and escapes already in upper case: only the scheme and host are lower-cased.
 _URL_TAIL = r"(?:[A-Za-z0-9\-._~!#$&'()*+,/:;=?@\[\]]|%[0-9A-F]{2})*"
-_FAST_URL = rf"^(?P<head>(?i:(?:https?|ftp)://{_FAST_HOST}))(?P<tail>/{_URL_TAIL})$"
 _FAST_URL_ANY_CASE = rf"^(?i:(?:https?|ftp)://{_FAST_HOST})/{_URL_TAIL}$"
 _FAST_URL_LOWER = rf"^(?:https?|ftp)://{_FAST_HOST}/{_URL_TAIL}$"  # scheme and host already lower-case
 _XN_IN_HOST = r"^[^/]*//[^/]*(?i:xn--)"  # punycode in the host: the per-value path checks it
@@ -48,8 +48,12 @@ def _fast_url(values: pa.Array) -> tuple[pa.Array, pa.Array]:
     """``(fast, canonical)`` of URLs the column-wise path answers (canonical is meaningless elsewhere).
 
     Only plain matches (no capture groups: RE2's DFA) run over the whole column, and most URLs already have a
-    lower-case scheme and host, so their canonical form is the URL itself; only the others are split into head
-    and tail to lower-case the head.
+    lower-case scheme and host, so their canonical form is the URL itself; for the others the scheme and host
+    (everything before the first '/' after "://") are lower-cased in place with numpy.
+
+    A fast URL is all ASCII: RE2's case-insensitive match would also let a character that case-folds to an
+    ASCII letter (the Kelvin sign, the long s) into the host, which the per-value rules map (UTS #46) and
+    ``ascii_lower`` would not.
     """
     # The pattern guarantees an ASCII head without '/' or ':' after the scheme's "://": the first '/' after it
     # ends the host (the scheme's "://" is blanked out of the way to find that '/').
@@ -57,7 +61,7 @@ def _fast_url(values: pa.Array) -> tuple[pa.Array, pa.Array]:
     host_length = pc.subtract(host_end, pc.add(pc.find_substring(values, "://"), 3))
     fast = pc.and_(
         pc.and_(
-            pc.match_substring_regex(values, _FAST_URL_ANY_CASE),
+            pc.and_(pc.string_is_ascii(values), pc.match_substring_regex(values, _FAST_URL_ANY_CASE)),
             pc.invert(pc.match_substring_regex(values, _XN_IN_HOST)),
         ),
         pc.and_(pc.less_equal(host_length, 253), pc.less_equal(pc.utf8_length(values), URL_MAX)),
@@ -65,9 +69,25 @@ def _fast_url(values: pa.Array) -> tuple[pa.Array, pa.Array]:
     mixed = pc.and_(fast, pc.invert(pc.match_substring_regex(values, _FAST_URL_LOWER)))
     if not pc.any(mixed).as_py():
         return fast, values
-    parts = pc.extract_regex(values.filter(mixed), _FAST_URL)
-    head, tail = pc.struct_field(parts, "head"), pc.struct_field(parts, "tail")
-    return fast, pc.replace_with_mask(values, mixed, pc.binary_join_element_wise(pc.ascii_lower(head), tail, ""))
+    lowered = _ascii_lower_prefix(values.filter(mixed), host_end.filter(mixed))
+    return fast, pc.replace_with_mask(values, mixed, lowered)
+
+
+def _ascii_lower_prefix(values: pa.Array, ends: pa.Array) -> pa.Array:
+    """Each ASCII value with its first ``ends[i]`` characters ASCII-lower-cased (no nulls)."""
+    n = len(values)
+    offsets = np.frombuffer(values.buffers()[1], dtype=np.int32, count=values.offset + n + 1)[values.offset :]
+    data = np.frombuffer(values.buffers()[2], dtype=np.uint8)[offsets[0] : offsets[-1]].copy()
+    offsets = offsets - offsets[0]
+    starts = offsets[:-1].astype(np.int64)
+    # +1 where a head starts, -1 where it ends: the running sum is 1 inside the heads (ASCII: bytes are characters)
+    edges = np.zeros(len(data) + 1, dtype=np.int32)
+    edges[starts] += 1
+    edges[starts + ends.to_numpy(zero_copy_only=False).astype(np.int64)] -= 1
+    in_head = np.cumsum(edges[:-1]) > 0
+    upper = in_head & (data >= ord("A")) & (data <= ord("Z"))
+    data[upper] += ord("a") - ord("A")
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
 
 
 def canonicalize_many(kind: str, raws: list[str]) -> list[Result]:
@@ -120,7 +140,8 @@ def canonicalize_array(kind: str, raws: pa.Array) -> tuple[pa.Array, pa.Array]:
         fast_values, variant = values, "ipv4"
     else:
         lowered = pc.ascii_lower(values)
-        fast_values = pc.replace_substring_regex(lowered, r"\.$", "")
+        # the fast patterns allow one trailing dot at most, so where they match this drops just the root dot
+        fast_values = pc.utf8_rtrim(lowered, characters=".")
         fast = pc.and_(
             pc.and_(pc.string_is_ascii(values), pc.match_substring_regex(lowered, _FAST_PATTERNS[kind])),
             pc.and_(pc.invert(pc.match_substring(lowered, "xn--")), pc.less_equal(pc.utf8_length(fast_values), 253)),
@@ -159,10 +180,11 @@ def canonicalize_hashes(raws: pa.Array, expected: str) -> tuple[pa.Array, pa.Arr
     """
     length = {kind: n for n, kind in HASH_TYPES.items()}[expected]
     lowered = pc.ascii_lower(raws)
+    # hex digits only (so ASCII: bytes are characters) and the expected number of them, not all zeros
     fast = pc.and_(
         pc.and_(
-            pc.match_substring_regex(raws, f"^[0-9A-Fa-f]{{{length}}}$"),
-            pc.invert(pc.match_substring_regex(raws, "^0+$")),
+            pc.and_(pc.match_substring_regex(raws, "^[0-9A-Fa-f]+$"), pc.equal(pc.binary_length(raws), length)),
+            pc.not_equal(raws, "0" * length),
         ),
         pc.invert(pc.is_in(lowered, value_set=pa.array(sorted(EMPTY_FILE_DIGESTS), pa.string()))),
     )

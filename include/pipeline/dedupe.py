@@ -17,7 +17,8 @@ NAMESPACE = uuid.UUID("6fa483d2-46d5-5e85-94df-89d7a8157f84")
 _NAMESPACE_BYTES = NAMESPACE.bytes
 # uuid5 sets the variant bits (10xx) in the high nibble of byte 8: hex digit 16 keeps its low two bits only.
 _VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
-_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+# the two hex digits of each byte value, as one uint16 (in memory order)
+_HEX_PAIRS = np.frombuffer("".join(f"{i:02x}" for i in range(256)).encode(), dtype=np.uint16)
 # (text columns, hex-digit columns) of the five dash-separated uuid groups 8-4-4-4-12
 _UUID_GROUPS = (((0, 8), (0, 8)), ((9, 13), (8, 12)), ((14, 18), (12, 16)), ((19, 23), (16, 20)), ((24, 36), (20, 32)))
 
@@ -58,9 +59,7 @@ def external_ids(
     digest = np.frombuffer(joined, dtype=np.uint8).reshape(n, 20)[:, :16].copy()
     digest[:, 6] = (digest[:, 6] & 0x0F) | 0x50  # version 5
     digest[:, 8] = (digest[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
-    hexed = np.empty((n, 32), dtype=np.uint8)
-    hexed[:, 0::2] = _HEX_DIGITS[digest >> 4]
-    hexed[:, 1::2] = _HEX_DIGITS[digest & 0x0F]
+    hexed = _HEX_PAIRS[digest].view(np.uint8)  # (n, 32): two hex digits per byte, by table
     text = np.full((n, 36), ord("-"), dtype=np.uint8)
     for (start, end), (h_start, h_end) in _UUID_GROUPS:
         text[:, start:end] = hexed[:, h_start:h_end]
@@ -123,18 +122,27 @@ def winners(keys: pa.Table) -> pa.BooleanArray:
     if n == 0:
         return pa.array([], pa.bool_())
     # Hash-encode the string key to integers once so the sort compares int64s, not 36-character strings.
-    encoded = pc.dictionary_encode(keys.column("external_id")).combine_chunks()
+    ids = keys.column("external_id")
+    # one dictionary for the whole column (per-chunk dictionaries would have to be unified afterwards)
+    encoded = pc.dictionary_encode(ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids)
     codes = pc.fill_null(encoded.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
     nulls = np.flatnonzero(codes < 0)
     codes[nulls] = len(encoded.dictionary) + np.arange(len(nulls))  # each null external_id is its own group
+    # Nearly every id occurs once: those rows win outright, and only the rows of repeated ids are sorted.
+    mask = np.ones(n, dtype=bool)
+    contested = np.flatnonzero(np.bincount(codes)[codes] > 1)
+    if not len(contested):
+        return pa.array(mask)
+    rows = pa.array(contested, pa.int64())
     lowest = np.iinfo(np.int64).min
-    modified = _int64(keys.column("last_modified"), lowest)
-    tc_id = _int64(keys.column("tc_id"), lowest)
+    modified = _int64(keys.column("last_modified").take(rows), lowest)
+    tc_id = _int64(keys.column("tc_id").take(rows), lowest)
     if "deleted" in keys.column_names:
-        deleted = pc.fill_null(keys.column("deleted"), False).cast(pa.int8())
+        deleted = pc.fill_null(keys.column("deleted").take(rows), False).cast(pa.int8())
         deleted = deleted.combine_chunks() if isinstance(deleted, pa.ChunkedArray) else deleted
     else:
-        deleted = pa.array(np.zeros(n, dtype=np.int8))
+        deleted = pa.array(np.zeros(len(contested), dtype=np.int8))
+    codes = codes[contested]
     # Arrow's sort is stable (full ties keep input order, so the first occurrence wins) and, on integer keys,
     # about three times faster than numpy's lexsort.
     order = pc.sort_indices(
@@ -142,11 +150,10 @@ def winners(keys: pa.Table) -> pa.BooleanArray:
         [("id", "ascending"), ("deleted", "ascending"), ("modified", "descending"), ("tc_id", "descending")],
     ).to_numpy()
     sorted_codes = codes[order]
-    first = np.empty(n, dtype=bool)
+    first = np.empty(len(order), dtype=bool)
     first[0] = True
     np.not_equal(sorted_codes[1:], sorted_codes[:-1], out=first[1:])
-    mask = np.zeros(n, dtype=bool)
-    mask[order[first]] = True
+    mask[contested[order[~first]]] = False
     return pa.array(mask)
 
 

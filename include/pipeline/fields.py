@@ -75,7 +75,8 @@ def tags(column: pa.ChunkedArray | pa.Array, extra: tuple[str, ...]) -> pa.Array
     values = pc.list_flatten(column)
     parents = _numpy(pc.list_parent_indices(column)) if len(values) else np.empty(0, dtype=np.int64)
     if extra:
-        values = pa.concat_arrays([values.cast(pa.string()), pa.array(list(extra) * n, pa.string())])
+        each_row = pa.array(list(extra), pa.string()).take(pa.array(np.tile(np.arange(len(extra)), n), pa.int64()))
+        values = pa.concat_arrays([values.cast(pa.string()), each_row])
         parents = np.concatenate([parents, np.repeat(np.arange(n, dtype=np.int64), len(extra))])
     if not len(values):
         return pa.array([[] for _ in range(n)], NORMALIZED_SCHEMA.field("tags").type)
@@ -178,12 +179,17 @@ def descriptions(
             return _per_row(n, m, values, variants, has, desc_codes, desc_texts, coded)
         used = np.where(has, codes if name in with_fields else 0, codes if name in without_fields else 0)
         key = key * len(distinct) + used
-    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    # Rows with one key have one text: a hash encoding of the keys (cheaper than np.unique's sort), each distinct
+    # key rendered from its first row.
+    groups = pc.dictionary_encode(pa.array(key, pa.int64()))
+    codes = _numpy(groups.indices)
+    first = np.empty(len(groups.dictionary), dtype=np.int64)
+    first[codes[::-1]] = np.arange(n - 1, -1, -1, dtype=np.int64)
     texts = []
     for row in first.tolist():
         fmt, fields = (with_fmt, with_fields) if has[row] else (without_fmt, without_fields)
         texts.append(fit(fmt.format(*(inputs[f][1][inputs[f][0][row]] for f in fields))))
-    return pa.array(texts, pa.string()).take(pa.array(inverse.reshape(-1), pa.int64()))
+    return pa.array(texts, pa.string()).take(groups.indices)
 
 
 def _unique(codes: np.ndarray) -> tuple[np.ndarray, list[Any]]:

@@ -134,7 +134,8 @@ def normalize(
         raw_rows = 0
         for batch in store.iter_batches("raw", indicator_type, run_id):
             raw_rows += batch.num_rows
-            batch = batch.append_column("indicator_type", pa.array([indicator_type] * batch.num_rows, pa.string()))
+            labels = pa.repeat(pa.scalar(indicator_type, pa.string()), batch.num_rows)
+            batch = batch.append_column("indicator_type", labels)
             normalized, rejected = normalize_batch(batch)
             good.write(normalized)
             bad.write(rejected)

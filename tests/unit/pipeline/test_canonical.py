@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
+import idna
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -18,6 +19,7 @@ from include.pipeline.canonical import (
     canonical_url,
     canonicalize,
 )
+from include.pipeline.idn import plain_idna as _plain_idna
 
 # --- good values ------------------------------------------------------------------------------------------------
 
@@ -335,3 +337,85 @@ def test_the_url_limit_counts_the_percent_encoded_form_that_is_sent() -> None:
     value, reason = canonical_url("https://example.com/" + "é" * 700)
     assert value is None
     assert "2,083" in reason
+
+
+# --- the plain-IDN shortcut against idna itself -----------------------------------------------------------------
+
+# Letters of the scripts feeds use, and everything that must send a name to idna instead: upper case (ASCII and
+# not), marks, joiners, right-to-left letters and digits, other full stops, fullwidth forms, contextual characters
+# (middle dots, Greek keraia), characters UTS #46 maps (the Kelvin sign, the long s, 'ẞ'), deviations, emoji.
+_IDN_ALPHABET = st.sampled_from(
+    [
+        *"abcxyz0189-.",
+        *"ABC",
+        *"üößéàçñøåæ",
+        *"ÜÖÄÉ",
+        "ẞ",
+        *"παράδειγμαςΣΑ",
+        *"пример\u0451рфЖЯ",
+        *"例え日本語",
+        *"ひらがなカタカナ",
+        "\u30fb",  # katakana middle dot (CONTEXTO)
+        "\u00b7",  # middle dot (CONTEXTO)
+        "\u0375",  # Greek lower numeral sign (CONTEXTO)
+        "\u0301",  # combining acute accent
+        "e\u0301",  # not NFC
+        "\u200d",  # zero width joiner (CONTEXTJ)
+        "\u200c",  # zero width non-joiner (CONTEXTJ)
+        *"אב",  # Hebrew
+        *"عر",  # Arabic
+        "\u0661",  # Arabic-Indic digit one
+        "\u3002",  # ideographic full stop
+        "\uff0e",  # fullwidth full stop
+        "ｆ",  # fullwidth f
+        "\u212a",  # Kelvin sign
+        "\u017f",  # long s
+        "İ",
+        "\u00ad",  # soft hyphen (ignored by UTS #46)
+        "😀",
+        "xn--",
+        "--",
+        "a" * 60,
+        "ü" * 30,
+    ]
+)
+
+
+def _idna_answer(name: str) -> str | None:
+    try:
+        return idna.encode(name, uts46=True, transitional=False).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        return None
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.lists(_IDN_ALPHABET, min_size=1, max_size=14).map("".join))
+@example("bücher.de")
+@example("παράδειγμα31.рф")
+@example("例え.jp")
+@example("ab--ü.com")
+@example("-ü.com")
+@example("ü-.com")
+@example("ü..com")
+@example("ü.com.")
+@example("xn--ü.com")
+@example(("ü" * 60) + ".com")
+def test_the_plain_idn_shortcut_gives_idnas_answer_or_none(name):
+    plain = _plain_idna(name)
+    assert plain is None or plain == _idna_answer(name)
+
+
+@pytest.mark.parametrize(
+    "block", [(0x00A0, 0x0250), (0x0370, 0x0400), (0x0400, 0x0530), (0x3040, 0x3100), (0x4E00, 0x4F00)]
+)
+def test_every_character_the_shortcut_keeps_is_kept_by_idna(block):
+    for cp in range(*block):
+        for name in (f"a{chr(cp)}b.com", f"{chr(cp)}.example", f"x1{chr(cp)}{chr(cp)}.рф"):
+            plain = _plain_idna(name)
+            assert plain is None or plain == _idna_answer(name), name
+
+
+def test_the_common_idns_take_the_shortcut():
+    for name in ("bücher451.com", "παράδειγμα31.рф", "пример564.рф", "café313.com", "例え.jp", "ひらがな.jp"):
+        assert _plain_idna(name) == _idna_answer(name) is not None
+    assert canonical_host("Bücher.DE.") == ("xn--bcher-kva.de", "domain")  # upper case: idna's own path

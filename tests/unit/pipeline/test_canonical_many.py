@@ -30,6 +30,9 @@ URL_PARTS = st.sampled_from(
         "htp://",
         "Example.COM",
         "a.b",
+        "MiXeD.Example",
+        "\u212a.com",  # the Kelvin sign: RE2's case-insensitive match folds it to "k"; UTS #46 maps it to "k"
+        "\u017fite.com",  # the long s (folds to "s")
         "xn--fa-hia.de",
         "faß.de",
         "1.2.3.4",
@@ -109,6 +112,11 @@ def test_realistic_values_match_one_at_a_time(kind) -> None:
             "https://A.example/ü",
             "https://a.example/" + "x" * 2070,
             "http://u@a.example/",
+            "HTTPS://WWW.Example.COM/Path/A?Q=B#F",
+            "FTP://x.Y.z/",
+            "http://exampl\u212a.com/a",
+            "https://\u017fite.example/",
+            "HTTP://\u212aELVIN.example/%aa",
         ],
     }[kind]
     values = samples * 10
