@@ -54,12 +54,19 @@ def limiter_path(root: Path, identity: str) -> Path:
 
 
 class SharedRateLimiter:
-    """At most ``max_requests`` per ``per_seconds`` sliding window, across threads and processes.
+    """At most ``max_requests`` per ``per_seconds`` sliding window, across threads and processes, spread evenly.
 
-    The state (send times inside the window and a server-imposed pause) is a small JSON file guarded by
-    ``fcntl.flock``, so the mapped load tasks of one identity share one budget instead of each assuming it owns
-    the whole API limit, and a 429 seen by one task pauses them all. Times come from ``time.time`` because a
-    monotonic clock is not comparable between processes.
+    The state (send times inside the window, the earliest time of the next send, and a server-imposed pause) is a
+    small JSON file guarded by ``fcntl.flock``, so the mapped load tasks of one identity share one budget instead of
+    each assuming it owns the whole API limit, and a 429 seen by one task pauses them all. Times come from
+    ``time.time`` because a monotonic clock is not comparable between processes.
+
+    With ``spread`` (the default) two admissions are at least ``per_seconds / max_requests`` apart. A window alone
+    lets a burst through whenever its oldest entries leave, and bursts repeat a window later; a request reaches the
+    service a few milliseconds after it was admitted, and when several are in flight those few milliseconds vary,
+    so a repeated burst arrives compressed and the service's own window (counting arrivals, with only the margin
+    between its limit and ours to spare) answers 429. Evenly spread, arrivals would have to drift by a whole
+    interval per request of margin before the service refused one.
     """
 
     def __init__(
@@ -69,12 +76,15 @@ class SharedRateLimiter:
         per_seconds: float = 60.0,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        spread: bool = True,
     ) -> None:
         if max_requests < 1 or per_seconds <= 0:
             raise ValueError("max_requests must be >= 1 and per_seconds > 0")
         self.state_path = Path(state_path)
         self.max_requests = max_requests
         self.per_seconds = float(per_seconds)
+        # Two admissions are at least this far apart (0: a burst may fill the window at once).
+        self.spacing = self.per_seconds / max_requests if spread else 0.0
         self._clock = clock
         self._sleep = sleep
         self.waited = 0.0  # seconds this instance spent blocked in acquire(), for task metrics
@@ -93,9 +103,12 @@ class SharedRateLimiter:
                 sent = [t for t in state.sent if now - self.per_seconds < t <= now + self.per_seconds]
                 if state.paused_until > now:
                     delay = state.paused_until - now
+                elif state.next_at > now:
+                    delay = state.next_at - now
                 elif len(sent) < self.max_requests:
                     sent.append(now)
                     state.sent = sent
+                    state.next_at = now + self.spacing
                     state.save()
                     self.waited += waited
                     return waited
@@ -135,6 +148,7 @@ class _LockedState:
         self._fd = -1
         self.sent: list[float] = []
         self.paused_until = 0.0
+        self.next_at = 0.0
 
     def __enter__(self) -> _LockedState:
         self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -156,13 +170,14 @@ class _LockedState:
             data = json.loads(raw)
             self.sent = [float(t) for t in data.get("sent", [])]
             self.paused_until = float(data.get("paused_until", 0.0))
+            self.next_at = float(data.get("next_at", 0.0))
         except (ValueError, TypeError, AttributeError):
             # A torn write (a process killed mid-save) only loses the window: start a fresh one.
             log.warning("rate-limit state %s was unreadable; starting a new window", self._path)
-            self.sent, self.paused_until = [], 0.0
+            self.sent, self.paused_until, self.next_at = [], 0.0, 0.0
 
     def save(self) -> None:
-        payload = json.dumps({"sent": self.sent, "paused_until": self.paused_until}).encode()
+        payload = json.dumps({"sent": self.sent, "paused_until": self.paused_until, "next_at": self.next_at}).encode()
         os.lseek(self._fd, 0, os.SEEK_SET)
         os.ftruncate(self._fd, 0)
         os.write(self._fd, payload)

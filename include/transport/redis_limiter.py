@@ -45,6 +45,7 @@ class RedisRateLimiter:
         max_requests: int,
         per_seconds: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
+        spread: bool = True,
         **redis_options: Any,
     ) -> None:
         """
@@ -56,6 +57,9 @@ class RedisRateLimiter:
             max_requests: requests admitted per window.
             per_seconds: the window, in whole seconds (the ``limits`` moving window counts whole seconds).
             sleep: how to wait (tests may count the waits).
+            spread: admit two requests at least ``per_seconds / max_requests`` apart (see
+                :class:`include.transport.limiter.SharedRateLimiter`): a key that lives that long marks the last
+                admission, for every host.
             redis_options: passed to ``redis.Redis`` (e.g. ``socket_timeout``).
         """
         if max_requests < 1 or per_seconds < 1 or per_seconds != int(per_seconds):
@@ -71,6 +75,8 @@ class RedisRateLimiter:
         self._window = MovingWindowRateLimiter(self._storage)
         self._item = RateLimitItemPerSecond(max_requests, int(per_seconds))
         self._pause_key = f"{KEY_PREFIX}:pause:{self.key}"
+        self._gap_key = f"{KEY_PREFIX}:gap:{self.key}"
+        self._gap_ms = max(1, math.floor(self.per_seconds * 1000 / max_requests)) if spread else 0
 
     def acquire(self) -> float:
         """Block until one more request fits the shared budget, and count it.
@@ -83,6 +89,9 @@ class RedisRateLimiter:
             paused_ms = self._redis.pttl(self._pause_key)  # -2: no pause; -1 cannot happen (always set with PX)
             if paused_ms > 0:
                 delay = paused_ms / 1000.0
+            elif self._gap_ms and not self._redis.set(self._gap_key, "1", nx=True, px=self._gap_ms):
+                # Another admission (on any host) was less than the spacing ago: wait for its key to expire.
+                delay = max(self._redis.pttl(self._gap_key), 1) / 1000.0
             elif self._window.hit(self._item, self.key):
                 self.waited += waited
                 return waited

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import time
@@ -144,12 +145,15 @@ class DefenderService:
     def __call__(self, request: Request) -> Response | None:
         if not (request.path == PREFIX or request.path.startswith(PREFIX + "/")):
             return None
+        # The budget counts a request when it arrives, as a service's front door does, not when this simulator's
+        # one lock lets it through (requests that arrive together would otherwise count late, and out of order).
+        arrived = self.clock()
         with self._lock:
-            response, items, client_id = self._handle(request)
+            response, items, client_id = self._handle(request, arrived)
             self.requests.append(LoggedRequest(request.method, request.path, items, response.status, client_id))
             return response
 
-    def _handle(self, request: Request) -> tuple[Response, int, str | None]:
+    def _handle(self, request: Request, arrived: float) -> tuple[Response, int, str | None]:
         items = count_items(request)
         issued = self.login.authenticate(request, DEFENDER_AUDIENCE)
         if isinstance(issued, Response):
@@ -162,7 +166,7 @@ class DefenderService:
                 issued.client_id,
             )
         api = api_of(request)
-        limited = self._rate_limited(issued.client_id, api)
+        limited = self._rate_limited(issued.client_id, api, arrived)
         if limited is not None:
             return limited, items, issued.client_id
         fault = self._take_fault(request.path)
@@ -193,11 +197,10 @@ class DefenderService:
         return error(405, "MethodNotAllowed", f"{request.method} is not supported on {request.path}.")
 
     # ----------------------------------------------------------------- throttling, faults, expiry
-    def _rate_limited(self, client_id: str, api: str) -> Response | None:
+    def _rate_limited(self, client_id: str, api: str, now: float) -> Response | None:
         limits = (self.rate_limits or {}).get(api)
         if not limits:
             return None
-        now = self.clock()
         waits = []
         for index, (calls, minutes) in enumerate(limits):
             span = minutes * self.minute_seconds
@@ -215,7 +218,7 @@ class DefenderService:
                 {"Retry-After": str(seconds)},
             )
         for index in range(len(limits)):  # only admitted calls count, so a client that waits as told gets in
-            self._windows[(client_id, api, index)].append(now)
+            bisect.insort(self._windows[(client_id, api, index)], now)  # arrivals may take the lock out of order
         return None
 
     def _take_fault(self, path: str) -> Fault | None:

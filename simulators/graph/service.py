@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 import uuid
@@ -179,8 +180,10 @@ class GraphService:
     def __call__(self, request: Request) -> Response | None:
         if not (request.path == PREFIX or request.path.startswith(PREFIX + "/")):
             return None
+        # The budget counts a request when it arrives, as a service's front door does, not when this simulator's
+        # one lock lets it through (requests that arrive together would otherwise count late, and out of order).
+        at = self.clock()
         with self._lock:
-            at = self.clock()
             response, items, client_id = self._handle(request, at)
             self.requests.append(LoggedRequest(request.method, request.path, items, response.status, client_id, at))
             return response
@@ -245,7 +248,7 @@ class GraphService:
         if len(window) >= self.rate_limit_per_minute:
             wait = max(1, int(window[0] + self.rate_window_seconds - now + 0.999))
             return too_many_requests(wait)
-        window.append(now)
+        bisect.insort(window, now)  # arrivals may take the lock out of order
         return None
 
     def _take_fault(self, path: str) -> _Fault | None:

@@ -53,8 +53,10 @@ def _limiter(
     max_requests: int = 3,
     per_seconds: float = 60,
     sleep: RefusingSleep | None = None,
+    spread: bool = False,
 ) -> RedisRateLimiter:
-    return RedisRateLimiter(url, identity, max_requests, per_seconds, sleep=sleep or RefusingSleep())
+    """The window's own rules are tested without spreading (``spread=False``); spreading has its own tests."""
+    return RedisRateLimiter(url, identity, max_requests, per_seconds, sleep=sleep or RefusingSleep(), spread=spread)
 
 
 def _admitted_until_asked_to_wait(limiter: RedisRateLimiter, attempts: int) -> int:
@@ -89,7 +91,7 @@ def test_the_request_over_the_budget_waits_for_the_oldest_to_leave_the_window(ur
 
 
 def _draw(url: str, identity: str, attempts: int, results: multiprocessing.Queue) -> None:
-    limiter = RedisRateLimiter(url, identity, 7, 60, sleep=RefusingSleep())
+    limiter = RedisRateLimiter(url, identity, 7, 60, sleep=RefusingSleep(), spread=False)
     results.put(_admitted_until_asked_to_wait(limiter, attempts))
 
 
@@ -153,12 +155,22 @@ def test_a_paused_acquire_goes_through_once_the_pause_is_over(url: str) -> None:
     assert limiter.in_window() == 1
 
 
+def test_by_default_two_admissions_on_any_host_are_the_budget_s_spacing_apart(url: str) -> None:
+    sleep = RefusingSleep()
+    first = RedisRateLimiter(url, "app|tenant|graph", 4, 60, sleep=RefusingSleep())
+    second = RedisRateLimiter(url, "app|tenant|graph", 4, 60, sleep=sleep)
+    assert first.acquire() == 0.0
+    with pytest.raises(WouldWait):
+        second.acquire()
+    assert 10 < sleep.asked[0] <= 15  # 60 s / 4: the next admission is 15 s after the first
+
+
 def test_redis_holds_no_identity_in_clear(url: str) -> None:
-    limiter = _limiter(url, identity=f"{CLIENT_ID}|tenant-xyz|graph")
+    limiter = _limiter(url, identity=f"{CLIENT_ID}|tenant-xyz|graph", spread=True)
     limiter.acquire()
     limiter.penalise(10)
     keys = redis.Redis.from_url(url).keys("*")
-    assert len(keys) == 2
+    assert len(keys) == 3  # the window, the pause and the spacing
     assert not [k for k in keys if CLIENT_ID.encode() in k or b"tenant-xyz" in k]
 
 

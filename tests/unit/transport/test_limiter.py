@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import time
 from pathlib import Path
@@ -17,8 +18,36 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-def _limiter(path: Path, clock: FakeClock, max_requests: int = 3, per_seconds: float = 10.0) -> SharedRateLimiter:
-    return SharedRateLimiter(path, max_requests, per_seconds, clock=clock, sleep=clock.sleep)
+def _limiter(
+    path: Path, clock: FakeClock, max_requests: int = 3, per_seconds: float = 10.0, spread: bool = False
+) -> SharedRateLimiter:
+    """The window's own rules are tested without spreading (``spread=False``); spreading has its own tests."""
+    return SharedRateLimiter(path, max_requests, per_seconds, clock=clock, sleep=clock.sleep, spread=spread)
+
+
+def test_by_default_admissions_are_spread_evenly_over_the_window(tmp_path: Path, clock: FakeClock) -> None:
+    limiter = SharedRateLimiter(tmp_path / "rl.json", 3, 9.0, clock=clock, sleep=clock.sleep)
+    assert [limiter.acquire() for _ in range(4)] == pytest.approx([0.0, 3.0, 3.0, 3.0])
+
+
+def test_spread_admissions_of_two_holders_share_one_spacing(tmp_path: Path, clock: FakeClock) -> None:
+    first = _limiter(tmp_path / "rl.json", clock, max_requests=4, per_seconds=8.0, spread=True)
+    second = _limiter(tmp_path / "rl.json", clock, max_requests=4, per_seconds=8.0, spread=True)
+    first.acquire()
+    assert second.acquire() == pytest.approx(2.0)
+    clock.now += 5.0  # idle longer than the spacing: the next goes at once
+    assert first.acquire() == 0.0
+
+
+def test_a_spread_budget_never_lets_a_window_hold_more_than_the_budget(tmp_path: Path, clock: FakeClock) -> None:
+    limiter = _limiter(tmp_path / "rl.json", clock, max_requests=5, per_seconds=7, spread=True)
+    times = []
+    for _ in range(40):
+        limiter.acquire()
+        times.append(clock.now)
+    assert max(sum(1 for t in times if start <= t < start + 7) for start in times) == 5
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert min(gaps) == pytest.approx(7 / 5)
 
 
 def test_requests_within_the_budget_do_not_wait(tmp_path: Path, clock: FakeClock) -> None:
