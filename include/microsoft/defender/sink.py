@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -23,6 +24,9 @@ from include.pipeline.ports import FAILED, OK, REJECTED, Listed, OwnListing, Sin
 from include.transport.batch import BatchRefused, ItemAnswer, send_in_batches
 
 log = logging.getLogger(__name__)
+
+#: Indicators one tenant holds at most, every source together (Defender's documented limit).
+TENANT_CAPACITY = 15_000
 
 #: Words of a ``failureReason`` that refuse the item's content (or the tenant's capacity): a resend in the same run
 #: cannot pass. The real texts are UNCONFIRMED, so anything else counts as transient: resent, then ``failed``, which
@@ -100,7 +104,7 @@ class DefenderSink:
         rbac_group_names: Sequence[str] | None = None,
         batch_size: int = MAX_IMPORT,
         max_item_attempts: int = 3,
-        capacity: int = 15_000,
+        capacity: int = TENANT_CAPACITY,
         in_flight: int = DEFAULT_IN_FLIGHT,
     ) -> None:
         if not client.client_id:
@@ -126,8 +130,11 @@ class DefenderSink:
         self.capacity: int | None = capacity
 
     def lookup_requests(self, external_ids: Sequence[str]) -> int:
-        """``fetch`` lists our own (one request per 10,000) whatever the ids: at most two for the tenant's cap."""
-        return 1 if external_ids else 0
+        """``fetch`` lists our own (one request per 10,000) whatever the ids: two for the tenant's cap of 15,000.
+
+        Counted at the cap, not at one: a look-up costs what a listing does, so the read-back lists once, keeps the
+        listing and lets the run's other types read it (counted at one, each type listed again)."""
+        return math.ceil(TENANT_CAPACITY / MAX_TOP) if external_ids else 0
 
     @property
     def listing(self) -> OwnListing | None:
