@@ -50,7 +50,8 @@ def test_the_load_logs_its_plan_cost_first_and_a_progress_line_per_ten_seconds(p
     # A budget of 12 requests a minute: a load step is 2 writes of 100 rows (10 s of the budget). The limiter's own
     # clock is the wall clock (it admits at once: 12 is more than the writes); the messages' clock is a fake one
     # that moves 10 s per reading, so every step is due a line whatever the machine's speed.
-    limiter = SharedRateLimiter(tmp_path / "budget.json", max_requests=120, per_seconds=600)
+    # Not spread: spreading 120 over 600 s would make each write wait 5 s of real time for nothing this test checks.
+    limiter = SharedRateLimiter(tmp_path / "budget.json", max_requests=120, per_seconds=600, spread=False)
     sink = GraphSink(GraphClient(stack.ms_server.base_url, tokens, limiter=limiter))
     policy = lifecycle.Policy(
         interval_start=START, interval_end=END, expiry_days=mapping.expiration.days_for, expiration=mapping.expiration
