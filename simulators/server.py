@@ -125,32 +125,41 @@ class Slowness:
     A request matching the predicate waits ``seconds`` before it is handled (outside every service's lock, so
     requests that arrive together are answered together, as a real service answers them). ``peak`` is the most
     such requests ever in progress at once: 1 means the client sent them one after another.
+
+    With ``together`` above 1, a request is held only until ``together`` were in progress at once (or ``seconds``
+    pass): a test learns whether a client sends side by side without depending on how fast the machine is.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self.seconds = 0.0
+        self.together = 1
         self.predicate: Callable[[Request], bool] = lambda _request: False
         self.in_progress = 0
         self.peak = 0
 
-    def set(self, seconds: float, predicate: Callable[[Request], bool]) -> None:
+    def set(self, seconds: float, predicate: Callable[[Request], bool], together: int = 1) -> None:
         with self._lock:
-            self.seconds, self.predicate, self.peak = seconds, predicate, 0
+            self.seconds, self.predicate, self.together, self.peak = seconds, predicate, together, 0
 
     @contextlib.contextmanager
     def taking(self, request: Request) -> Iterator[None]:
         with self._lock:
-            seconds = self.seconds if self.seconds > 0 and self.predicate(request) else 0.0
-            if seconds:
+            counted = self.seconds > 0 and self.predicate(request)
+            pause = self.seconds if counted else 0.0
+            if counted:
                 self.in_progress += 1
                 self.peak = max(self.peak, self.in_progress)
+                self._lock.notify_all()
+                if self.together > 1:
+                    self._lock.wait_for(lambda: self.peak >= self.together, timeout=pause)
+                    pause = 0.0
         try:
-            if seconds:
-                time.sleep(seconds)
+            if pause:
+                time.sleep(pause)
             yield
         finally:
-            if seconds:
+            if counted:
                 with self._lock:
                     self.in_progress -= 1
 
@@ -175,10 +184,11 @@ class HttpsServer:
         self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self._thread: threading.Thread | None = None
 
-    def slow(self, seconds: float, predicate: Callable[[Request], bool]) -> Slowness:
-        """Make requests matching ``predicate`` take ``seconds`` each (0: as fast as possible again); the returned
-        :class:`Slowness` counts how many were in progress at once."""
-        self._server.slowness.set(seconds, predicate)
+    def slow(self, seconds: float, predicate: Callable[[Request], bool], together: int = 1) -> Slowness:
+        """Make requests matching ``predicate`` take ``seconds`` each (0: as fast as possible again), or with
+        ``together`` only until that many were in progress at once; the returned :class:`Slowness` counts how many
+        were in progress at once."""
+        self._server.slowness.set(seconds, predicate, together)
         return self._server.slowness
 
     @property

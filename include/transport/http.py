@@ -34,6 +34,7 @@ import tenacity
 import urllib3
 
 from include.pipeline.errors import PermanentError
+from include.transport.batch import MAX_IN_FLIGHT
 from include.transport.retry_after import retry_after
 
 log = logging.getLogger(__name__)
@@ -138,7 +139,7 @@ class TlsError(TransportError, PermanentError):
     """TLS verification failed: a certificate problem does not heal by retrying."""
 
 
-def new_session(ca_bundle: str | None = None, pool_size: int = 16) -> requests.Session:
+def new_session(ca_bundle: str | None = None, pool_size: int = MAX_IN_FLIGHT) -> requests.Session:
     """A ``requests`` session that verifies TLS against ``ca_bundle`` (default: ``REQUESTS_CA_BUNDLE`` or certifi).
 
     Verification is never switched off; the simulators' throwaway CA reaches clients through the bundle.

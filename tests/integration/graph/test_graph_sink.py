@@ -310,8 +310,9 @@ def test_reading_back_a_few_ids_in_a_large_target_falls_back_to_look_ups(
 
 
 def test_writes_wait_for_their_answers_together_and_each_indicator_is_created_once(stack: GraphStack) -> None:
-    # A real submit of 100 takes Graph a while: the next batches go while the first waits for its answer.
-    slowness = stack.server.slow(0.3, lambda request: request.path.endswith("submitTiIndicators"))
+    # A real submit of 100 takes Graph a while: the next batches go while the first waits for its answer. The
+    # simulator holds the first submit until a second is in progress (one at a time, it would wait 30 s for nothing).
+    slowness = stack.server.slow(30, lambda request: request.path.endswith("submitTiIndicators"), together=2)
     sink = GraphSink(stack.new_client(), in_flight=4)
     rows = ip_rows(1000)
     results = sink.upsert(rows, never_sent=frozenset(rows["external_id"]))
