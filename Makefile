@@ -23,10 +23,13 @@ help:
 
 venv: $(STAMP)
 
+# --compile-bytecode: every Airflow process (each `dags test`, scheduler, worker and task) imports thousands of
+# modules; where PYTHONDONTWRITEBYTECODE is set no .pyc is ever written, and each start compiles them all again
+# (`airflow version`: 6.7 s without, 3.4 s with).
 $(STAMP): requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
-	$(VENV)/bin/uv pip sync --python $(PY) requirements-dev.lock
+	$(VENV)/bin/uv pip sync --python $(PY) --compile-bytecode requirements-dev.lock
 	touch $(STAMP)
 
 demo: $(STAMP)
