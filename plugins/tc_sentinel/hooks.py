@@ -146,10 +146,24 @@ class MsGraphHook(BaseHook):
         self.msgraph_conn_id = msgraph_conn_id
 
     def get_conn(self) -> Any:
+        return self._client(self._connection())
+
+    def get_sink(self) -> Sink:
+        from include.microsoft.graph import DEFAULT_IN_FLIGHT, GraphSink
+        from include.transport.batch import configured_in_flight
+
+        connection = self._connection()  # read once: a secrets backend is asked once per sink
+        in_flight = configured_in_flight(connection.extra_dejson, DEFAULT_IN_FLIGHT)
+        return GraphSink(self._client(connection), in_flight=in_flight)
+
+    def _connection(self) -> Any:
+        redaction.install()  # before the Connection's secrets reach the process (see redaction.py)
+        return self.get_connection(self.msgraph_conn_id)
+
+    @staticmethod
+    def _client(connection: Any) -> Any:
         from include.microsoft.graph import DEFAULT_REQUESTS_PER_MINUTE, GraphClient
 
-        redaction.install()  # before the Connection's secrets reach the process (see redaction.py)
-        connection = self.get_connection(self.msgraph_conn_id)
         extra = _require(connection, "tenant_id")
         tokens = TokenProvider(
             extra["tenant_id"],
@@ -166,13 +180,6 @@ class MsGraphHook(BaseHook):
             float(extra.get("budget_window_seconds") or 60),
         )
         return GraphClient(base_url(connection, "https://graph.microsoft.com"), tokens, limiter=limiter)
-
-    def get_sink(self) -> Sink:
-        from include.microsoft.graph import DEFAULT_IN_FLIGHT, GraphSink
-        from include.transport.batch import configured_in_flight
-
-        extra = self.get_connection(self.msgraph_conn_id).extra_dejson
-        return GraphSink(self.get_conn(), in_flight=configured_in_flight(extra, DEFAULT_IN_FLIGHT))
 
 
 class SentinelHook(BaseHook):

@@ -513,3 +513,22 @@ def test_preflight_names_a_max_in_flight_outside_one_to_sixteen_before_anything_
     assert check.permanent
     assert "max_in_flight" in check.detail
     assert RecordingMsal.built == []  # refused before a token was asked for
+
+
+@pytest.mark.parametrize("kind", list(CONN_IDS))
+def test_a_sink_reads_its_connection_once_so_a_secrets_backend_is_asked_once(
+    monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    from airflow.sdk.bases.hook import BaseHook
+
+    _microsoft(monkeypatch, CONN_IDS[kind], "https://api.example", **EXTRA[kind])
+    asked: list[str] = []
+    real = BaseHook.get_connection.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type, conn_id: str) -> Any:
+        asked.append(conn_id)
+        return real(cls, conn_id)
+
+    monkeypatch.setattr(BaseHook, "get_connection", classmethod(counting))
+    _sink_of(kind)
+    assert asked.count(CONN_IDS[kind]) == 1  # (the shared budget's optional Redis Connection is asked for too)
