@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
+import zoneinfo
 
+import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from include.microsoft.graph import OBSERVABLE_FIELDS, GraphSink
+from include.microsoft.graph.payload import iso_utc
 from simulators.graph import validate_new
 from tests.unit.microsoft.graph_rows import SAMPLES, normalized_row, rows_frame
 
@@ -161,3 +167,34 @@ def test_verify_fields_cover_every_field_that_identifies_and_scores_the_indicato
     core = set(GraphSink.verify_fields) - set(OBSERVABLE_FIELDS) - {"fileHashType"}
     assert core <= payload.keys()
     assert SAMPLES[sample][1] in GraphSink.verify_fields
+
+
+_GRAPH_INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d*[1-9])?Z$")
+_ZONES = st.sampled_from(
+    [None, dt.UTC, zoneinfo.ZoneInfo("UTC"), zoneinfo.ZoneInfo("Asia/Kolkata"), dt.timezone(dt.timedelta(hours=-7))]
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    moment=st.datetimes(min_value=dt.datetime(1000, 1, 2), max_value=dt.datetime(9999, 12, 30)),
+    zone=_ZONES,
+    boxed=st.sampled_from(["datetime", "pandas", "text"]),
+)
+def test_a_moment_is_written_as_the_same_instant_in_utc_with_z_and_no_trailing_zeros(
+    moment: dt.datetime, zone: dt.tzinfo | None, boxed: str
+) -> None:
+    """However the row holds the moment (a datetime in any zone or none, a pandas Timestamp, ISO text), Graph gets
+    one spelling: the same instant (a naive moment is UTC), in UTC with ``Z``, a fraction only when there is one."""
+    local = moment.replace(tzinfo=zone)
+    value: object = {"datetime": local, "pandas": pd.Timestamp(local), "text": local.isoformat()}[boxed]
+    text = iso_utc(value)
+    assert text is not None
+    assert _GRAPH_INSTANT.match(text), text
+    instant = local if zone is not None else local.replace(tzinfo=dt.UTC)
+    assert dt.datetime.fromisoformat(text.replace("Z", "+00:00")) == instant
+
+
+@pytest.mark.parametrize("missing", [None, pd.NaT, float("nan"), pd.NA])
+def test_a_missing_moment_is_none(missing: object) -> None:
+    assert iso_utc(missing) is None
