@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,10 +14,15 @@ from include.pipeline.schema import TS
 _TIMESPECS = ("seconds", "milliseconds", "microseconds", "auto")
 
 
+_ZONE_UTC = zoneinfo.ZoneInfo("UTC")  # what Arrow's UTC timestamps carry in pandas; dt.UTC is the other spelling
+
+
 def as_utc(value: dt.datetime) -> dt.datetime:
     """An aware UTC datetime; a naive one is taken as UTC (every source and snapshot of this project is UTC)."""
     if value.tzinfo is None:
         return value.replace(tzinfo=dt.UTC)
+    if value.tzinfo is dt.UTC:
+        return value  # already there (astimezone would copy it, at a cost every row of a load pays)
     return value.astimezone(dt.UTC)
 
 
@@ -65,10 +71,18 @@ def iso(value: dt.datetime, timespec: str = "auto") -> str:
     """
     if timespec not in _TIMESPECS:
         raise ValueError(f"timespec must be one of {_TIMESPECS}, got {timespec!r}")
-    utc = as_utc(value)
+    # Written field by field: the same text as ``isoformat`` (fractions truncated, never rounded), without the
+    # copies ``astimezone``/``replace`` make of a pandas Timestamp; plan, write and verify call this for every row.
+    utc = value if value.tzinfo is _ZONE_UTC else as_utc(value)
+    micro = utc.microsecond
     if timespec == "auto":
-        timespec = "microseconds" if utc.microsecond else "seconds"
-    return utc.replace(tzinfo=None).isoformat(timespec=timespec) + "Z"
+        timespec = "microseconds" if micro else "seconds"
+    head = f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:{utc.second:02d}"
+    if timespec == "seconds":
+        return head + "Z"
+    if timespec == "milliseconds":
+        return f"{head}.{micro // 1000:03d}Z"
+    return f"{head}.{micro:06d}Z"
 
 
 def column(values: Sequence[Any]) -> pa.Array:

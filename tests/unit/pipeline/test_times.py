@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 
 import pandas as pd
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from include.pipeline import times
 
@@ -57,6 +60,27 @@ def test_iso_writes_utc_with_a_z_at_the_asked_precision() -> None:
     assert times.iso(moment.replace(microsecond=0)) == "2026-01-10T08:30:00Z"
     with pytest.raises(ValueError, match="timespec"):
         times.iso(moment, "hours")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    moment=st.datetimes(min_value=dt.datetime(1, 1, 2), max_value=dt.datetime(9999, 12, 30)),
+    zone=st.sampled_from(
+        [None, UTC, zoneinfo.ZoneInfo("UTC"), zoneinfo.ZoneInfo("America/St_Johns"), dt.timezone(dt.timedelta(hours=9))]
+    ),
+    timespec=st.sampled_from(["seconds", "milliseconds", "microseconds", "auto"]),
+    boxed=st.booleans(),
+)
+def test_iso_writes_what_the_standard_library_writes_for_the_same_instant_in_utc(
+    moment: dt.datetime, zone: dt.tzinfo | None, timespec: str, boxed: bool
+) -> None:
+    """The judge is ``datetime.isoformat`` of the instant in UTC (a naive moment is UTC), for a datetime in any
+    zone or a pandas Timestamp."""
+    local = moment.replace(tzinfo=zone)
+    instant = local.replace(tzinfo=UTC) if zone is None else local.astimezone(UTC)
+    stdlib_spec = ("microseconds" if instant.microsecond else "seconds") if timespec == "auto" else timespec
+    expected = instant.replace(tzinfo=None).isoformat(timespec=stdlib_spec) + "Z"
+    assert times.iso(pd.Timestamp(local) if boxed else local, timespec) == expected
 
 
 def test_column_parses_a_page_of_dates_with_or_without_zones() -> None:
