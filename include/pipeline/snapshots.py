@@ -63,17 +63,44 @@ PLAIN_COLUMNS = frozenset(
         "target_id",
     }
 )
+#: Text columns readers filter on with row-group statistics (readback's lookup of held ids by ``external_id``).
+FILTERED_TEXT_COLUMNS = frozenset({"external_id"})
 #: Rows per Parquet row group (at least; the writes of a stage are gathered until this many).
 ROW_GROUP_ROWS = 32_768
 
 
 def _leaves(name: str, type_: pa.DataType) -> list[str]:
     """The Parquet column paths of one Arrow field (a list's values are ``<name>.list.element``)."""
+    return [leaf for leaf, _ in _typed_leaves(name, type_)]
+
+
+def _statistics_leaves(schema: pa.Schema) -> list[str]:
+    """The column paths written with min/max statistics: fixed-width ones and ``FILTERED_TEXT_COLUMNS``.
+
+    Statistics of a fixed-width column (times, ids, counts, flags: what a reader prunes row groups by) cost next
+    to nothing. Those of text and list columns (values, descriptions, tags) cost about a tenth of writing a
+    normalized file, and no reader filters on them: a filter on such a column still works, it only reads every
+    row group.
+    """
+    leaves = []
+    for f in schema:
+        for leaf, type_ in _typed_leaves(f.name, f.type):
+            if f.name in FILTERED_TEXT_COLUMNS or not _is_text(type_):
+                leaves.append(leaf)
+    return leaves
+
+
+def _typed_leaves(name: str, type_: pa.DataType) -> list[tuple[str, pa.DataType]]:
+    """The Parquet column paths of one Arrow field, each with its Arrow type."""
     if pa.types.is_list(type_) or pa.types.is_large_list(type_):
-        return _leaves(f"{name}.list.element", type_.value_type)
+        return _typed_leaves(f"{name}.list.element", type_.value_type)
     if pa.types.is_struct(type_):
-        return [leaf for child in type_ for leaf in _leaves(f"{name}.{child.name}", child.type)]
-    return [name]
+        return [leaf for child in type_ for leaf in _typed_leaves(f"{name}.{child.name}", child.type)]
+    return [(name, type_)]
+
+
+def _is_text(type_: pa.DataType) -> bool:
+    return pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_binary(type_)
 
 
 class PartitionWriter:
@@ -99,6 +126,7 @@ class PartitionWriter:
             compression="zstd",
             compression_level=1,
             use_dictionary=[leaf for f in schema if f.name not in PLAIN_COLUMNS for leaf in _leaves(f.name, f.type)],
+            write_statistics=_statistics_leaves(schema),
         )
         self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None

@@ -113,3 +113,33 @@ def test_an_fsspec_url_root_works_like_a_path() -> None:
 def test_an_unknown_stage_is_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="unknown snapshot stage"):
         SnapshotStore(str(tmp_path)).write_table("final", "Host", RUN, pa.table({"a": [1]}))
+
+
+def test_statistics_are_kept_for_fixed_width_columns_and_external_id_only(tmp_path) -> None:
+    store = SnapshotStore(str(tmp_path))
+    table = pa.table(
+        {
+            "external_id": ["b", "a", "c"],
+            "value": ["x.example", "y.example", "z.example"],
+            "tags": [["t"], [], ["u", "v"]],
+            "tc_id": [3, 1, 2],
+            "active": [True, False, True],
+        }
+    )
+    store.write_table("normalized", "Host", RUN, table)
+    (path,) = store._files("normalized", "Host", RUN)
+    row_group = pq.ParquetFile(path).metadata.row_group(0)
+    with_statistics = {
+        row_group.column(i).path_in_schema for i in range(row_group.num_columns) if row_group.column(i).is_stats_set
+    }
+    assert with_statistics == {"external_id", "tc_id", "active"}
+    assert store.read("normalized", "Host", RUN).equals(table)
+
+
+def test_a_filter_on_a_column_without_statistics_still_finds_its_rows(tmp_path) -> None:
+    store = SnapshotStore(str(tmp_path))
+    store.write_table("held", "ALL", RUN, pa.table({"value": ["a", "b", "c"], "external_id": ["1", "2", "3"]}), "graph")
+    by_value = store.read_part("held", "ALL", RUN, "graph", filters=ds.field("value") == "b")
+    by_id = store.read_part("held", "ALL", RUN, "graph", filters=ds.field("external_id").isin(["3"]))
+    assert by_value.column("external_id").to_pylist() == ["2"]
+    assert by_id.column("value").to_pylist() == ["c"]
