@@ -103,6 +103,18 @@ def _is_text(type_: pa.DataType) -> bool:
     return pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_binary(type_)
 
 
+def _open_output(fs: fsspec.AbstractFileSystem, path: str) -> Any:
+    """A file to write ``path`` to: Arrow's own stream on a local disk, the fsspec file elsewhere.
+
+    Through a Python file object every page the writing thread emits needs the GIL, and while the caller runs
+    Python (per-value rules, hashing) each one waits for it: beside a pure-Python loop, writing the normalized
+    rows of a 1M-indicator run took 8-15 s instead of 2.4-3.5 s. Arrow's local stream writes without the GIL.
+    """
+    if isinstance(fs, LocalFileSystem):
+        return pa.fs.LocalFileSystem().open_output_stream(path, buffer_size=1 << 20)
+    return fs.open(path, "wb")
+
+
 class PartitionWriter:
     """Streams record batches into one partition's temporary directory; ``SnapshotStore.writer`` commits it.
 
@@ -118,7 +130,7 @@ class PartitionWriter:
         self.rows = 0
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
-        self._file = fs.open(path, "wb")
+        self._file = _open_output(fs, path)
         # zstd level 1: most of the size win of zstd at a fraction of its CPU (snapshots are written every run).
         self._writer = pq.ParquetWriter(
             self._file,

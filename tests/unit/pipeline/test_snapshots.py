@@ -143,3 +143,15 @@ def test_a_filter_on_a_column_without_statistics_still_finds_its_rows(tmp_path) 
     by_id = store.read_part("held", "ALL", RUN, "graph", filters=ds.field("external_id").isin(["3"]))
     assert by_value.column("external_id").to_pylist() == ["2"]
     assert by_id.column("value").to_pylist() == ["c"]
+
+
+def test_a_local_partition_is_written_without_a_python_file_object(tmp_path, monkeypatch) -> None:
+    # A Python file would make the writing thread wait for the GIL on every page while normalize runs Python.
+    store = SnapshotStore(str(tmp_path))
+
+    def python_file(*args, **kwargs):
+        raise AssertionError("the local writer opened an fsspec (Python) file")
+
+    monkeypatch.setattr(store.fs, "open", python_file)
+    store.write_table("raw", "Address", RUN, pa.table({"tc_id": [1, 2]}))
+    assert store.read("raw", "Address", RUN).column("tc_id").to_pylist() == [1, 2]
