@@ -15,13 +15,18 @@ RUN = "scheduled__2026-03-01T00:00:00+00:00"
 
 def test_a_partition_is_readable_with_pyarrow_hive_partitioning_and_pandas(tmp_path) -> None:
     store = SnapshotStore(str(tmp_path))
-    store.write_table("raw", "Address", RUN, pa.table({"indicator_type": ["Address"] * 2, "tc_id": [1, 2]}))
-    store.write_table("raw", "Host", RUN, pa.table({"tc_id": [3]}))
+    # tc_id and external_id are written in delta encodings (COLUMN_ENCODINGS): both readers still read them
+    ids = ["6fa483d2-46d5-5e85-94df-89d7a8157f84", None]
+    store.write_table(
+        "raw", "Address", RUN, pa.table({"indicator_type": ["Address"] * 2, "tc_id": [1, 2], "external_id": ids})
+    )
+    store.write_table("raw", "Host", RUN, pa.table({"tc_id": [3], "external_id": ["x"]}))
     table = ds.dataset(str(tmp_path / "raw"), partitioning="hive").to_table()
     assert sorted(table.column("tc_id").to_pylist()) == [1, 2, 3]
     assert set(table.column("run_id").to_pylist()) == {RUN}
     frame = pd.read_parquet(tmp_path / "raw")
     assert sorted(frame["indicator_type"].astype(str)) == ["Address", "Address", "Host"]
+    assert sorted(zip(frame["tc_id"], frame["external_id"].fillna(""), strict=True)) == [(1, ids[0]), (2, ""), (3, "x")]
 
 
 def test_rewriting_a_partition_replaces_it_so_reruns_are_idempotent(tmp_path) -> None:
