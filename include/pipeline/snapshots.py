@@ -329,14 +329,16 @@ class SnapshotStore:
     def _pa_filesystem(self) -> pa.fs.FileSystem:
         return pa.fs.LocalFileSystem() if self._local else PyFileSystem(FSSpecHandler(self.fs))
 
-    def _format(self) -> ds.ParquetFileFormat:
+    def _format(self, dictionary_columns: list[str] | None = None) -> ds.ParquetFileFormat:
         """How partitions are read: pre-buffering (coalesced reads of the column chunks ahead) only when remote.
 
         On a local disk it saves nothing and holds the raw column chunks of every row group read ahead: with
         row groups of ``ROW_GROUP_ROWS`` rows, most of what streaming a large partition held in memory.
+        ``dictionary_columns`` are read as Arrow dictionaries (see ``iter_batches``).
         """
         options = ds.ParquetFragmentScanOptions(pre_buffer=not self._local)
-        return ds.ParquetFileFormat(default_fragment_scan_options=options)
+        read_options = ds.ParquetReadOptions(dictionary_columns=dictionary_columns or [])
+        return ds.ParquetFileFormat(read_options=read_options, default_fragment_scan_options=options)
 
     def read(self, stage: str, indicator_type: str, run_id: str, columns: list[str] | None = None) -> pa.Table:
         """One partition as a table (without the partition columns)."""
@@ -351,11 +353,22 @@ class SnapshotStore:
         columns: list[str] | None = None,
         batch_size: int = 65_536,
     ) -> Iterator[pa.RecordBatch]:
-        """Stream one partition in record batches, so memory is bounded by a batch, not by the partition."""
+        """Stream one partition in record batches, so memory is bounded by a batch, not by the partition.
+
+        Text columns the writer dictionary-encodes (owners, kinds, descriptions...) are read as Arrow dictionaries
+        and expanded with one take each, because the Parquet reader's dense path appends them value by value; the
+        batches have the file's schema all the same.
+        """
         files = self._files(stage, indicator_type, run_id)
-        dataset = ds.dataset(files, format=self._format(), filesystem=self._pa_filesystem())
+        schema = ds.dataset(files, format=self._format(), filesystem=self._pa_filesystem()).schema
+        if columns is not None:
+            schema = pa.schema([schema.field(name) for name in columns], metadata=schema.metadata)
+        coded = [f.name for f in schema if f.name not in PLAIN_COLUMNS and pa.types.is_string(f.type)]
+        dataset = ds.dataset(files, format=self._format(coded), filesystem=self._pa_filesystem())
         # Small read-ahead: the default (16 batches) would hold a large share of a big partition in memory.
-        yield from dataset.to_batches(columns=columns, batch_size=batch_size, batch_readahead=2, fragment_readahead=1)
+        batches = dataset.to_batches(columns=columns, batch_size=batch_size, batch_readahead=2, fragment_readahead=1)
+        for batch in batches:
+            yield batch.cast(schema) if coded else batch
 
     def count(self, stage: str, indicator_type: str, run_id: str) -> int:
         files = self._files(stage, indicator_type, run_id)

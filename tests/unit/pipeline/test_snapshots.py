@@ -160,3 +160,21 @@ def test_a_local_partition_is_written_without_a_python_file_object(tmp_path, mon
     monkeypatch.setattr(store.fs, "open", python_file)
     store.write_table("raw", "Address", RUN, pa.table({"tc_id": [1, 2]}))
     assert store.read("raw", "Address", RUN).column("tc_id").to_pylist() == [1, 2]
+
+
+def test_streamed_batches_have_the_written_schema_and_values_whatever_the_encoding(tmp_path) -> None:
+    store = SnapshotStore(str(tmp_path))
+    table = pa.table(
+        {
+            "owner": ["Org A", None, "Org B", "Org A"] * 50,  # dictionary-encoded on disk
+            "description": ["", "long " * 40, None, "x"] * 50,
+            "value": ["a.example", "b.example", None, "é.example"] * 50,  # plain on disk
+            "tc_id": [1, 2, 3, 4] * 50,
+        }
+    )
+    store.write_table("normalized", "Host", RUN, table)
+    batches = list(store.iter_batches("normalized", "Host", RUN, batch_size=64))
+    assert all(batch.schema.equals(table.schema) for batch in batches)
+    assert pa.Table.from_batches(batches).equals(table)
+    picked = list(store.iter_batches("normalized", "Host", RUN, columns=["tc_id", "owner"]))
+    assert pa.Table.from_batches(picked).equals(table.select(["tc_id", "owner"]))
