@@ -108,6 +108,16 @@ def _is_text(type_: pa.DataType) -> bool:
     return pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_binary(type_)
 
 
+def _column_encodings(schema: pa.Schema) -> dict[str, str]:
+    """``COLUMN_ENCODINGS`` of the columns present with a type the encoding takes (text, or 32/64-bit integers)."""
+    fits = {"DELTA_LENGTH_BYTE_ARRAY": _is_text, "DELTA_BINARY_PACKED": lambda t: t in (pa.int32(), pa.int64())}
+    return {
+        name: encoding
+        for name, encoding in COLUMN_ENCODINGS.items()
+        if name in schema.names and fits[encoding](schema.field(name).type)
+    }
+
+
 def _open_output(fs: fsspec.AbstractFileSystem, path: str) -> Any:
     """A file to write ``path`` to: Arrow's own stream on a local disk, the fsspec file elsewhere.
 
@@ -144,7 +154,7 @@ class PartitionWriter:
             compression_level=1,
             use_dictionary=[leaf for f in schema if f.name not in PLAIN_COLUMNS for leaf in _leaves(f.name, f.type)],
             write_statistics=_statistics_leaves(schema),
-            column_encoding={name: encoding for name, encoding in COLUMN_ENCODINGS.items() if name in schema.names},
+            column_encoding=_column_encodings(schema),
         )
         self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=1)
         self._error: BaseException | None = None

@@ -178,3 +178,10 @@ def test_streamed_batches_have_the_written_schema_and_values_whatever_the_encodi
     assert pa.Table.from_batches(batches).equals(table)
     picked = list(store.iter_batches("normalized", "Host", RUN, columns=["tc_id", "owner"]))
     assert pa.Table.from_batches(picked).equals(table.select(["tc_id", "owner"]))
+
+
+def test_an_id_column_of_another_type_is_written_in_its_usual_encoding(tmp_path) -> None:
+    store = SnapshotStore(str(tmp_path))
+    table = pa.table({"tc_id": ["TC-1", "TC-2"], "external_id": [1, 2]})
+    store.write_table("raw", "Address", RUN, table)
+    assert store.read("raw", "Address", RUN).equals(table)
