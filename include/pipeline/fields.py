@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections.abc import Callable
@@ -68,9 +69,54 @@ def tags(column: pa.ChunkedArray | pa.Array, extra: tuple[str, ...]) -> pa.Array
 
     Sorted (case-insensitively, then by spelling) because ThreatConnect does not promise an order: a reordering
     alone must not change the content hash and trigger an update of every indicator.
+
+    A feed uses a few dozen tags in a few hundred combinations: each distinct list is tidied once (by
+    :func:`tidy_tags`, from its first row) and the rows take their list's answer.
     """
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
+    distinct = _distinct_lists(column)
+    if distinct is None:
+        return tidy_tags(column, extra)
+    codes, firsts = distinct
+    return tidy_tags(column.take(firsts), extra).take(codes)
+
+
+def _distinct_lists(column: pa.Array) -> tuple[pa.Array, pa.Array] | None:
+    """``(code per row, first row of each code)`` of a list-of-strings column: rows with equal lists share a code.
+
+    A list's key is the bijective base-``b`` numeral of its element codes (each code + 1, with ``b`` one more than
+    the largest), so lists of different lengths or orders never share a key; a null list and an empty one share
+    key 0 (both have no tags). None when a key could exceed int64 (long lists of many distinct tags).
+    """
+    n = len(column)
+    flat = pc.list_flatten(column)
+    if not len(flat):
+        return None
+    encoded = pc.dictionary_encode(flat)
+    base = len(encoded.dictionary) + 2  # element codes 1..len+1 (a null tag is the last), never 0
+    parents = _numpy(pc.list_parent_indices(column))
+    lengths = np.bincount(parents, minlength=n)
+    if int(lengths.max()) * math.log2(base) >= 62:
+        return None
+    digits = _numpy(pc.fill_null(encoded.indices.cast(pa.int64()), base - 2)) + 1
+    starts = np.cumsum(lengths) - lengths
+    place = np.arange(len(flat), dtype=np.int64) - starts[parents]
+    # The running sum wraps around in int64 for a long column, but each row's difference is its key exactly
+    # (keys stay below 2**62, and wrap-around arithmetic is exact modulo 2**64).
+    running = np.zeros(len(flat) + 1, dtype=np.int64)
+    with np.errstate(over="ignore"):
+        np.cumsum(digits * base**place, out=running[1:])
+        keys = running[starts + lengths] - running[starts]
+    groups = pc.dictionary_encode(pa.array(keys, pa.int64()))
+    codes = _numpy(groups.indices)
+    firsts = np.empty(len(groups.dictionary), dtype=np.int64)
+    firsts[codes[::-1]] = np.arange(n - 1, -1, -1, dtype=np.int64)  # each code's first row
+    return groups.indices, pa.array(firsts, pa.int64())
+
+
+def tidy_tags(column: pa.Array, extra: tuple[str, ...]) -> pa.Array:
+    """:func:`tags` row by row (the definition): every row's list is trimmed, deduplicated and sorted."""
     n = len(column)
     values = pc.list_flatten(column)
     parents = _numpy(pc.list_parent_indices(column)) if len(values) else np.empty(0, dtype=np.int64)

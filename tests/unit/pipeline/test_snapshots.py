@@ -15,13 +15,18 @@ RUN = "scheduled__2026-03-01T00:00:00+00:00"
 
 def test_a_partition_is_readable_with_pyarrow_hive_partitioning_and_pandas(tmp_path) -> None:
     store = SnapshotStore(str(tmp_path))
-    store.write_table("raw", "Address", RUN, pa.table({"indicator_type": ["Address"] * 2, "tc_id": [1, 2]}))
-    store.write_table("raw", "Host", RUN, pa.table({"tc_id": [3]}))
+    # tc_id and external_id are written in delta encodings (COLUMN_ENCODINGS): both readers still read them
+    ids = ["6fa483d2-46d5-5e85-94df-89d7a8157f84", None]
+    store.write_table(
+        "raw", "Address", RUN, pa.table({"indicator_type": ["Address"] * 2, "tc_id": [1, 2], "external_id": ids})
+    )
+    store.write_table("raw", "Host", RUN, pa.table({"tc_id": [3], "external_id": ["x"]}))
     table = ds.dataset(str(tmp_path / "raw"), partitioning="hive").to_table()
     assert sorted(table.column("tc_id").to_pylist()) == [1, 2, 3]
     assert set(table.column("run_id").to_pylist()) == {RUN}
     frame = pd.read_parquet(tmp_path / "raw")
     assert sorted(frame["indicator_type"].astype(str)) == ["Address", "Address", "Host"]
+    assert sorted(zip(frame["tc_id"], frame["external_id"].fillna(""), strict=True)) == [(1, ids[0]), (2, ""), (3, "x")]
 
 
 def test_rewriting_a_partition_replaces_it_so_reruns_are_idempotent(tmp_path) -> None:
@@ -113,3 +118,70 @@ def test_an_fsspec_url_root_works_like_a_path() -> None:
 def test_an_unknown_stage_is_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="unknown snapshot stage"):
         SnapshotStore(str(tmp_path)).write_table("final", "Host", RUN, pa.table({"a": [1]}))
+
+
+def test_statistics_are_kept_for_fixed_width_columns_and_external_id_only(tmp_path) -> None:
+    store = SnapshotStore(str(tmp_path))
+    table = pa.table(
+        {
+            "external_id": ["b", "a", "c"],
+            "value": ["x.example", "y.example", "z.example"],
+            "tags": [["t"], [], ["u", "v"]],
+            "tc_id": [3, 1, 2],
+            "active": [True, False, True],
+        }
+    )
+    store.write_table("normalized", "Host", RUN, table)
+    (path,) = store._files("normalized", "Host", RUN)
+    row_group = pq.ParquetFile(path).metadata.row_group(0)
+    with_statistics = {
+        row_group.column(i).path_in_schema for i in range(row_group.num_columns) if row_group.column(i).is_stats_set
+    }
+    assert with_statistics == {"external_id", "tc_id", "active"}
+    assert store.read("normalized", "Host", RUN).equals(table)
+
+
+def test_a_filter_on_a_column_without_statistics_still_finds_its_rows(tmp_path) -> None:
+    store = SnapshotStore(str(tmp_path))
+    store.write_table("held", "ALL", RUN, pa.table({"value": ["a", "b", "c"], "external_id": ["1", "2", "3"]}), "graph")
+    by_value = store.read_part("held", "ALL", RUN, "graph", filters=ds.field("value") == "b")
+    by_id = store.read_part("held", "ALL", RUN, "graph", filters=ds.field("external_id").isin(["3"]))
+    assert by_value.column("external_id").to_pylist() == ["2"]
+    assert by_id.column("value").to_pylist() == ["c"]
+
+
+def test_a_local_partition_is_written_without_a_python_file_object(tmp_path, monkeypatch) -> None:
+    # A Python file would make the writing thread wait for the GIL on every page while normalize runs Python.
+    store = SnapshotStore(str(tmp_path))
+
+    def python_file(*args, **kwargs):
+        raise AssertionError("the local writer opened an fsspec (Python) file")
+
+    monkeypatch.setattr(store.fs, "open", python_file)
+    store.write_table("raw", "Address", RUN, pa.table({"tc_id": [1, 2]}))
+    assert store.read("raw", "Address", RUN).column("tc_id").to_pylist() == [1, 2]
+
+
+def test_streamed_batches_have_the_written_schema_and_values_whatever_the_encoding(tmp_path) -> None:
+    store = SnapshotStore(str(tmp_path))
+    table = pa.table(
+        {
+            "owner": ["Org A", None, "Org B", "Org A"] * 50,  # dictionary-encoded on disk
+            "description": ["", "long " * 40, None, "x"] * 50,
+            "value": ["a.example", "b.example", None, "é.example"] * 50,  # plain on disk
+            "tc_id": [1, 2, 3, 4] * 50,
+        }
+    )
+    store.write_table("normalized", "Host", RUN, table)
+    batches = list(store.iter_batches("normalized", "Host", RUN, batch_size=64))
+    assert all(batch.schema.equals(table.schema) for batch in batches)
+    assert pa.Table.from_batches(batches).equals(table)
+    picked = list(store.iter_batches("normalized", "Host", RUN, columns=["tc_id", "owner"]))
+    assert pa.Table.from_batches(picked).equals(table.select(["tc_id", "owner"]))
+
+
+def test_an_id_column_of_another_type_is_written_in_its_usual_encoding(tmp_path) -> None:
+    store = SnapshotStore(str(tmp_path))
+    table = pa.table({"tc_id": ["TC-1", "TC-2"], "external_id": [1, 2]})
+    store.write_table("raw", "Address", RUN, table)
+    assert store.read("raw", "Address", RUN).equals(table)
