@@ -6,10 +6,8 @@ This module holds the per-type stages (extract, normalize, dedupe); the per-targ
 
 from __future__ import annotations
 
-import collections
 import logging
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -128,26 +126,17 @@ def normalize(
     indicator_type: str,
     normalize_batch: Callable[[pa.RecordBatch], tuple[pa.Table, pa.Table]],
 ) -> NormalizeReport:
-    """Canonicalise and validate the raw snapshot batch by batch into ``normalized`` and ``rejected``.
-
-    Two batches are normalized at a time (``_map_ahead``), so ``normalize_batch`` must be safe to call from two
-    threads at once (``include.pipeline.normalize.normalize`` keeps no state between calls); rows are written in
-    the raw snapshot's order all the same.
-    """
+    """Canonicalise and validate the raw snapshot batch by batch into ``normalized`` and ``rejected``."""
     with (
         store.writer("normalized", indicator_type, run_id, NORMALIZED_SCHEMA) as good,
         store.writer("rejected", indicator_type, run_id, REJECTED_SCHEMA) as bad,
     ):
         raw_rows = 0
-
-        def labelled() -> Iterator[pa.RecordBatch]:
-            nonlocal raw_rows
-            for batch in store.iter_batches("raw", indicator_type, run_id):
-                raw_rows += batch.num_rows
-                labels = pa.repeat(pa.scalar(indicator_type, pa.string()), batch.num_rows)
-                yield batch.append_column("indicator_type", labels)
-
-        for normalized, rejected in _map_ahead(normalize_batch, labelled()):
+        for batch in store.iter_batches("raw", indicator_type, run_id):
+            raw_rows += batch.num_rows
+            labels = pa.repeat(pa.scalar(indicator_type, pa.string()), batch.num_rows)
+            batch = batch.append_column("indicator_type", labels)
+            normalized, rejected = normalize_batch(batch)
             good.write(normalized)
             bad.write(rejected)
         kept, refused = good.rows, bad.rows
@@ -167,25 +156,6 @@ def normalize(
         "normalized_path": store.partition_url("normalized", indicator_type, run_id),
         "rejected_path": store.partition_url("rejected", indicator_type, run_id),
     }
-
-
-def _map_ahead(
-    fn: Callable[[pa.RecordBatch], tuple[pa.Table, pa.Table]], batches: Iterator[pa.RecordBatch], ahead: int = 2
-) -> Iterator[tuple[pa.Table, pa.Table]]:
-    """``map(fn, batches)`` in input order, with up to ``ahead`` calls running at once in a small thread pool.
-
-    Much of a normalize call runs in Arrow and numpy, which release the GIL: while one batch is in Python (per-value
-    rules, hashing), the next one's Arrow work uses the other core. Memory stays a few batches: at most ``ahead``
-    calls run while the caller writes one answer. An exception of a call is raised here, in order.
-    """
-    with ThreadPoolExecutor(max_workers=ahead, thread_name_prefix="normalize") as pool:
-        pending: collections.deque[Future[tuple[pa.Table, pa.Table]]] = collections.deque()
-        for batch in batches:
-            pending.append(pool.submit(fn, batch))
-            if len(pending) >= ahead:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
 
 
 def dedupe(
