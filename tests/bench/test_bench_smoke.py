@@ -26,7 +26,8 @@ def smoke_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, A
         cwd=REPO,
         capture_output=True,
         text=True,
-        timeout=300,
+        # A hang guard, not a speed check: on a busy machine the smoke run's two whole-DAG runs alone took minutes.
+        timeout=1200,
         check=False,
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
