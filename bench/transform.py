@@ -66,15 +66,21 @@ def memory_scaling(ctx: Context) -> list[Figure]:
 def transform(ctx: Context) -> list[Figure]:
     """normalize -> dedupe of ``count`` extracted indicators: in one process, then split over two processes.
 
-    One process runs the types in sequence (per-core throughput). Two processes pull types from a shared queue,
-    the way the DAG's mapped per-type tasks share a 2-core worker; their wall time runs from the first one's start
-    to the last one's end (interpreter start-up excluded in both). Each measurement is a fresh process.
+    One process runs the types in sequence (per-core throughput), in a few rounds of which the median counts.
+    Two processes pull types from a shared queue, the way the DAG's mapped per-type tasks share a 2-core worker;
+    their wall time runs from the first one's start to the last one's end (interpreter start-up excluded in both).
+    Each measurement is a fresh process.
     """
     count = ctx.sizes["transform"]
     root, run_id = ctx.raw_store(count)
     target = f">= {TRANSFORM_RATE_TARGET:,}/s (<= {count / TRANSFORM_RATE_TARGET:g} s)"
     load = load_average()
-    result = run_worker("pipeline", {"root": str(root), "run_id": run_id, "phases": ["transform"]}, ctx.workdir)
+    rounds = [
+        run_worker("pipeline", {"root": str(root), "run_id": run_id, "phases": ["transform"]}, ctx.workdir)
+        for _ in range(ctx.sizes["transform_rounds"])
+    ]
+    # The median round (by wall time) stands for the code; every round's figures are in the details.
+    result = sorted(rounds, key=lambda r: r["phases"]["transform"]["seconds"])[len(rounds) // 2]
     phase = result["phases"]["transform"]
     seconds = phase["seconds"]
     rate = phase["raw"] / seconds
@@ -89,6 +95,14 @@ def transform(ctx: Context) -> list[Figure]:
         "floor_seconds": floor["seconds"],
         "floor_rows": floor["rows"],
         "times_the_floor": round(seconds / floor["seconds"], 1) if floor["seconds"] else None,
+        "rounds": [
+            {
+                "seconds": r["phases"]["transform"]["seconds"],
+                "cpu_seconds": r["phases"]["transform"]["cpu_seconds"],
+                "peak_rss_mb": r["peak_rss_mb"],
+            }
+            for r in rounds
+        ],
     }
 
     load2 = load_average()
@@ -119,7 +133,7 @@ def transform(ctx: Context) -> list[Figure]:
     figures = [
         Figure(
             "transform",
-            f"normalize+validate+dedupe+write {count:,}, 1 process",
+            f"normalize+validate+dedupe+write {count:,}, 1 process (median of {len(rounds)})",
             round(rate),
             "indicators/s",
             target,
@@ -139,8 +153,8 @@ def transform(ctx: Context) -> list[Figure]:
         ),
         Figure(
             "transform",
-            "  1 process: peak RSS",
-            result["peak_rss_mb"],
+            "  1 process: peak RSS (largest round)",
+            max(r["peak_rss_mb"] for r in rounds),
             "MiB",
             f"<= {TRANSFORM_RSS_TARGET_MB:,} MiB",
             result["peak_rss_mb"] <= TRANSFORM_RSS_TARGET_MB,

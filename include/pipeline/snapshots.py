@@ -1,6 +1,7 @@
 """Hive-partitioned Parquet snapshots per stage, one partition per (indicator type, run), written atomically.
 
-Layout: ``<root>/<stage>/indicator_type=<type>/run_id=<url-quoted run id>/part-00000.parquet``. The partition
+Layout: ``<root>/<stage>/indicator_type=<type>/run_id=<url-quoted run id>/part-00000.parquet`` (a large partition
+may be split into ``part-00000``, ``part-00001``...: its rows are the files' rows in name order). The partition
 columns live in the directory names only (pyarrow and pandas add them back when reading the dataset with
 ``partitioning="hive"``), because a column both in the file and in the path makes pandas refuse the dataset.
 ``root`` is a local path or any fsspec URL (``s3://``, ``abfs://``, ``memory://``...).
@@ -10,9 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import re
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -25,10 +24,18 @@ import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 
+from include.pipeline.snapshot_writer import PLAIN_COLUMNS, PartitionWriter
+from include.pipeline.snapshot_writer import ROW_GROUP_ROWS as ROW_GROUP_ROWS  # part of this module's API
+
 log = logging.getLogger(__name__)
 
 STAGES = ("raw", "normalized", "rejected", "deduped", "plan", "loaded", "verified", "inventory", "held", "intent")
 PARTITION_COLUMNS = ("indicator_type", "run_id")
+
+
+def _file_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema a partition's files hold: without the partition columns (their values are in the path)."""
+    return pa.schema([f for f in schema if f.name not in PARTITION_COLUMNS], metadata=schema.metadata)
 
 
 def _safe_part(name: str) -> str:
@@ -40,178 +47,9 @@ def quote_partition_value(value: str) -> str:
     return quote(value, safe="")
 
 
-#: Columns whose values differ from row to row (ids, values, hashes, links, timestamps). Parquet's dictionary
-#: encoding would store each value a second time (in the dictionary page) and cost a hash lookup per row, only to
-#: fall back to plain; they are written plain. Every other column keeps the dictionary (owners, kinds, tags...).
-PLAIN_COLUMNS = frozenset(
-    {
-        "tc_id",
-        "summary",
-        "md5",
-        "sha1",
-        "sha256",
-        "external_id",
-        "value",
-        "raw_value",
-        "web_link",
-        "date_added",
-        "last_modified",
-        "valid_from",
-        "expiration",
-        "content_hash",
-        "stix_modified",
-        "target_id",
-    }
-)
-#: Columns written in an encoding other than plain or dictionary. External ids are 36 hex digits and dashes each:
-#: with their lengths apart (DELTA_LENGTH_BYTE_ARRAY) instead of a 4-byte length before every one (PLAIN), zstd
-#: compresses the column in two thirds of the time and 6 % smaller. ThreatConnect ids of a page lie close
-#: together: DELTA_BINARY_PACKED stores them in a third of the time (and no slower for scattered ids).
-COLUMN_ENCODINGS = {"external_id": "DELTA_LENGTH_BYTE_ARRAY", "tc_id": "DELTA_BINARY_PACKED"}
-#: Text columns readers filter on with row-group statistics (readback's lookup of held ids by ``external_id``).
-FILTERED_TEXT_COLUMNS = frozenset({"external_id"})
-#: Rows per Parquet row group (at least; the writes of a stage are gathered until this many).
-ROW_GROUP_ROWS = 32_768
-
-
-def _leaves(name: str, type_: pa.DataType) -> list[str]:
-    """The Parquet column paths of one Arrow field (a list's values are ``<name>.list.element``)."""
-    return [leaf for leaf, _ in _typed_leaves(name, type_)]
-
-
-def _statistics_leaves(schema: pa.Schema) -> list[str]:
-    """The column paths written with min/max statistics: fixed-width ones and ``FILTERED_TEXT_COLUMNS``.
-
-    Statistics of a fixed-width column (times, ids, counts, flags: what a reader prunes row groups by) cost next
-    to nothing. Those of text and list columns (values, descriptions, tags) cost about a tenth of writing a
-    normalized file, and no reader filters on them: a filter on such a column still works, it only reads every
-    row group.
-    """
-    leaves = []
-    for f in schema:
-        for leaf, type_ in _typed_leaves(f.name, f.type):
-            if f.name in FILTERED_TEXT_COLUMNS or not _is_text(type_):
-                leaves.append(leaf)
-    return leaves
-
-
-def _typed_leaves(name: str, type_: pa.DataType) -> list[tuple[str, pa.DataType]]:
-    """The Parquet column paths of one Arrow field, each with its Arrow type."""
-    if pa.types.is_list(type_) or pa.types.is_large_list(type_):
-        return _typed_leaves(f"{name}.list.element", type_.value_type)
-    if pa.types.is_struct(type_):
-        return [leaf for child in type_ for leaf in _typed_leaves(f"{name}.{child.name}", child.type)]
-    return [(name, type_)]
-
-
-def _is_text(type_: pa.DataType) -> bool:
-    return pa.types.is_string(type_) or pa.types.is_large_string(type_) or pa.types.is_binary(type_)
-
-
-def _column_encodings(schema: pa.Schema) -> dict[str, str]:
-    """``COLUMN_ENCODINGS`` of the columns present with a type the encoding takes (text, or 32/64-bit integers)."""
-    fits = {"DELTA_LENGTH_BYTE_ARRAY": _is_text, "DELTA_BINARY_PACKED": lambda t: t in (pa.int32(), pa.int64())}
-    return {
-        name: encoding
-        for name, encoding in COLUMN_ENCODINGS.items()
-        if name in schema.names and fits[encoding](schema.field(name).type)
-    }
-
-
-def _open_output(fs: fsspec.AbstractFileSystem, path: str) -> Any:
-    """A file to write ``path`` to: Arrow's own stream on a local disk, the fsspec file elsewhere.
-
-    Through a Python file object every page the writing thread emits needs the GIL, and while the caller runs
-    Python (per-value rules, hashing) each one waits for it: beside a pure-Python loop, writing the normalized
-    rows of a 1M-indicator run took 8-15 s instead of 2.4-3.5 s. Arrow's local stream writes without the GIL.
-    """
-    if isinstance(fs, LocalFileSystem):
-        return pa.fs.LocalFileSystem().open_output_stream(path, buffer_size=1 << 20)
-    return fs.open(path, "wb")
-
-
-class PartitionWriter:
-    """Streams record batches into one partition's temporary directory; ``SnapshotStore.writer`` commits it.
-
-    Writes are gathered into row groups of at least ``ROW_GROUP_ROWS`` rows (a page of the source is a third of
-    that): fewer, larger row groups cost less to encode and to read. A background thread encodes, compresses and
-    writes each row group (pyarrow releases the GIL meanwhile), so the caller prepares the next rows on the other
-    core; at most one row group is being written while the next is gathered. An error of the
-    thread is raised by the next ``write`` or by ``close``.
-    """
-
-    def __init__(self, fs: fsspec.AbstractFileSystem, path: str, schema: pa.Schema) -> None:
-        self.schema = schema
-        self.rows = 0
-        self._pending: list[pa.Table] = []
-        self._pending_rows = 0
-        self._file = _open_output(fs, path)
-        # zstd level 1: most of the size win of zstd at a fraction of its CPU (snapshots are written every run).
-        self._writer = pq.ParquetWriter(
-            self._file,
-            schema,
-            compression="zstd",
-            compression_level=1,
-            use_dictionary=[leaf for f in schema if f.name not in PLAIN_COLUMNS for leaf in _leaves(f.name, f.type)],
-            write_statistics=_statistics_leaves(schema),
-            column_encoding=_column_encodings(schema),
-        )
-        self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=1)
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._write_row_groups, name="snapshot-writer", daemon=True)
-        self._thread.start()
-
-    def write(self, data: pa.Table | pa.RecordBatch) -> None:
-        """Append rows (columns in any order; extra partition columns are dropped)."""
-        if data.num_rows == 0:
-            return
-        table = data if isinstance(data, pa.Table) else pa.Table.from_batches([data])
-        table = table.select(self.schema.names).cast(self.schema)
-        self._pending.append(table)
-        self._pending_rows += table.num_rows
-        self.rows += table.num_rows
-        if self._pending_rows >= ROW_GROUP_ROWS:
-            self._flush()
-
-    def _flush(self) -> None:
-        """Hand the gathered rows to the writing thread as one row group."""
-        if self._error is not None:
-            raise self._error
-        if self._pending:
-            self._queue.join()  # the previous row group is written: one in flight, one gathered
-            self._queue.put(pa.concat_tables(self._pending))
-        self._pending, self._pending_rows = [], 0
-
-    def _write_row_groups(self) -> None:
-        """The writing thread: write row groups until None arrives (after an error, only drain the queue)."""
-        while (table := self._queue.get()) is not None:
-            if self._error is None:
-                try:
-                    self._writer.write_table(table)
-                except BaseException as exc:  # handed to the caller's thread
-                    self._error = exc
-            self._queue.task_done()
-
-    def _stop(self) -> None:
-        if self._thread.is_alive():
-            self._queue.put(None)
-            self._thread.join()
-
-    def close(self) -> None:
-        """Write what is gathered and close the file (``SnapshotStore.writer`` calls it)."""
-        self._flush()
-        self._stop()
-        if self._error is not None:
-            raise self._error
-        self._writer.close()
-        self._file.close()
-
-    def abandon(self) -> None:
-        """Close the file without writing what is gathered (the partition is being thrown away)."""
-        self._pending, self._pending_rows = [], 0
-        self._stop()
-        self._writer.close()
-        self._file.close()
+def _row_group_fragments(dataset: ds.Dataset) -> list[ds.Fragment]:
+    """One fragment per row group of every file of ``dataset``, in row order (files in the dataset's order)."""
+    return [piece for fragment in dataset.get_fragments() for piece in fragment.split_by_row_group()]
 
 
 class SnapshotStore:
@@ -253,25 +91,58 @@ class SnapshotStore:
         (``part-<target>.parquet``): the targets of one run share a partition, each row says its target in the
         ``sink`` column, and a rerun of one target's task leaves the others' files alone.
         """
-        schema = pa.schema([f for f in schema if f.name not in PARTITION_COLUMNS], metadata=schema.metadata)
+        if part is None:
+            with self.writers(stage, indicator_type, run_id, schema, files=1) as (writer,):
+                yield writer
+            return
+        schema = _file_schema(schema)
         type_dir = self._type_dir(stage, indicator_type)
         tmp_dir = f"{type_dir}/_tmp-{uuid.uuid4().hex}"
         self.fs.makedirs(tmp_dir, exist_ok=True)
-        name = "part-00000.parquet" if part is None else f"part-{_safe_part(part)}.parquet"
+        name = f"part-{_safe_part(part)}.parquet"
         writer = PartitionWriter(self.fs, f"{tmp_dir}/{name}", schema)
         try:
             yield writer
             writer.close()
             final_dir = self.partition_dir(stage, indicator_type, run_id)
-            if part is None:
-                self._replace(tmp_dir, final_dir)
-            else:
-                self.fs.makedirs(final_dir, exist_ok=True)
-                self.fs.mv(f"{tmp_dir}/{name}", f"{final_dir}/{name}")  # a rename: replaces that file at once
-                self.fs.rm(tmp_dir, recursive=True)
+            self.fs.makedirs(final_dir, exist_ok=True)
+            self.fs.mv(f"{tmp_dir}/{name}", f"{final_dir}/{name}")  # a rename: replaces that file at once
+            self.fs.rm(tmp_dir, recursive=True)
         except BaseException:
             with contextlib.suppress(Exception):
                 writer.abandon()
+            with contextlib.suppress(Exception):
+                self.fs.rm(tmp_dir, recursive=True)
+            raise
+
+    @contextlib.contextmanager
+    def writers(
+        self, stage: str, indicator_type: str, run_id: str, schema: pa.Schema, files: int
+    ) -> Iterator[list[PartitionWriter]]:
+        """Write one partition atomically as ``files`` files (``part-00000``, ``part-00001``... in row order).
+
+        Each file has its own writing thread, so a caller that feeds them side by side has the partition encoded
+        on as many cores (one Parquet file is encoded by one thread). Readers see the files' rows in name order:
+        the first file must receive the partition's first rows. Atomic and idempotent as ``writer``.
+        """
+        if files < 1:
+            raise ValueError(f"a partition needs at least one file, not {files}")
+        schema = _file_schema(schema)
+        type_dir = self._type_dir(stage, indicator_type)
+        tmp_dir = f"{type_dir}/_tmp-{uuid.uuid4().hex}"
+        self.fs.makedirs(tmp_dir, exist_ok=True)
+        opened: list[PartitionWriter] = []
+        try:
+            for number in range(files):
+                opened.append(PartitionWriter(self.fs, f"{tmp_dir}/part-{number:05d}.parquet", schema))
+            yield opened
+            for writer in opened:
+                writer.close()
+            self._replace(tmp_dir, self.partition_dir(stage, indicator_type, run_id))
+        except BaseException:
+            for writer in opened:
+                with contextlib.suppress(Exception):
+                    writer.abandon()
             with contextlib.suppress(Exception):
                 self.fs.rm(tmp_dir, recursive=True)
             raise
@@ -299,17 +170,27 @@ class SnapshotStore:
         return f"{self.partition_dir(stage, indicator_type, run_id)}/{name}"
 
     def stamp(self, stage: str, indicator_type: str, run_id: str, part: str | None = None) -> str | None:
-        """An identity of one target's file that changes whenever the file is written again (None: no such file).
+        """An identity of one target's file (or, without ``part``, of the partition's files) that changes whenever
+        it is written again (None: no such file).
 
         Built from what the filesystem reports (size, modification time, inode, ETag): a rewrite replaces the file
         with a new one, so the stamp differs. No clock is read here.
         """
+        keys = ("size", "mtime", "ino", "created", "LastModified", "last_modified", "ETag", "etag")
         try:
-            info = self.fs.info(self.part_path(stage, indicator_type, run_id, part))
+            if part is not None:
+                paths = [self.part_path(stage, indicator_type, run_id, part)]
+            else:  # the whole partition: every file of it
+                paths = self._files(stage, indicator_type, run_id)
+            infos = [self.fs.info(path) for path in paths]
         except FileNotFoundError:
             return None
-        keys = ("size", "mtime", "ino", "created", "LastModified", "last_modified", "ETag", "etag")
-        return "|".join(f"{k}={info[k]}" for k in keys if k in info)
+        if not infos:
+            return None
+        stamps = ["|".join(f"{k}={info[k]}" for k in keys if k in info) for info in infos]
+        if len(stamps) == 1:
+            return stamps[0]
+        return ";".join(f"{path.rsplit('/', 1)[-1]}:{stamp}" for path, stamp in zip(paths, stamps, strict=True))
 
     def read_part(
         self, stage: str, indicator_type: str, run_id: str, part: str, filters: Any = None
@@ -362,12 +243,16 @@ class SnapshotStore:
         run_id: str,
         columns: list[str] | None = None,
         batch_size: int = 65_536,
+        rows: tuple[int, int] | None = None,
     ) -> Iterator[pa.RecordBatch]:
         """Stream one partition in record batches, so memory is bounded by a batch, not by the partition.
 
         Text columns the writer dictionary-encodes (owners, kinds, descriptions...) are read as Arrow dictionaries
         and expanded with one take each, because the Parquet reader's dense path appends them value by value; the
         batches have the file's schema all the same.
+
+        Args:
+            rows: only the rows ``[start, stop)`` of the partition, a span ``row_spans`` gave (whole row groups).
         """
         files = self._files(stage, indicator_type, run_id)
         schema = ds.dataset(files, format=self._format(), filesystem=self._pa_filesystem()).schema
@@ -375,10 +260,52 @@ class SnapshotStore:
             schema = pa.schema([schema.field(name) for name in columns], metadata=schema.metadata)
         coded = [f.name for f in schema if f.name not in PLAIN_COLUMNS and pa.types.is_string(f.type)]
         dataset = ds.dataset(files, format=self._format(coded), filesystem=self._pa_filesystem())
+        if rows is not None:
+            dataset = ds.FileSystemDataset(
+                self._span_fragments(dataset, rows), dataset.schema, dataset.format, dataset.filesystem
+            )
         # Small read-ahead: the default (16 batches) would hold a large share of a big partition in memory.
         batches = dataset.to_batches(columns=columns, batch_size=batch_size, batch_readahead=2, fragment_readahead=1)
         for batch in batches:
             yield batch.cast(schema) if coded else batch
+
+    def row_spans(self, stage: str, indicator_type: str, run_id: str, pieces: int) -> list[tuple[int, int]]:
+        """The partition's rows cut into at most ``pieces`` spans ``(start, stop)`` of whole row groups, in order.
+
+        The spans are about equal in rows, cover every row once, and each can be streamed on its own with
+        ``iter_batches(rows=span)`` (a partition without rows has the one span ``(0, 0)``).
+        """
+        files = self._files(stage, indicator_type, run_id)
+        dataset = ds.dataset(files, format=self._format(), filesystem=self._pa_filesystem())
+        sizes = [fragment.row_groups[0].num_rows for fragment in _row_group_fragments(dataset)]
+        total = sum(sizes)
+        spans: list[tuple[int, int]] = []
+        start = stop = 0
+        for size in sizes:
+            stop += size
+            if len(spans) < pieces - 1 and stop * pieces >= total * (len(spans) + 1):
+                spans.append((start, stop))
+                start = stop
+        if stop > start or not spans:
+            spans.append((start, stop))
+        return spans
+
+    @staticmethod
+    def _span_fragments(dataset: ds.Dataset, rows: tuple[int, int]) -> list[ds.Fragment]:
+        """The row-group fragments holding exactly the rows ``[start, stop)`` of ``dataset``."""
+        start, stop = rows
+        chosen: list[ds.Fragment] = []
+        offset = 0
+        for fragment in _row_group_fragments(dataset):
+            size = fragment.row_groups[0].num_rows
+            if start <= offset and offset + size <= stop:
+                chosen.append(fragment)
+            elif offset < stop and start < offset + size:
+                raise ValueError(f"rows {start}-{stop} do not fall on row groups (one holds {offset}-{offset + size})")
+            offset += size
+        if start > offset or stop > offset:
+            raise ValueError(f"rows {start}-{stop} lie beyond the partition's {offset} rows")
+        return chosen
 
     def count(self, stage: str, indicator_type: str, run_id: str) -> int:
         files = self._files(stage, indicator_type, run_id)

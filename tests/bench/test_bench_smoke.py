@@ -71,7 +71,8 @@ def test_the_smoke_figures_are_sane(smoke_results: tuple[dict[str, Any], str]) -
         assert len(found) == 1, (benchmark, starts, list(figures))
         return found[0]
 
-    transform = next(f for (b, name), f in figures.items() if b == "transform" and name.endswith(", 1 process"))
+    transform = next(f for (b, name), f in figures.items() if b == "transform" and ", 1 process (median of" in name)
+    assert len(transform["details"]["rounds"]) == 1  # the smoke sizes measure one round
     counts = transform["details"]["counts"]
     assert counts["raw"] == 10_000
     assert counts["deduplicated"] <= counts["normalized"]

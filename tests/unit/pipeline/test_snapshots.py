@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -185,3 +187,94 @@ def test_an_id_column_of_another_type_is_written_in_its_usual_encoding(tmp_path)
     table = pa.table({"tc_id": ["TC-1", "TC-2"], "external_id": [1, 2]})
     store.write_table("raw", "Address", RUN, table)
     assert store.read("raw", "Address", RUN).equals(table)
+
+
+def test_a_partition_written_as_several_files_reads_back_in_file_order(tmp_path) -> None:
+    store = SnapshotStore(str(tmp_path))
+    schema = pa.schema([("n", pa.int64())])
+    with store.writers("deduped", "URL", RUN, schema, files=3) as writers:
+        for number, writer in reversed(list(enumerate(writers))):  # the order of the writes does not matter
+            writer.write(pa.table({"n": list(range(number * 100, number * 100 + 100))}))
+    names = [path.rsplit("/", 1)[-1] for path in store._files("deduped", "URL", RUN)]
+    assert names == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert store.read("deduped", "URL", RUN).column("n").to_pylist() == list(range(300))
+    assert [n for b in store.iter_batches("deduped", "URL", RUN) for n in b.column("n").to_pylist()] == list(range(300))
+    table = ds.dataset(str(tmp_path / "deduped"), partitioning="hive").to_table()
+    assert sorted(table.column("n").to_pylist()) == list(range(300))
+    assert store.count("deduped", "URL", RUN) == 300
+
+
+def test_a_failed_write_of_several_files_leaves_the_previous_partition(tmp_path) -> None:
+    store = SnapshotStore(str(tmp_path))
+    store.write_table("deduped", "URL", RUN, pa.table({"n": [1]}))
+
+    def interrupted_write() -> None:
+        with store.writers("deduped", "URL", RUN, pa.schema([("n", pa.int64())]), 2) as writers:
+            writers[0].write(pa.table({"n": [7, 8]}))
+            raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError):
+        interrupted_write()
+    assert store.read("deduped", "URL", RUN).column("n").to_pylist() == [1]
+    assert [p.name for p in (tmp_path / "deduped" / "indicator_type=URL").iterdir()] == [
+        "run_id=scheduled__2026-03-01T00%3A00%3A00%2B00%3A00"
+    ]
+
+
+def _partition_of_row_groups(store: SnapshotStore, groups: list[int]) -> None:
+    """A partition whose row groups hold ``groups`` rows each (one file per group size list entry, in order)."""
+    schema = pa.schema([("n", pa.int64())])
+    start = 0
+    with store.writers("normalized", "Host", RUN, schema, files=len(groups)) as writers:
+        for writer, size in zip(writers, groups, strict=True):
+            writer.write(pa.table({"n": list(range(start, start + size))}))
+            start += size
+
+
+@pytest.mark.parametrize("pieces", [1, 2, 3, 7])
+def test_row_spans_cover_every_row_once_on_row_group_bounds_and_each_streams_alone(tmp_path, pieces) -> None:
+    store = SnapshotStore(str(tmp_path))
+    groups = [500, 40, 300, 300, 7, 250]
+    _partition_of_row_groups(store, groups)
+    spans = store.row_spans("normalized", "Host", RUN, pieces)
+    assert 1 <= len(spans) <= pieces
+    assert spans[0][0] == 0
+    assert spans[-1][1] == sum(groups)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))  # contiguous, no overlap
+    bounds = {sum(groups[:i]) for i in range(len(groups) + 1)}
+    assert all(start in bounds and stop in bounds and start < stop for start, stop in spans)
+    for start, stop in spans:
+        streamed = [
+            n for b in store.iter_batches("normalized", "Host", RUN, rows=(start, stop)) for n in b["n"].to_pylist()
+        ]
+        assert streamed == list(range(start, stop))
+    if pieces == 2:  # about equal halves: the cut is the row-group bound nearest above the middle
+        assert spans == [(0, 840), (840, 1397)]
+
+
+def test_a_span_that_cuts_a_row_group_is_refused(tmp_path) -> None:
+    store = SnapshotStore(str(tmp_path))
+    _partition_of_row_groups(store, [100, 100])
+    with pytest.raises(ValueError, match="row groups"):
+        list(store.iter_batches("normalized", "Host", RUN, rows=(50, 200)))
+    with pytest.raises(ValueError, match="beyond"):
+        list(store.iter_batches("normalized", "Host", RUN, rows=(0, 300)))
+
+
+def test_an_empty_partition_has_one_empty_span(tmp_path) -> None:
+    store = SnapshotStore(str(tmp_path))
+    with store.writer("normalized", "Host", RUN, pa.schema([("n", pa.int64())])):
+        pass
+    assert store.row_spans("normalized", "Host", RUN, 2) == [(0, 0)]
+    assert list(store.iter_batches("normalized", "Host", RUN, rows=(0, 0))) == []
+
+
+def test_the_partition_stamp_changes_when_any_of_its_files_is_rewritten(tmp_path) -> None:
+    store = SnapshotStore(str(tmp_path))
+    assert store.stamp("normalized", "Host", RUN) is None
+    _partition_of_row_groups(store, [10, 10])
+    first = store.stamp("normalized", "Host", RUN)
+    assert "part-00000.parquet" in first
+    assert "part-00001.parquet" in first
+    _partition_of_row_groups(store, [10, 10])
+    assert store.stamp("normalized", "Host", RUN) != first
