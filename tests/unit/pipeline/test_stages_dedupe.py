@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 import pyarrow as pa
+import pytest
 
 from include.pipeline import stages
 from include.pipeline.dedupe import winners
@@ -50,8 +52,10 @@ def deduped_files(store: SnapshotStore) -> list[str]:
     return [path.rsplit("/", 1)[-1] for path in store._files("deduped", "Host", RUN)]
 
 
-def test_a_large_partition_dedupes_into_two_files_holding_exactly_the_newest_rows_in_order(tmp_path) -> None:
-    store = SnapshotStore(str(tmp_path))
+@pytest.mark.parametrize("where", ["local", "fsspec"])
+def test_a_large_partition_dedupes_into_two_files_holding_exactly_the_newest_rows_in_order(tmp_path, where) -> None:
+    # on a local disk Arrow reads the files itself; elsewhere through fsspec (memory:// stands in for s3:// etc.)
+    store = SnapshotStore(str(tmp_path) if where == "local" else f"memory://dedupe-{uuid.uuid4().hex}")
     n = 2 * stages.SPLIT_ROWS
     normalized_partition(store, n)
     report = stages.dedupe(store, RUN, "Host", winners)
@@ -61,6 +65,8 @@ def test_a_large_partition_dedupes_into_two_files_holding_exactly_the_newest_row
     assert (report["normalized"], report["deduplicated"], report["duplicates"]) == (n, n // 2, n // 2)
     streamed = [int(v) for b in store.iter_batches("deduped", "Host", RUN) for v in b.column("value").to_pylist()]
     assert streamed == expected_positions(n)
+    if where == "fsspec":
+        store.fs.rm(store.root, recursive=True)  # the memory filesystem lives as long as the test process
 
 
 def test_a_small_partition_dedupes_into_one_file(tmp_path) -> None:
