@@ -213,7 +213,7 @@ def _gate_run(services: AirflowServices, stack: Stack, order: int, answer: str |
     asked: dict[str, Any] = {}
     while not asked:
         details = services.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/hitlDetails")["hitl_details"]
-        asked = next((d for d in details if d["task_instance"]["task_id"] == GATE), {})
+        asked = next((d for d in details if _waiting(d)), {})
         if time.monotonic() > deadline:
             raise AssertionError(f"the gate of {run_id} did not ask within 600 s\n{services.logs_tail()}")
         if not asked:
@@ -231,14 +231,20 @@ def _gate_run(services: AirflowServices, stack: Stack, order: int, answer: str |
             # process has the gate marked up for retry, and the next try asks again (seen in a make test run: the
             # answer came 0.5 s after the ask). A person would see the question again and answer it again.
             details = services.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/hitlDetails")["hitl_details"]
-            again = next((d for d in details if d["task_instance"]["task_id"] == GATE), {})
-            if again and not again["response_received"] and again["task_instance"]["try_number"] > answered_try:
+            again = next((d for d in details if _waiting(d)), {})
+            if again and again["task_instance"]["try_number"] > answered_try:
                 log.warning("Airflow asked again in try %s of %s's gate", again["task_instance"]["try_number"], run_id)
                 answered_try = _answer(services, run_id, answer, again)
         time.sleep(2)
     answered = services.api("GET", f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{GATE}/-1/hitlDetails")
     marks = services.xcom(DAG_ID, run_id, "commit_watermarks", "watermarks") or {}
     return GateRun(run, asked, answered, hosts_waiting, _live_hosts(stack), marks, time.monotonic() - started)
+
+
+def _waiting(detail: dict[str, Any]) -> bool:
+    """Whether a Human-in-the-loop detail is the gate's, unanswered, with its task parked waiting for the answer."""
+    task = detail["task_instance"]
+    return task["task_id"] == GATE and not detail["response_received"] and task["state"] == "awaiting_input"
 
 
 def _answer(services: AirflowServices, run_id: str, answer: str, asked: dict[str, Any]) -> int:
