@@ -13,7 +13,7 @@ import contextlib
 import logging
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
@@ -95,25 +95,16 @@ class SnapshotStore:
             with self.writers(stage, indicator_type, run_id, schema, files=1) as (writer,):
                 yield writer
             return
-        schema = _file_schema(schema)
-        type_dir = self._type_dir(stage, indicator_type)
-        tmp_dir = f"{type_dir}/_tmp-{uuid.uuid4().hex}"
-        self.fs.makedirs(tmp_dir, exist_ok=True)
         name = f"part-{_safe_part(part)}.parquet"
-        writer = PartitionWriter(self.fs, f"{tmp_dir}/{name}", schema)
-        try:
-            yield writer
-            writer.close()
-            final_dir = self.partition_dir(stage, indicator_type, run_id)
+        final_dir = self.partition_dir(stage, indicator_type, run_id)
+
+        def commit(tmp_dir: str) -> None:
             self.fs.makedirs(final_dir, exist_ok=True)
             self.fs.mv(f"{tmp_dir}/{name}", f"{final_dir}/{name}")  # a rename: replaces that file at once
             self.fs.rm(tmp_dir, recursive=True)
-        except BaseException:
-            with contextlib.suppress(Exception):
-                writer.abandon()
-            with contextlib.suppress(Exception):
-                self.fs.rm(tmp_dir, recursive=True)
-            raise
+
+        with self._staged(stage, indicator_type, schema, [name], commit) as (writer,):
+            yield writer
 
     @contextlib.contextmanager
     def writers(
@@ -127,18 +118,35 @@ class SnapshotStore:
         """
         if files < 1:
             raise ValueError(f"a partition needs at least one file, not {files}")
+        names = [f"part-{number:05d}.parquet" for number in range(files)]
+        final_dir = self.partition_dir(stage, indicator_type, run_id)
+
+        def commit(tmp_dir: str) -> None:
+            self._replace(tmp_dir, final_dir)
+
+        with self._staged(stage, indicator_type, schema, names, commit) as opened:
+            yield opened
+
+    @contextlib.contextmanager
+    def _staged(
+        self, stage: str, indicator_type: str, schema: pa.Schema, names: list[str], commit: Callable[[str], None]
+    ) -> Iterator[list[PartitionWriter]]:
+        """Writers of the files ``names`` in a hidden ``_tmp-*`` directory beside the stage's partitions.
+
+        When the block exits without an exception they are closed and ``commit(tmp_dir)`` puts them in place; on
+        any error (the block's, a writing thread's, the commit's) they are abandoned and the directory removed.
+        """
         schema = _file_schema(schema)
-        type_dir = self._type_dir(stage, indicator_type)
-        tmp_dir = f"{type_dir}/_tmp-{uuid.uuid4().hex}"
+        tmp_dir = f"{self._type_dir(stage, indicator_type)}/_tmp-{uuid.uuid4().hex}"
         self.fs.makedirs(tmp_dir, exist_ok=True)
         opened: list[PartitionWriter] = []
         try:
-            for number in range(files):
-                opened.append(PartitionWriter(self.fs, f"{tmp_dir}/part-{number:05d}.parquet", schema))
+            for name in names:
+                opened.append(PartitionWriter(self.fs, f"{tmp_dir}/{name}", schema))
             yield opened
             for writer in opened:
                 writer.close()
-            self._replace(tmp_dir, self.partition_dir(stage, indicator_type, run_id))
+            commit(tmp_dir)
         except BaseException:
             for writer in opened:
                 with contextlib.suppress(Exception):
@@ -165,7 +173,7 @@ class SnapshotStore:
         return self.partition_url(stage, indicator_type, run_id)
 
     def part_path(self, stage: str, indicator_type: str, run_id: str, part: str | None = None) -> str:
-        """Where one target's file of a partition is (``writer(..., part=...)``), or the partition's only file."""
+        """Where one target's file of a partition is (``writer(..., part=...)``), or the partition's first file."""
         name = "part-00000.parquet" if part is None else f"part-{_safe_part(part)}.parquet"
         return f"{self.partition_dir(stage, indicator_type, run_id)}/{name}"
 
