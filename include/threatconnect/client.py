@@ -5,9 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -19,6 +19,8 @@ from include.pipeline.mappings import load_all
 from include.pipeline.overlap import read_ahead
 from include.threatconnect.auth import HmacAuth
 from include.threatconnect.parse import parse_page, summary_of
+from include.threatconnect.settle import ListingUnsettled, Pass, settled
+from include.threatconnect.urls import iso_z, origin, query, shown_origin
 from include.transport.http import RetryPolicy, TlsError, Transport, TransportClient, TransportError
 
 log = logging.getLogger(__name__)
@@ -30,8 +32,6 @@ V2_BRANCHES: dict[str, tuple[str, str]] = {
 }
 V3_TYPE_NAMES: dict[str, str] = {name: mapping.v3_type for name, mapping in load_all().items()}
 V3_FIELDS = ("tags", "securityLabels", "threatAssess", "falsePositives", "externalDates")
-# Kept literal in query values we build by hand: the docs send filters as ``active%3Dtrue,active%3Dfalse``.
-_QUERY_SAFE = ","
 
 
 class ThreatConnectError(RuntimeError):
@@ -46,22 +46,8 @@ class ThreatConnectAuthError(ThreatConnectError, PermanentError):
     """401/403: bad access id or signature, clock skew, or no access to the owner."""
 
 
-def iso_z(moment: dt.datetime) -> str:
-    """Format an aware datetime as ThreatConnect's ISO-8601 UTC form ``YYYY-MM-DDTHH:MM:SSZ``.
-
-    Args:
-        moment: An aware datetime (a naive one is taken as UTC).
-
-    Returns:
-        The formatted string, truncated to whole seconds.
-    """
-    return times.iso(moment, "seconds")
-
-
-def _query(params: list[tuple[str, str]]) -> str:
-    # Built by hand (not requests' ``params=``) so the target is exactly what the docs show: %20 for spaces,
-    # %3D inside filters. requests leaves an already-encoded URL alone, and HmacAuth signs what is sent anyway.
-    return "&".join(f"{quote(key, safe=_QUERY_SAFE)}={quote(value, safe=_QUERY_SAFE)}" for key, value in params)
+class ThreatConnectLinkError(ThreatConnectError, PermanentError):
+    """A ``next`` link points at another origin than the Connection's: a configuration to fix, not to retry."""
 
 
 def _flag_deleted(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -124,8 +110,7 @@ class ThreatConnectClient(TransportClient):
             sleep,
             "ThreatConnect",
         )
-        base = urlsplit(self.base_url)
-        self._origin = (base.scheme, base.netloc)
+        self._origin = origin(self.base_url)
 
     def __repr__(self) -> str:
         return f"ThreatConnectClient({self.base_url!r}, owner={self.owner!r}, api_version={self.api_version!r})"
@@ -215,23 +200,27 @@ class ThreatConnectClient(TransportClient):
         """
         if self.api_version == "v2":
             params = [("owner", self.owner), ("resultStart", "0"), ("resultLimit", "1")]
-            self._get(f"{self.base_url}/v2/indicators?{_query(params)}")
+            self._get(f"{self.base_url}/v2/indicators?{query(params)}")
         else:
             params = [("owner", self.owner), ("resultStart", "0"), ("resultLimit", "1")]
-            self._get(f"{self.base_url}/v3/indicators?{_query(params)}")
+            self._get(f"{self.base_url}/v3/indicators?{query(params)}")
 
     def _iter_v2(self, indicator_type: str, modified_from: dt.datetime) -> Iterator[tuple[list[Any], int]]:
-        """The v2 listing's pages as they came (items, page number), not yet parsed."""
+        """The v2 listing's pages as they came (items, page number), not yet parsed, read until one pass held."""
+        return self._settled(lambda: self._v2_pass(indicator_type, modified_from), f"v2 {indicator_type} listing")
+
+    def _v2_pass(self, indicator_type: str, modified_from: dt.datetime) -> Generator[list[Any], None, bool]:
+        """One pass over the v2 listing; returns whether its ``resultCount`` changed while it was read."""
         branch, entity = V2_BRANCHES[indicator_type]
-        start, page, expected, received = 0, 0, None, 0
-        while True:
+
+        def page_url(start: int, limit: int) -> str:
             # An SDK comment says modifiedSince "only works with the base url (/v2/indicators)": if a typed
             # branch ignores it, iter_pages' client-side window filter still keeps the result exact.
             params = [
                 ("owner", self.owner),
                 ("modifiedSince", iso_z(modified_from)),
                 ("resultStart", str(start)),
-                ("resultLimit", str(self.page_size)),
+                ("resultLimit", str(limit)),
                 ("includeAdditional", "true"),
                 ("includeTags", "true"),
                 # Security labels exist only as ``includes=labels`` (TC >= 5.4); their JSON key is UNCONFIRMED.
@@ -240,58 +229,91 @@ class ThreatConnectClient(TransportClient):
                 ("filters", "active=true,active=false"),
                 ("orParams", "true"),
             ]
-            body = self._get(f"{self.base_url}/v2/indicators/{branch}?{_query(params)}")
-            data = body.get("data") or {}
-            if page == 0 and isinstance(data.get("resultCount"), int):
+            return f"{self.base_url}/v2/indicators/{branch}?{query(params)}"
+
+        start, pages, expected, received = 0, 0, None, 0
+        while True:
+            data = self._get(page_url(start, self.page_size)).get("data") or {}
+            if pages == 0 and isinstance(data.get("resultCount"), int):
                 expected = data["resultCount"]
             items = data.get(entity) or data.get("indicator") or []
             if isinstance(items, dict):  # a single result may come back unwrapped
                 items = [items]
             received += len(items)
+            pages += 1
             if items:
-                yield items, page
+                yield items
             start += self.page_size
-            page += 1
             if len(items) < self.page_size or (expected is not None and start >= expected):
                 break
         if expected is not None and received != expected:
-            # v2 offsets are not stable while indicators change; the next run's window overlap repairs it.
             log.warning(
                 "ThreatConnect v2 %s: resultCount was %s but %s indicators arrived", indicator_type, expected, received
             )
+        if pages == 1 or expected is None:
+            return False
+        # resultCount comes only with resultStart=0: ask again with a one-row page.
+        recount = (self._get(page_url(0, 1)).get("data") or {}).get("resultCount")
+        return isinstance(recount, int) and recount != expected
 
     def _iter_v3(
         self, indicator_type: str, modified_from: dt.datetime, modified_to: dt.datetime
     ) -> Iterator[tuple[list[Any], int]]:
-        """The v3 listing's pages as they came (items, page number), not yet parsed."""
+        """The v3 listing's pages as they came (items, page number), not yet parsed, read until one pass held."""
+        return self._settled(
+            lambda: self._v3_pass(indicator_type, modified_from, modified_to), f"v3 {indicator_type} listing"
+        )
+
+    def _v3_pass(
+        self, indicator_type: str, modified_from: dt.datetime, modified_to: dt.datetime
+    ) -> Generator[list[Any], None, bool]:
+        """One pass over the v3 listing, following ``next``; returns whether its ``count`` changed meanwhile."""
         tql = (
             f'typeName EQ "{V3_TYPE_NAMES[indicator_type]}" AND lastModified GEQ "{iso_z(modified_from)}" '
             f'AND lastModified LT "{iso_z(modified_to)}" '
             # v3 is active-only unless the TQL names indicatorActive; this clause admits both states.
             "AND (indicatorActive EQ true OR indicatorActive EQ false)"
         )
-        params = (
-            [("tql", tql)]
-            + [("fields", name) for name in V3_FIELDS]
-            + [
-                ("sorting", "lastModified ASC"),
-                ("owner", self.owner),
-                ("resultStart", "0"),
-                ("resultLimit", str(self.page_size)),
-            ]
-        )
-        url: str | None = f"{self.base_url}/v3/indicators?{_query(params)}"
+
+        def first_url(limit: int, fields: bool) -> str:
+            params = (
+                [("tql", tql)]
+                + ([("fields", name) for name in V3_FIELDS] if fields else [])
+                + [
+                    ("sorting", "lastModified ASC"),
+                    ("owner", self.owner),
+                    ("resultStart", "0"),
+                    ("resultLimit", str(limit)),
+                    # ``count`` comes only with resultStart=0 (the first page) and tells whether the listing moved.
+                    ("count", "true"),
+                ]
+            )
+            return f"{self.base_url}/v3/indicators?{query(params)}"
+
+        url: str | None = first_url(self.page_size, fields=True)
         seen: set[str] = set()
-        page = 0
+        pages, expected = 0, None
         while url is not None:
             body = self._get(url)
+            if pages == 0 and isinstance(body.get("count"), int):
+                expected = body["count"]
             items = body.get("data") or []
             if isinstance(items, dict):
                 items = [items]
+            pages += 1
             if items:
-                yield items, page
-            page += 1
+                yield items
             url = self._next_link(body, seen)
+        if pages == 1 or expected is None:
+            return False
+        recount = self._get(first_url(1, fields=False)).get("count")
+        return isinstance(recount, int) and recount != expected
+
+    def _settled(self, read_pass: Pass, what: str) -> Iterator[tuple[list[Any], int]]:
+        try:
+            yield from settled(read_pass, what)
+        except ListingUnsettled as exc:
+            raise ThreatConnectError(str(exc)) from None
 
     def _next_link(self, body: dict[str, Any], seen: set[str]) -> str | None:
         next_url = body.get("next")
@@ -299,10 +321,14 @@ class ThreatConnectClient(TransportClient):
             return None
         if next_url in seen:
             raise ThreatConnectError("ThreatConnect repeated a next link; refusing to loop")
-        parts = urlsplit(next_url)
-        # A signed request is replayable for five minutes: never send one to an origin we were not given.
-        if (parts.scheme, parts.netloc) != self._origin:
-            raise ThreatConnectError(f"ThreatConnect next link leaves {self._origin[1]}: {parts.netloc}")
+        # A signed request is replayable for five minutes: never send one to an origin we were not given. The same
+        # origin may be spelt differently (host case, the default port written out).
+        if origin(next_url) != self._origin:
+            raise ThreatConnectLinkError(
+                f"ThreatConnect's next link leaves the Connection's origin {shown_origin(self._origin)} for "
+                f"{shown_origin(origin(next_url))}: set the ThreatConnect Connection's host to the origin "
+                "ThreatConnect links to (retrying cannot change this)"
+            )
         seen.add(next_url)
         return next_url
 
@@ -340,7 +366,8 @@ class ThreatConnectClient(TransportClient):
         """The deleted listing as ``RAW_SCHEMA`` rows (inactive, ``deleted``), every one versioned ``stamp``.
 
         The caller chooses the version (the window that reported the deletion): the listing's ``dateAdded`` is when
-        the indicator was first added, which says nothing about the deletion.
+        the indicator was first added, which says nothing about the deletion. It travels as the row's ``date_added``
+        (``stamp`` when the listing has none), which tells a deletion of an earlier incarnation of the value.
         """
         when = stamp.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
         items: list[dict[str, Any]] = []
@@ -350,7 +377,9 @@ class ThreatConnectClient(TransportClient):
                     "type": indicator_type,
                     "summary": entry["summary"],
                     "ownerName": entry.get("owner"),
-                    "dateAdded": when,
+                    # kept as the listing gives it: a deletion of an earlier incarnation of a value (added before
+                    # the one delivered, then created again) must not retract the one that lives now
+                    "dateAdded": iso_z(entry["date_added"]) if entry["date_added"] is not None else when,
                     "lastModified": when,
                     "active": False,
                 }
@@ -371,7 +400,7 @@ class ThreatConnectClient(TransportClient):
                 ("resultStart", str(start)),
                 ("resultLimit", str(self.page_size)),
             ]
-            body = self._get(f"{self.base_url}/v2/indicators/{branch}/deleted?{_query(params)}")
+            body = self._get(f"{self.base_url}/v2/indicators/{branch}/deleted?{query(params)}")
             data = body.get("data") or {}
             # The docs show the key ``indicator`` on /v2/indicators/deleted; the typed branch's key is UNCONFIRMED.
             items = data.get("indicator") or data.get(entity) or []
@@ -390,7 +419,7 @@ class ThreatConnectClient(TransportClient):
             ("resultStart", "0"),
             ("resultLimit", str(self.page_size)),
         ]
-        url: str | None = f"{self.base_url}/v3/indicators/deleted?{_query(params)}"
+        url: str | None = f"{self.base_url}/v3/indicators/deleted?{query(params)}"
         seen: set[str] = set()
         while url is not None:
             body = self._get(url)

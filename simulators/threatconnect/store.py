@@ -16,9 +16,13 @@ class IndicatorStore:
     """One instance's indicators, indexed per type by (lastModified, id), with the deleted-indicators listing.
 
     Records are the internal dicts of ``simulators.dataset.generate`` (datetimes for dates). Test hooks:
-    ``fail_next`` (chaos), ``put``/``delete``, and ``deleted_date_added`` (what ``dateAdded`` means in the
-    deleted-indicators listings).
+    ``fail_next`` (chaos), ``put``/``delete``, ``deleted_date_added`` (what ``dateAdded`` means in the
+    deleted-indicators listings) and ``v2_order``: v2's order is undocumented; ``"lastModified"`` (the default) or
+    ``"dateAdded desc"``, the order of the one real v2 listing captured (newest first, ties by ascending id), where
+    an indicator added while a listing is read pushes every other one a place further.
     """
+
+    v2_order = "lastModified"
 
     def __init__(
         self,

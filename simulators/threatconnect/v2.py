@@ -25,8 +25,16 @@ def v2_list(store: IndicatorStore, request: Request, kind: str | None) -> Respon
     filters, or_params = request.query_one("filters") or "", request.query_one("orParams") == "true"
     predicate = v2_filter(filters, or_params)
     kinds = [kind] if kind else list(TYPES)
-    key = ("v2", tuple(kinds), tuple(sorted(owners)), since, filters, or_params)
-    matches = store.cached(key, lambda: store.scan(kinds, since, lambda r: r["owner"] in owners and predicate(r)))
+    key = ("v2", tuple(kinds), tuple(sorted(owners)), since, filters, or_params, store.v2_order)
+
+    def build() -> list[dict[str, Any]]:
+        found = store.scan(kinds, since, lambda r: r["owner"] in owners and predicate(r))
+        if store.v2_order == "dateAdded desc":
+            found.sort(key=lambda r: r["id"])
+            found.sort(key=lambda r: r["dateAdded"], reverse=True)
+        return found
+
+    matches = store.cached(key, build)
     includes = set(request.query_all("includes"))
     additional = request.query_one("includeAdditional") == "true" or "additional" in includes
     tags = request.query_one("includeTags") == "true" or "tags" in includes

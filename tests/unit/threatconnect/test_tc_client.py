@@ -12,7 +12,13 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from include.threatconnect.client import ThreatConnectAuthError, ThreatConnectClient, ThreatConnectError
+from include.pipeline.errors import PermanentError
+from include.threatconnect.client import (
+    ThreatConnectAuthError,
+    ThreatConnectClient,
+    ThreatConnectError,
+    ThreatConnectLinkError,
+)
 
 BASE = "https://tc.example/api"
 SECRET = "super-secret-key"
@@ -92,14 +98,21 @@ def _params(url: str) -> dict[str, list[str]]:
     return parse_qs(urlsplit(url).query)
 
 
-def test_v2_pages_by_result_start_until_result_count_is_reached() -> None:
-    session = FakeSession([_v2_page([_host(1), _host(2)], count=4), _v2_page([_host(3), _host(4)])])
+def test_v2_pages_by_result_start_until_result_count_is_reached_then_counts_once_more() -> None:
+    session = FakeSession(
+        [_v2_page([_host(1), _host(2)], count=4), _v2_page([_host(3), _host(4)]), _v2_page([_host(1)], count=4)]
+    )
     client, _ = _client(session, api_version="v2")
     batches = list(client.iter_pages("Host", FROM, TO))
     assert _ids(batches) == [1, 2, 3, 4]
     assert [batch.column("page").to_pylist() for batch in batches] == [[0, 0], [1, 1]]
-    assert client.requests_sent == 2  # the full last page is not followed by an empty one
-    assert [_params(url)["resultStart"] for url in session.urls] == [["0"], ["2"]]
+    # the full last page is not followed by an empty one; a one-row page asks resultCount again (unchanged)
+    assert client.requests_sent == 3
+    assert [(_params(url)["resultStart"], _params(url)["resultLimit"]) for url in session.urls] == [
+        (["0"], ["2"]),
+        (["2"], ["2"]),
+        (["0"], ["1"]),
+    ]
 
 
 def test_v2_stops_on_a_short_page_when_result_count_is_missing() -> None:
@@ -133,7 +146,7 @@ def test_v2_drops_rows_modified_at_or_after_the_window_end() -> None:
 
 
 def test_v2_warns_when_fewer_rows_arrive_than_result_count_promised(caplog: pytest.LogCaptureFixture) -> None:
-    session = FakeSession([_v2_page([_host(1), _host(2)], count=5), _v2_page([_host(3)])])
+    session = FakeSession([_v2_page([_host(1), _host(2)], count=5), _v2_page([_host(3)]), _v2_page([], count=5)])
     client, _ = _client(session, api_version="v2")
     with caplog.at_level(logging.WARNING):
         assert _ids(list(client.iter_pages("Host", FROM, TO))) == [1, 2, 3]
@@ -182,10 +195,28 @@ def test_v3_refuses_to_loop_on_a_repeated_next_link() -> None:
         list(client.iter_pages("Host", FROM, TO))
 
 
-def test_v3_refuses_a_next_link_to_another_host() -> None:
+def test_v3_refuses_a_next_link_to_another_host_at_once_as_a_setting_to_fix() -> None:
     session = FakeSession([_v3_page([_host(1)], "https://evil.example/api/v3/indicators?resultStart=2")])
     client, _ = _client(session)
-    with pytest.raises(ThreatConnectError, match=r"leaves tc\.example"):
+    with pytest.raises(ThreatConnectLinkError, match=r"origin https://tc\.example for https://evil\.example") as info:
+        list(client.iter_pages("Host", FROM, TO))
+    assert isinstance(info.value, PermanentError)
+    assert client.requests_sent == 1
+
+
+@pytest.mark.parametrize("spelling", ["https://TC.Example/api", "https://tc.example:443/api", "HTTPS://tc.example/api"])
+def test_v3_follows_a_next_link_to_the_same_origin_spelt_differently(spelling: str) -> None:
+    link = f"{spelling}/v3/indicators?resultStart=1"
+    session = FakeSession([_v3_page([_host(1)], link), _v3_page([_host(2)])])
+    client, _ = _client(session)
+    assert _ids(list(client.iter_pages("Host", FROM, TO))) == [1, 2]
+    assert session.urls[1] == link
+
+
+def test_v3_refuses_a_next_link_on_another_port() -> None:
+    session = FakeSession([_v3_page([_host(1)], "https://tc.example:8443/api/v3/indicators?resultStart=1")])
+    client, _ = _client(session)
+    with pytest.raises(ThreatConnectLinkError, match=r"for https://tc\.example:8443"):
         list(client.iter_pages("Host", FROM, TO))
 
 
