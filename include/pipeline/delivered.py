@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,3 +106,15 @@ def delivered_state(
 def is_live(state_row: pd.Series | dict[str, Any]) -> bool:
     """True when the target holds this indicator as live (its latest write was not a retraction)."""
     return state_row["action"] != "retract"
+
+
+def expiring(state: pd.DataFrame, written: pd.DataFrame, at: dt.datetime, within: dt.timedelta) -> int:
+    """How many indicators are live after this run's successful writes and expire within ``within`` of ``at``."""
+    untouched = state[~state["external_id"].isin(set(written["external_id"]))] if not state.empty else state
+    frames = [f for f in (untouched, written) if not f.empty]
+    if not frames:
+        return 0
+    after = pd.concat(frames, ignore_index=True)
+    live = after[after["action"] != "retract"]
+    horizon = pd.Timestamp(at + within)
+    return int((pd.to_datetime(live["expiration"], utc=True) < horizon).sum())

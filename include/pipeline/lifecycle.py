@@ -11,6 +11,7 @@ that state:
 | active, content differs              | live                   | ``update``                            |
 | active, same content                 | live                   | ``skip`` (unchanged: zero writes)     |
 | older version than delivered         | any                    | ``skip`` (stale: a backfill of old data) |
+| deleted, added before the delivered one | live                | ``skip`` (stale: an earlier indicator) |
 | active, same content as a rejection  | quarantined            | ``skip`` (quarantined until it changes) |
 | active, the target refuses the value | any                    | ``reject`` (never sent; the reason)   |
 | active, verify found it missing      | not delivered          | ``create``/``update`` (heal)          |
@@ -19,10 +20,14 @@ that state:
 | not in the full active set (reconcile) | live                 | ``retract`` (orphan)                  |
 | (not in this run) expiring soon      | live                   | ``refresh`` (new expiration)          |
 
-A deletion (ThreatConnect's deleted listing) is never stale: it is versioned by the window that reported it, and
-every entry of that listing is a deletion that holds now. Writes that verify found missing or different in the
-target do not count as delivered, so the next run sends them again (it heals). A write the target refused for its
-content (status ``rejected``) is quarantined: it is not sent again until its content (the payload's hash) changes.
+A deletion (ThreatConnect's deleted listing) is never stale by time: it is versioned by the window that reported
+it, and every entry of that listing is a deletion that holds now, unless it deleted an earlier indicator with the
+value: the listing's ``dateAdded`` (when the deleted one was added, or deleted: the docs do not say) is never before
+the delivered one's when the delivered one is what was deleted, so one before it means the value was created again
+since, and a backfill over the deletion must not retract the indicator that lives now (``skip``). Writes that
+verify found missing or different in the target do not count as delivered, so the next run sends them again (it
+heals). A write the target refused for its content (status ``rejected``) is quarantined: it is not sent again until
+its content (the payload's hash) changes.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from include.pipeline.delivered import NORMALIZED_COLUMNS, ONE_MS, Delivered, is
 from include.pipeline.delivered import UNDELIVERED as UNDELIVERED
 from include.pipeline.delivered import delivered as delivered
 from include.pipeline.delivered import delivered_state as delivered_state
+from include.pipeline.delivered import expiring as expiring
 from include.pipeline.errors import NotSupported
 from include.pipeline.mappings import ExpirationPolicy
 from include.pipeline.ports import content_hash
@@ -125,6 +131,14 @@ def _retraction_reason(row: dict[str, Any]) -> str | None:
     return None
 
 
+def _earlier_incarnation(deletion: dict[str, Any], held: dict[str, Any]) -> bool:
+    """A deletion of an indicator added before the delivered one (see the module's notes)? Without both dates, no."""
+    deleted_added, held_added = deletion.get("date_added"), held.get("date_added")
+    if deleted_added is None or held_added is None or pd.isna(deleted_added) or pd.isna(held_added):
+        return False
+    return bool(pd.Timestamp(deleted_added) < pd.Timestamp(held_added))
+
+
 def _version(candidate: pd.Timestamp, previous: Any) -> pd.Timestamp:
     """The version to send: the change's own time, but always after the version the target already has."""
     if previous is None or pd.isna(previous):
@@ -173,9 +187,12 @@ def plan(
         held = delivered_rows.get(row["external_id"])
         why_retract = _retraction_reason(row)
         last_modified = pd.Timestamp(row["last_modified"])
-        # A deletion is versioned by the listing that reported it; it always holds now (never stale).
+        # A deletion is versioned by the listing that reported it; it always holds now (never stale by time).
         if held is not None and not row.get("deleted") and last_modified < pd.Timestamp(held["last_modified"]):
             rows.append({**row, "action": "skip", "reason": "stale: older than the delivered version"})
+            continue
+        if held is not None and row.get("deleted") and _earlier_incarnation(row, held):
+            rows.append({**row, "action": "skip", "reason": "stale: deletion of an earlier indicator with this value"})
             continue
         if why_retract is not None:
             if held is not None and is_live(held):
@@ -417,18 +434,6 @@ def hold_retractions(planned: pd.DataFrame) -> pd.DataFrame:
 def is_held(reasons: pd.Series) -> pd.Series:
     """Which plan rows' reasons say "held for approval"."""
     return reasons.fillna("").astype(str).str.startswith(HELD)
-
-
-def expiring(state: pd.DataFrame, written: pd.DataFrame, at: dt.datetime, within: dt.timedelta) -> int:
-    """How many indicators are live after this run's successful writes and expire within ``within`` of ``at``."""
-    untouched = state[~state["external_id"].isin(set(written["external_id"]))] if not state.empty else state
-    frames = [f for f in (untouched, written) if not f.empty]
-    if not frames:
-        return 0
-    after = pd.concat(frames, ignore_index=True)
-    live = after[after["action"] != "retract"]
-    horizon = pd.Timestamp(at + within)
-    return int((pd.to_datetime(live["expiration"], utc=True) < horizon).sum())
 
 
 def plan_table(planned: pd.DataFrame) -> pa.Table:

@@ -26,6 +26,8 @@ from tests.dags.dagrun import (
     Run,
 )
 
+LATER_DATE = "2026-06-04"  # the run after NEXT_DATE: interval [NEXT_DATE, LATER_DATE)
+
 #: A URL longer than the 2,083 characters Microsoft supports (KB 208427): valid in ThreatConnect, refused by targets.
 LONG_URL = "https://files.example.org/download?" + "&".join(f"k{i}=v{i:05d}" for i in range(200))
 assert len(LONG_URL) > 2083
@@ -162,6 +164,8 @@ class Deletion:
     next: Run
     deleted: list[str]  # external ids deleted in ThreatConnect after the first run (dateAdded long before)
     recreated: str  # deleted and re-created with the same value inside the next window
+    later: Run  # the interval after: the re-created indicator changed again in it
+    replayed: Run  # the deletion's interval run again, without the re-created indicator's live row
 
 
 def _build_deletion(sink: str, api_version: str) -> Callable[[Any, Path, Callable[[Pipeline], None]], Deletion]:
@@ -187,7 +191,20 @@ def _build_deletion(sink: str, api_version: str) -> Callable[[Any, Path, Callabl
             }
         )
         following = pipeline.run(NEXT_DATE)
-        return Deletion(pipeline, first, following, live[:2], live[2])
+        # The re-created indicator changes in the interval after; then the deletion's interval is run again. Its
+        # deleted listing still reports the deletion of the indicator added a month before, not the one that lives.
+        pipeline.stack.tc.put(
+            {
+                **again,
+                "id": 8_100_001,
+                "dateAdded": FIRST_INTERVAL_END + dt.timedelta(hours=6),
+                "confidence": 13,
+                "lastModified": FIRST_INTERVAL_END + dt.timedelta(days=1, hours=3),
+            }
+        )
+        later = pipeline.run(LATER_DATE)
+        replayed = pipeline.run(NEXT_DATE)
+        return Deletion(pipeline, first, following, live[:2], live[2], later, replayed)
 
     return build
 

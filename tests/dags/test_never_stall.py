@@ -113,6 +113,17 @@ def test_item2_a_value_re_created_inside_the_window_stays_live(deletion) -> None
     assert deletion.recreated in live
 
 
+def test_item2_running_the_deletions_interval_again_does_not_retract_the_value_re_created_since(deletion) -> None:
+    assert deletion.later.succeeded, deletion.later.explain()
+    assert deletion.replayed.succeeded, deletion.replayed.explain()
+    plan = {r["external_id"]: r for r in _rows(deletion.pipeline, "plan", deletion.replayed)}
+    assert plan[deletion.recreated]["action"] == "skip"
+    assert plan[deletion.recreated]["reason"].startswith("stale: deletion of an earlier indicator")
+    live = deletion.pipeline.stack.target_external_ids(deletion.pipeline.sink, include_retracted=False)
+    assert deletion.recreated in live
+    assert set(deletion.deleted) & live == set()
+
+
 # --------------------------------------------------------------------------------------------- 3. Sentinel
 def test_item3_the_documented_minimal_sentinel_connection_gives_a_green_run(sentinel_acknowledged) -> None:
     assert sentinel_acknowledged.run.succeeded, sentinel_acknowledged.run.explain()

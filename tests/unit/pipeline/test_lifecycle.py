@@ -92,6 +92,32 @@ def test_a_retired_indicator_that_was_delivered_is_retracted(tmp_path, flags, re
     assert row["stix_modified"] > state.loc[row["external_id"], "stix_modified"]
 
 
+@pytest.mark.parametrize(
+    ("deleted_added", "action"),
+    [
+        (-dt.timedelta(days=10), "skip"),  # an indicator added before the delivered one: deleted, then created again
+        (dt.timedelta(0), "retract"),  # the listing's dateAdded is when the deleted one was added: the delivered one
+        (dt.timedelta(days=40), "retract"),  # ... or when it was deleted: after the delivered one was added
+        (None, "retract"),  # a deletion without a date holds
+    ],
+)
+def test_a_deletion_retracts_the_delivered_indicator_unless_it_deleted_an_earlier_one_with_that_value(
+    tmp_path, deleted_added, action
+) -> None:
+    rows = ip_rows(2)
+    state = deliver(tmp_path, plan(rows, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
+    # a backfill over the deletion: its window (and so the deletion's version) is before the delivered version
+    deletion = rows.iloc[[0]].copy()
+    deletion["deleted"], deletion["active"] = True, False
+    deletion["last_modified"] = deletion["last_modified"] - pd.Timedelta(days=3)
+    added = rows.loc[0, "date_added"]
+    deletion["date_added"] = pd.NaT if deleted_added is None else added + deleted_added
+    planned = plan(deletion, state)
+    assert planned["action"].tolist() == [action]
+    expected = "stale: deletion of an earlier indicator" if action == "skip" else "deleted in ThreatConnect"
+    assert planned["reason"].item().startswith(expected)
+
+
 def test_a_retired_indicator_never_delivered_is_not_sent_at_all(tmp_path) -> None:
     state = lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")
     planned = plan(ip_rows(2, active=False), state)

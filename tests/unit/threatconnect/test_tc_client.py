@@ -333,6 +333,17 @@ def test_deleted_listings_yield_type_summary_owner_and_time(version: str) -> Non
     assert _params(session.urls[0])["deletedSince"] == ["2024-01-01T00:00:00Z"]
 
 
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_deleted_rows_are_versioned_by_the_window_and_keep_the_listings_date_added(version: str) -> None:
+    session = FakeSession([_deleted_step("Host")])
+    client, _ = _client(session, api_version=version)
+    stamp = dt.datetime(2024, 1, 2, tzinfo=dt.UTC)
+    rows = [row for batch in client.iter_deleted_batches("Host", FROM, stamp) for row in batch.to_pylist()]
+    assert [(r["summary"], r["deleted"], r["active"], r["last_modified"], r["date_added"]) for r in rows] == [
+        ("gone.example", True, False, stamp, dt.datetime(2024, 1, 1, 5, tzinfo=dt.UTC))
+    ]
+
+
 def test_the_client_repr_does_not_reveal_the_secret() -> None:
     client, _ = _client(FakeSession([]))
     assert SECRET not in repr(client)
