@@ -17,6 +17,14 @@ log = logging.getLogger(__name__)
 MICROSOFT_AUTHORITY_HOST = "https://login.microsoftonline.com"
 GRAPH_SCOPE = "https://graph.microsoft.com/.default"
 ARM_SCOPE = "https://management.azure.com/.default"
+PUBLIC_ARM_HOST = "https://management.azure.com"
+#: Azure Resource Manager of the sovereign clouds, by their login host. Sentinel's upload API and its management
+#: plane both take a token for the cloud's ARM: ``https://management.usgovcloudapi.net/.default`` in US Government
+#: (upload host ``api.ti.sentinel.azure.us``), ``https://management.chinacloudapi.cn/.default`` in China.
+SOVEREIGN_ARM_HOSTS = {
+    "login.microsoftonline.us": "https://management.usgovcloudapi.net",
+    "login.chinacloudapi.cn": "https://management.chinacloudapi.cn",
+}
 _MICROSOFT_LOGIN_HOSTS = {
     "login.microsoftonline.com",
     "login.microsoft.com",
@@ -38,6 +46,11 @@ class TokenRefused(TokenError, PermanentError):
 
 #: OAuth error codes that may pass on a later try; every other refusal is the caller's configuration.
 TRANSIENT_TOKEN_ERRORS = frozenset({"temporarily_unavailable", "server_error", "slow_down"})
+
+
+def arm_host(authority_host: str) -> str:
+    """The Azure Resource Manager of the cloud whose login host is ``authority_host`` (public Azure otherwise)."""
+    return SOVEREIGN_ARM_HOSTS.get(urlsplit(authority_host).hostname or "", PUBLIC_ARM_HOST)
 
 
 def is_microsoft_authority(authority_host: str) -> bool:

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 from airflow.sdk import BaseHook
 
-from include.microsoft.auth import ARM_SCOPE, GRAPH_SCOPE, MICROSOFT_AUTHORITY_HOST, TokenProvider
+from include.microsoft.auth import GRAPH_SCOPE, MICROSOFT_AUTHORITY_HOST, TokenProvider
 from include.pipeline.ports import Sink
 from include.threatconnect.client import ThreatConnectClient
 from include.transport.http import RequestBudget
@@ -209,7 +209,6 @@ class SentinelHook(BaseHook):
             extra=extra,
             owner=owner,
             limiter_root=limiter_dir(),
-            scope=ARM_SCOPE,
             budget=request_budget,
             on_new_token=_mask,
         )

@@ -3,8 +3,9 @@
 Connection ``sentinel_default`` (read by the hook, not here): host = upload endpoint
 (default :data:`DEFAULT_ENDPOINT`), login = client id, password = client secret, extras ``tenant_id``,
 ``workspace_id``, ``authority_host``; for verification through the management plane also ``subscription_id``,
-``resource_group``, ``workspace_name`` and ``management_host`` (default :data:`DEFAULT_MANAGEMENT_HOST`).
-Both planes take a client-credentials token for ``include.microsoft.auth.ARM_SCOPE``.
+``resource_group``, ``workspace_name`` and ``management_host`` (default: the Azure Resource Manager of the cloud the
+``authority_host`` belongs to, :data:`DEFAULT_MANAGEMENT_HOST` in public Azure). Both planes take a client-credentials
+token for that cloud's Resource Manager (``include.microsoft.auth.arm_host``).
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ import pandas as pd
 
 from include.microsoft.sentinel.client import (
     DEFAULT_IN_FLIGHT,
-    DEFAULT_MANAGEMENT_HOST,
     DEFAULT_REQUESTS_PER_MINUTE,
     MAX_OBJECTS_PER_UPLOAD,
     MAX_QUERY_VALUES,
@@ -298,7 +297,7 @@ def sink_from_settings(
     extra: Mapping[str, Any],
     owner: str,
     limiter_root: Path,
-    scope: str,
+    scope: str | None = None,
     requests_per_minute: int = DEFAULT_REQUESTS_PER_MINUTE,
     on_new_token: Callable[[str], None] | None = None,
     budget: Callable[[str, int, float], RequestBudget] | None = None,
@@ -308,15 +307,19 @@ def sink_from_settings(
     The limiter's state is keyed on the identity (client id + workspace): the API budget is per identity, so every
     load task of that identity on this machine draws from one budget. ``budget(identity, max_requests,
     per_seconds)``, when given, builds the limiter instead (the hook's choice: Redis across hosts, or this file).
-    """
-    from include.microsoft.auth import MICROSOFT_AUTHORITY_HOST, TokenProvider
 
+    The token's scope and the management host default to the Azure Resource Manager of the cloud the
+    ``authority_host`` belongs to (public, US Government or China).
+    """
+    from include.microsoft.auth import MICROSOFT_AUTHORITY_HOST, TokenProvider, arm_host
+
+    authority_host = str(extra.get("authority_host") or MICROSOFT_AUTHORITY_HOST)
     tokens = TokenProvider(
         str(extra["tenant_id"]),
         client_id,
         client_secret,
-        scope,
-        authority_host=str(extra.get("authority_host") or MICROSOFT_AUTHORITY_HOST),
+        scope or f"{arm_host(authority_host)}/.default",
+        authority_host=authority_host,
         on_new_token=on_new_token,
     )
     management = None
@@ -325,7 +328,7 @@ def sink_from_settings(
             str(extra["subscription_id"]),
             str(extra["resource_group"]),
             str(extra["workspace_name"]),
-            host=str(extra.get("management_host") or DEFAULT_MANAGEMENT_HOST),
+            host=str(extra.get("management_host") or arm_host(authority_host)),
         )
     workspace_id = str(extra["workspace_id"])
     limiter = budget_for(

@@ -532,3 +532,31 @@ def test_a_sink_reads_its_connection_once_so_a_secrets_backend_is_asked_once(
     monkeypatch.setattr(BaseHook, "get_connection", classmethod(counting))
     _sink_of(kind)
     assert asked.count(CONN_IDS[kind]) == 1  # (the shared budget's optional Redis Connection is asked for too)
+
+
+@pytest.mark.parametrize(
+    ("authority", "arm"),
+    [
+        ("https://login.microsoftonline.us", "https://management.usgovcloudapi.net"),
+        ("https://login.chinacloudapi.cn", "https://management.chinacloudapi.cn"),
+        ("https://login.microsoftonline.com", "https://management.azure.com"),
+    ],
+)
+def test_a_sentinel_connection_in_a_sovereign_cloud_asks_for_that_clouds_resource_manager(
+    monkeypatch: pytest.MonkeyPatch, authority: str, arm: str
+) -> None:
+    _microsoft(
+        monkeypatch,
+        "sentinel_default",
+        "https://api.ti.sentinel.azure.us",
+        workspace_id=WORKSPACE,
+        authority_host=authority,
+        subscription_id="sub-1",
+        resource_group="rg-1",
+        workspace_name="ws-1",
+    )
+    sink = SentinelHook().get_sink("Org")
+    sink.client.token_provider.token()
+    assert RecordingMsal.built[-1]["scopes"] == [f"{arm}/.default"]
+    assert RecordingMsal.built[-1]["authority"] == f"{authority}/{TENANT}"
+    assert sink.client.management.host == arm
