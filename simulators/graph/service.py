@@ -132,7 +132,8 @@ class GraphService:
         """Fail items matching ``predicate`` in submit/update batches (206), ``count`` times in all (None: always).
 
         The item's ``Error`` carries ``code``: the default reads as a transient provider failure, ``"BadRequest"``
-        as a permanent rejection of the content. Only items that pass validation reach this check.
+        as a permanent rejection of the content, ``""`` leaves the ``Error`` element out (the refusal text as the id
+        only, as seen in the field). Only items that pass validation reach this check.
         """
         with self._lock:
             self._item_faults.append(_ItemFault(predicate, count, message, code))

@@ -98,7 +98,10 @@ def fault_response(status: int, retry_after: int | None) -> Response:
 
 
 def item_error(failed_id: str, external_id: Any, exc: GraphValidationError) -> dict[str, Any]:
-    # Invented shape (the 206 per-item body is undocumented): the error sits at the failing item's index.
+    # Invented shape (the 206 per-item body is undocumented): the error sits at the failing item's index. Without a
+    # code, the shape seen in the field (security-api-solutions #149): the refusal text as the id, no Error element.
+    if not exc.code:
+        return {"id": failed_id, "externalId": external_id}
     return {"id": failed_id, "externalId": external_id, "Error": {"code": exc.code, "message": str(exc)}}
 
 

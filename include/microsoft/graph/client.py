@@ -113,9 +113,13 @@ def item_error(item: Any) -> str | None:
 
 def item_transient(item: Any) -> bool:
     """Whether a failed submit/update item may pass on a resend (a server-side code), rather than a refusal of
-    its content (``BadRequest``, a validation message). An item that says nothing about why counts as transient."""
+    its content (``BadRequest``, a validation message). An item that says nothing about why counts as transient,
+    except Graph's own refusal text in place of the id ("Failed to create, check Error element for reason") without
+    the element: items refused for their content have come back so, and resending them only fails the run."""
     if not isinstance(item, Mapping):
         return True
+    if not any(key in item for key in ("Error", "error")) and _REFUSAL_ID.match(str(item.get("id") or "")):
+        return False
     for key in ("Error", "error"):
         error = item.get(key)
         if isinstance(error, Mapping):
@@ -129,6 +133,9 @@ def item_transient(item: Any) -> bool:
         if error:
             return False  # a bare message: Graph's validation text
     return True
+
+
+_REFUSAL_ID = re.compile(r"^Failed to (create|update)\b", re.IGNORECASE)
 
 
 def result_info_error(info: Any) -> str | None:

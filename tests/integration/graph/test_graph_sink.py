@@ -262,6 +262,18 @@ def test_a_per_item_bad_request_is_rejected_without_a_retry(stack: GraphStack, s
     assert "Invalid value" in (results[2].error or "")
 
 
+def test_a_per_item_refusal_without_an_error_element_is_rejected_without_a_retry(
+    stack: GraphStack, sink: GraphSink
+) -> None:
+    rows = ip_rows(3)
+    victim = rows["external_id"][0]
+    stack.graph.fail_items(lambda item: item.get("externalId") == victim, count=None, code="")
+    results = sink.upsert(rows)
+    assert [(r.status, r.attempts) for r in results] == [("rejected", 1), ("ok", 1), ("ok", 1)]
+    assert "Failed to create" in (results[0].error or "")
+    assert len(stack.graph.writes("submitTiIndicators")) == 1
+
+
 def test_a_forbidden_answer_fails_at_once_as_a_permanent_error(stack: GraphStack, sink: GraphSink) -> None:
     from include.pipeline.errors import PermanentError
 

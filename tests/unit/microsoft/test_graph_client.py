@@ -15,6 +15,7 @@ from include.microsoft.graph import (
     GraphError,
     is_graph_id,
     item_error,
+    item_transient,
     result_info_error,
 )
 from include.transport.http import RetryPolicy
@@ -100,6 +101,22 @@ def test_an_item_whose_id_is_not_a_graph_id_failed() -> None:
 
 def test_an_item_without_an_id_failed() -> None:
     assert item_error({"externalId": "x"}) is not None
+
+
+@pytest.mark.parametrize(
+    ("item", "transient"),
+    [
+        # Graph's refusal text in place of the id, without the Error element it names (seen in the field)
+        ({"id": "Failed to create, check Error element for reason", "externalId": "x"}, False),
+        ({"id": "Failed to update, check Error element for reason"}, False),
+        ({"id": "Failed to create", "Error": {"code": "BadRequest", "message": "bad"}}, False),
+        ({"id": "x", "Error": {"code": "ServiceUnavailable", "message": "busy"}}, True),
+        ({"externalId": "x"}, True),  # says nothing at all: may pass on a resend
+        ({"id": "x", "Error": {"code": "x", "status": 503}}, True),
+    ],
+)
+def test_whether_a_failed_item_may_pass_on_a_resend(item: dict[str, Any], transient: bool) -> None:
+    assert item_transient(item) is transient
 
 
 @pytest.mark.parametrize("info", [{"code": 0, "message": ""}, {"code": "0"}, {"code": 404, "message": "gone"}])
