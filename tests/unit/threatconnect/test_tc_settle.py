@@ -6,9 +6,10 @@ import logging
 from collections.abc import Generator
 from typing import Any
 
+import numpy as np
 import pytest
 
-from include.threatconnect.settle import MAX_PASSES, ListingUnsettled, settled
+from include.threatconnect.settle import MAX_PASSES, IdSet, ListingUnsettled, settled
 
 
 def _passes(*passes: tuple[list[list[Any]], bool]) -> Any:
@@ -73,6 +74,27 @@ def test_pages_that_bring_nothing_new_are_not_yielded() -> None:
     assert [page for _, page in settled(read, "Host listing")] == [0, 1]
 
 
-def test_ids_of_text_and_numbers_are_kept_apart_and_booleans_are_not_ids() -> None:
-    read = _passes(([[1, "1", True]], False))
-    assert _ids(list(settled(read, "Host listing"))) == [1, "1", True]
+def test_only_integer_ids_are_known_text_or_boolean_ids_come_from_the_first_pass_only() -> None:
+    read = _passes(([[1, "1", True], [2]], True), ([[1, "1", True], [2, 3]], False))
+    assert _ids(list(settled(read, "Host listing"))) == [1, "1", True, 2, 3]
+
+
+def test_an_indicator_twice_on_one_page_is_yielded_once() -> None:
+    read = _passes(([[1, 2, 1]], False), ([[1, 2]], False))
+    assert _ids(list(settled(read, "Host listing"))) == [1, 2]
+
+
+def test_the_id_set_answers_as_a_python_set_does() -> None:
+    rng = np.random.default_rng(7)
+    ids, judge = IdSet(), set()
+    for size in [0, 1, 3, 1000, 7, 2500, 64, 10_000, 5]:
+        chunk = rng.integers(-(2**62), 2**62, size) if size % 2 else rng.integers(0, 30_000, size)
+        probe = np.concatenate([chunk[: size // 2], rng.integers(0, 30_000, 500), rng.integers(-(2**62), 2**62, 50)])
+        assert ids.contains(probe).tolist() == [int(value) in judge for value in probe]
+        ids.add(chunk)
+        judge.update(int(value) for value in chunk)
+    assert ids.contains(np.array(sorted(judge), dtype=np.int64)).all()
+    assert len(ids._runs) <= 2 * len(judge).bit_length()
+    other = IdSet()
+    other.update(ids)
+    assert other.contains(np.array(sorted(judge), dtype=np.int64)).all()
