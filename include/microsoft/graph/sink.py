@@ -244,7 +244,11 @@ class GraphSink:
             except GraphError as exc:
                 if isinstance(exc, PermanentError) or (exc.transient and not exc.ambiguous):
                     raise
-                answers = [{"code": exc.status or -1, "message": str(exc)}] * len(batch)
+                # An answer that does not say, id by id, what it deleted (too few results, none, an error body
+                # under a 2xx): what Graph still holds decides. Those are sent again; the others are gone.
+                log.warning("delete of %s indicators was unclear (%s); looking them up", len(batch), exc)
+                left = self.client.find_by_external_ids(batch)
+                return [ItemAnswer(error=str(exc)) if e in left else ItemAnswer(owned[e][0]["id"]) for e in batch]
             return [
                 ItemAnswer(owned[e][0]["id"])
                 if (error := result_info_error(answer)) is None
