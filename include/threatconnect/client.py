@@ -421,8 +421,20 @@ class ThreatConnectClient(TransportClient):
         ]
         url: str | None = f"{self.base_url}/v3/indicators/deleted?{query(params)}"
         seen: set[str] = set()
+        expected, received = None, 0
         while url is not None:
             body = self._get(url)
+            if expected is None and isinstance(body.get("count"), int):
+                expected = body["count"]
             items = body.get("data") or []
-            yield from [items] if isinstance(items, dict) else items
+            items = [items] if isinstance(items, dict) else items
+            received += len(items)
+            yield from items
             url = self._next_link(body, seen)
+        if expected is not None and received < expected:
+            log.warning(  # the documented shape shows no next link: say so rather than drop deletions unseen
+                "ThreatConnect listed %s of the %s deleted %s indicators it counted, and no next link for the rest",
+                received,
+                expected,
+                indicator_type,
+            )

@@ -344,6 +344,15 @@ def test_deleted_rows_are_versioned_by_the_window_and_keep_the_listings_date_add
     ]
 
 
+def test_a_v3_deleted_listing_that_counts_more_than_it_lists_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    item = {"ownerName": "Example Organization", "type": "Host", "summary": "gone.example"}
+    session = FakeSession([_response(200, {"data": [item], "count": 3, "status": "Success"})])
+    client, _ = _client(session)
+    with caplog.at_level(logging.WARNING):
+        assert len(list(client.iter_deleted("Host", FROM))) == 1
+    assert "listed 1 of the 3 deleted Host indicators" in caplog.text
+
+
 def test_the_client_repr_does_not_reveal_the_secret() -> None:
     client, _ = _client(FakeSession([]))
     assert SECRET not in repr(client)
