@@ -7,7 +7,7 @@ from typing import Any
 import pandas as pd
 
 from include.pipeline import frames
-from include.pipeline.delivered import NORMALIZED_COLUMNS, ONE_MS, is_live
+from include.pipeline.delivered import NORMALIZED_COLUMNS, ONE_MS, expired, is_live
 
 
 def _priority(row: dict[str, Any]) -> tuple[int, int, int, str]:
@@ -22,7 +22,12 @@ def _priority(row: dict[str, Any]) -> tuple[int, int, int, str]:
 
 
 def apply_capacity(
-    planned: pd.DataFrame, state: pd.DataFrame, capacity: int, others_live: int, sink: str
+    planned: pd.DataFrame,
+    state: pd.DataFrame,
+    capacity: int,
+    others_live: int,
+    sink: str,
+    expired_before: Any = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Keep what the target holds of ours within ``capacity`` (every type together), by priority.
 
@@ -31,12 +36,21 @@ def apply_capacity(
     the best ones stay or are loaded, planned creates below the cut become ``skip: over <sink> capacity``, and live
     ones below the cut are retracted to make room (the retraction guard still applies to them).
 
+    A delivered indicator whose expiration is at or before ``expired_before`` takes no room: the target removed it
+    by itself (Defender deletes an indicator when its expiration passes).
+
     Returns:
         The adjusted plan and ``{"capacity", "used", "over_capacity"}`` (``used``: live after this run, all types).
     """
     retracting = set(planned.loc[planned["action"] == "retract", "external_id"])
     held_live = (
-        [] if state.empty else [r for r in frames.records(state) if is_live(r) and r["external_id"] not in retracting]
+        []
+        if state.empty
+        else [
+            r
+            for r in frames.records(state)
+            if is_live(r) and not expired(r, expired_before) and r["external_id"] not in retracting
+        ]
     )
     rows_by_id = {r["external_id"]: r for r in held_live}
     for row in frames.records(planned):

@@ -108,6 +108,15 @@ def is_live(state_row: pd.Series | dict[str, Any]) -> bool:
     return state_row["action"] != "retract"
 
 
+def expired(state_row: pd.Series | dict[str, Any], before: dt.datetime | pd.Timestamp | None) -> bool:
+    """True when the indicator's expiration is at or before ``before`` (a target that removes expired indicators
+    by itself, Defender, no longer holds it); never without ``before`` or an expiration."""
+    expiration = state_row.get("expiration")
+    if before is None or expiration is None or pd.isna(expiration):
+        return False
+    return bool(pd.Timestamp(expiration) <= pd.Timestamp(before))
+
+
 def expiring(state: pd.DataFrame, written: pd.DataFrame, at: dt.datetime, within: dt.timedelta) -> int:
     """How many indicators are live after this run's successful writes and expire within ``within`` of ``at``."""
     untouched = state[~state["external_id"].isin(set(written["external_id"]))] if not state.empty else state

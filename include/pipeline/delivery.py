@@ -65,9 +65,16 @@ def _read_inventory(store: SnapshotStore, run_id: str, indicator_type: str) -> s
     return set(table.filter(table["live"])["external_id"].to_pylist())
 
 
-def _live_count(store: SnapshotStore, indicator_type: str, sink: str) -> int:
+def _live_count(store: SnapshotStore, indicator_type: str, sink: str, expired_before: Any = None) -> int:
+    """How many of the type's delivered indicators the target holds (live, and not expired before the date)."""
     state = lifecycle.delivered_state(store, indicator_type, sink)
-    return 0 if state.empty else int((state["action"] != "retract").sum())
+    if state.empty:
+        return 0
+    live = state["action"] != "retract"
+    if expired_before is not None:
+        expiration = pd.to_datetime(state["expiration"], utc=True)
+        live &= expiration.isna() | (expiration > pd.Timestamp(expired_before))
+    return int(live.sum())
 
 
 def _target_view(
@@ -164,8 +171,11 @@ def load(
     )
     capacity: dict[str, Any] | None = None
     if sink.capacity is not None:
-        others = sum(_live_count(store, other, name) for other in SUPPORTED_TYPES if other != indicator_type)
-        planned, capacity = lifecycle.apply_capacity(planned, state, sink.capacity, others, name)
+        # The one target with a capacity, Defender, deletes an indicator when its expiration passes: expired ones
+        # take no room (the run's notion of now is its interval's end, as for the expirations it refuses).
+        now = policy.interval_end
+        others = sum(_live_count(store, other, name, now) for other in SUPPORTED_TYPES if other != indicator_type)
+        planned, capacity = lifecycle.apply_capacity(planned, state, sink.capacity, others, name, now)
         if capacity["over_capacity"]:
             log.warning(
                 "%s holds at most %s of our indicators: %s %s indicators are left out or retracted by "

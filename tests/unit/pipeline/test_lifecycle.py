@@ -319,6 +319,25 @@ def test_a_higher_priority_arrival_retracts_the_lowest_priority_live_indicator_t
     assert info["used"] == 2
 
 
+def test_delivered_indicators_that_expired_take_no_room(tmp_path) -> None:
+    soon = BASE_TIME + dt.timedelta(days=17)
+    held = rows_frame([normalized_row("ipv4", i + 1, expiration=soon) for i in range(3)])
+    state = deliver(tmp_path, plan(held, lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")))
+    arrival = rows_frame([normalized_row("ipv4", 9, severity=1, expiration=BASE_TIME + dt.timedelta(days=90))])
+    later = BASE_TIME + dt.timedelta(days=60)  # Defender deleted the three when they expired
+    adjusted, info = lifecycle.apply_capacity(
+        plan(arrival, state), state, capacity=3, others_live=0, sink="defender", expired_before=later
+    )
+    assert adjusted["action"].tolist() == ["create"]
+    assert info == {"capacity": 3, "used": 1, "over_capacity": 0}
+    # the same day they still hold their room: the arrival (lowest priority) stays out
+    adjusted, info = lifecycle.apply_capacity(
+        plan(arrival, state), state, capacity=3, others_live=0, sink="defender", expired_before=BASE_TIME
+    )
+    assert adjusted["action"].tolist() == ["skip"]
+    assert info == {"capacity": 3, "used": 3, "over_capacity": 1}
+
+
 def test_within_capacity_the_plan_is_unchanged(tmp_path) -> None:
     rows = _ranked_rows([1, 2])
     state = lifecycle.delivered_state(SnapshotStore(str(tmp_path)), "Address", "graph")
