@@ -170,9 +170,11 @@ def reconcile_due(cfg: RunConfig, interval_end_ordinal: int, live: bool) -> bool
     The calendar rule uses the interval's end day, not the wall clock, so re-running a run decides the same way.
     Backfills never reconcile (they replay the past; orphans are a question about the present).
     """
+    if not live:
+        return False
     if cfg.reconcile:
         return True
-    return live and cfg.reconcile_every_days > 0 and interval_end_ordinal % cfg.reconcile_every_days == 0
+    return cfg.reconcile_every_days > 0 and interval_end_ordinal % cfg.reconcile_every_days == 0
 
 
 def resolve(

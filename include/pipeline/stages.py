@@ -95,12 +95,15 @@ def extract(
     if reconcile:
         if normalize_batch is None:
             raise ValueError("reconciliation needs the normalize function to derive external ids")
-        result["inventory"] = _inventory(client, store, run_id, indicator_type, window, normalize_batch)
+        result["inventory"] = _inventory(client, store, run_id, indicator_type, normalize_batch)
     log.info("extract summary: %s", result)
     return result
 
 
 INVENTORY_SCHEMA = pa.schema([pa.field("external_id", pa.string()), pa.field("live", pa.bool_())])
+#: The inventory's listing bounds: every ``lastModified`` there is (not the wall clock: no ``now()`` in a task).
+INVENTORY_START = watermarks.parse_iso("1970-01-01T00:00:00Z")
+INVENTORY_END = watermarks.parse_iso("9999-01-01T00:00:00Z")
 
 
 def _inventory(
@@ -108,14 +111,17 @@ def _inventory(
     store: SnapshotStore,
     run_id: str,
     indicator_type: str,
-    window: watermarks.Window,
     normalize_batch: Callable[[pa.RecordBatch], tuple[pa.Table, pa.Table]],
 ) -> InventoryReport:
-    """List every indicator of the type (any ``lastModified`` before the window's end) as (external id, live)."""
-    beginning = watermarks.parse_iso("1970-01-01T00:00:00Z")
+    """List every indicator of the type as it is now (any ``lastModified``) as (external id, live).
+
+    The inventory answers a question about the present (which delivered indicators no longer exist or are no
+    longer live), so it has no upper bound: one bounded by the window's end missed every indicator changed since,
+    and the plan retracted those as orphans (for good in an old-dated run, whose changes the live runs had passed).
+    """
     live_count = 0
     with store.writer("inventory", indicator_type, run_id, INVENTORY_SCHEMA) as writer:
-        for batch in client.iter_pages(indicator_type, beginning, window.end):
+        for batch in client.iter_pages(indicator_type, INVENTORY_START, INVENTORY_END):
             normalized, _ = normalize_batch(batch)
             live = pc.and_(normalized["active"], pc.invert(normalized["false_positive"]))
             writer.write(pa.table({"external_id": normalized["external_id"], "live": live}))
