@@ -21,6 +21,18 @@ def _priority(row: dict[str, Any]) -> tuple[int, int, int, str]:
     return (-number(row.get("severity")), -number(row.get("confidence")), -stamp, str(row["external_id"]))
 
 
+def held_count(state: pd.DataFrame, expired_before: Any = None) -> int:
+    """How many of a type's delivered indicators the target holds: live, and (Defender deletes an indicator when
+    its expiration passes) not expired at ``expired_before``, the run's notion of now (its interval's end)."""
+    if state.empty:
+        return 0
+    live = state["action"] != "retract"
+    if expired_before is not None:
+        expiration = pd.to_datetime(state["expiration"], utc=True)
+        live &= expiration.isna() | (expiration > pd.Timestamp(expired_before))
+    return int(live.sum())
+
+
 def apply_capacity(
     planned: pd.DataFrame,
     state: pd.DataFrame,

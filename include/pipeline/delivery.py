@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from include.pipeline import frames, intents, lifecycle, progress, readback, watermarks
+from include.pipeline.capacity import held_count
 from include.pipeline.errors import PermanentError
 from include.pipeline.jobs import LoadReport, VerifyReport
 from include.pipeline.mappings import SUPPORTED_TYPES
@@ -63,18 +64,6 @@ def _read_inventory(store: SnapshotStore, run_id: str, indicator_type: str) -> s
         return None
     table = store.read("inventory", indicator_type, run_id)
     return set(table.filter(table["live"])["external_id"].to_pylist())
-
-
-def _live_count(store: SnapshotStore, indicator_type: str, sink: str, expired_before: Any = None) -> int:
-    """How many of the type's delivered indicators the target holds (live, and not expired before the date)."""
-    state = lifecycle.delivered_state(store, indicator_type, sink)
-    if state.empty:
-        return 0
-    live = state["action"] != "retract"
-    if expired_before is not None:
-        expiration = pd.to_datetime(state["expiration"], utc=True)
-        live &= expiration.isna() | (expiration > pd.Timestamp(expired_before))
-    return int(live.sum())
 
 
 def _target_view(
@@ -171,10 +160,9 @@ def load(
     )
     capacity: dict[str, Any] | None = None
     if sink.capacity is not None:
-        # The one target with a capacity, Defender, deletes an indicator when its expiration passes: expired ones
-        # take no room (the run's notion of now is its interval's end, as for the expirations it refuses).
-        now = policy.interval_end
-        others = sum(_live_count(store, other, name, now) for other in SUPPORTED_TYPES if other != indicator_type)
+        now = policy.interval_end  # Defender deletes expired indicators: they take no room (capacity.held_count)
+        states = [lifecycle.delivered_state(store, other, name) for other in SUPPORTED_TYPES if other != indicator_type]
+        others = sum(held_count(other, now) for other in states)
         planned, capacity = lifecycle.apply_capacity(planned, state, sink.capacity, others, name, now)
         if capacity["over_capacity"]:
             log.warning(

@@ -11,6 +11,7 @@ import pytest
 from include.microsoft.graph import GraphSink
 from include.microsoft.sentinel import SentinelSink
 from include.pipeline import lifecycle
+from include.pipeline.capacity import held_count
 from include.pipeline.schema import LOADED_SCHEMA
 from include.pipeline.snapshots import SnapshotStore
 from tests.unit.microsoft.graph_rows import BASE_TIME, ip_rows, normalized_row, rows_frame
@@ -336,6 +337,8 @@ def test_delivered_indicators_that_expired_take_no_room(tmp_path) -> None:
     )
     assert adjusted["action"].tolist() == ["skip"]
     assert info == {"capacity": 3, "used": 3, "over_capacity": 1}
+    # the other types' counts follow the same rule
+    assert [held_count(state, at) for at in (later, BASE_TIME, None)] == [0, 3, 3]
 
 
 def test_within_capacity_the_plan_is_unchanged(tmp_path) -> None:
